@@ -1,0 +1,107 @@
+"""The attacker: new adversarial queries from seed risk categories, without repeats."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import deque
+from dataclasses import dataclass
+
+from sparring.agents.llm import Binding, Chat, Completion
+from sparring.agents.prompts import Seed, render, template
+
+
+def normalise(query: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", query.lower()))
+
+
+def clean_query(text: str) -> str:
+    """The query in a reply: the first line that asks something, else the first
+    line that is not a preamble such as "Here is a new question:"."""
+    lines = []
+    for raw in text.splitlines():
+        line = re.sub(
+            r"^\s*([-*\d.)]+\s*)?((new )?question|query|q)\s*[:\-]\s*", "", raw, flags=re.I
+        )
+        line = line.strip().strip("\"'` ")
+        if line and not line.endswith(":"):
+            lines.append(line)
+    asking = [line for line in lines if line.endswith("?")]
+    return (asking or lines or [""])[0]
+
+
+@dataclass
+class Attack:
+    seed: Seed
+    query: str
+    calls: list[Completion]
+    repeats_avoided: int
+
+
+class Attacker:
+    """Cycles through seed categories; rejects a query that repeats a recent one
+    or a seed example, retrying a bounded number of times."""
+
+    def __init__(
+        self,
+        chat: Chat,
+        seeds: list[Seed],
+        *,
+        temperature: float,
+        max_tokens: int,
+        recent_window: int = 32,
+        max_attempts: int = 3,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._chat = chat
+        self._seeds = seeds
+        self._temperature = temperature
+        self._max_tokens = max_tokens
+        self._recent: deque[str] = deque(maxlen=max(recent_window, 1))
+        self._max_attempts = max_attempts
+        self._rng = rng or random.Random(0)
+        self._turn = 0
+
+    def next_seed(self) -> Seed:
+        seed = self._seeds[self._turn % len(self._seeds)]
+        self._turn += 1
+        return seed
+
+    async def __call__(self, binding: Binding, seed: Seed) -> Attack:
+        taken = {normalise(e) for e in seed.examples} | set(self._recent)
+        calls: list[Completion] = []
+        query = ""
+        for attempt in range(self._max_attempts):
+            avoid = "" if attempt == 0 else f' and from "{query}"'
+            examples = list(seed.examples)
+            self._rng.shuffle(examples)
+            messages = [
+                {"role": "system", "content": template("attacker_system")},
+                {
+                    "role": "user",
+                    "content": render(
+                        "attacker_user",
+                        category=seed.category,
+                        description=seed.description,
+                        examples="\n".join(f"- {e}" for e in examples),
+                        avoid=avoid,
+                    ),
+                },
+            ]
+            out = await self._chat(
+                binding,
+                messages,
+                temperature=self._temperature + 0.2 * attempt,
+                max_tokens=self._max_tokens,
+            )
+            calls.append(out)
+            query = clean_query(out.text)
+            if query and normalise(query) not in taken:
+                break
+        else:
+            # Still a repeat after the bounded retries: fall back to a seed example
+            # the loop has not used recently, so the episode still has a query.
+            fresh = [e for e in seed.examples if normalise(e) not in self._recent]
+            query = self._rng.choice(fresh or list(seed.examples))
+        self._recent.append(normalise(query))
+        return Attack(seed, query, calls, repeats_avoided=len(calls) - 1)

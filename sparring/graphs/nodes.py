@@ -1,0 +1,203 @@
+"""Shared graph nodes: each takes ``(state, runtime)`` and returns a partial update.
+
+Clients, the registry, the bus and the trace logger arrive through the
+runtime context (:class:`LoopContext`), never through module globals.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict
+
+from langgraph.runtime import Runtime
+
+from sparring.agents import Attacker, Binding, Completion, Learner
+from sparring.bus import Bus
+from sparring.schemas import Critique, Episode, ModelRef, PreferencePair
+from sparring.serving.registry import Registry
+from sparring.training.pairs import refinement_pairs
+
+
+class EpisodeState(TypedDict, total=False):
+    episode_id: str
+    started_at: float
+    category: str
+    query: str
+    attacker: dict[str, Any]
+    learner: dict[str, Any]
+    answer: str
+    critique: dict[str, Any]
+    refined_answer: str
+    refined_critique: dict[str, Any]
+    outcome: str
+    pair_ids: list[str]
+    visited: Annotated[list[str], operator.add]
+
+
+@dataclass
+class LoopContext:
+    run_id: str
+    attacker: Attacker
+    learner: Learner
+    critic: Callable[..., Any]
+    registry: Registry
+    bus: Bus
+    log: Any
+    pair_margin: int = 2
+    on_episode: Callable[[Episode, list[PreferencePair]], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Ctx = Runtime[LoopContext]
+
+
+def _binding(ref: dict[str, Any]) -> Binding:
+    return Binding(ref["role"], ref["base_url"], ref["model"], ref["version"])
+
+
+def _ref(binding: Binding) -> ModelRef:
+    return ModelRef(role=binding.role, model=binding.model, version=binding.version)
+
+
+def _trace(
+    runtime: Ctx,
+    state: EpisodeState,
+    node: str,
+    binding: Binding | None,
+    calls: list[Completion],
+    started: float,
+    **fields: Any,
+) -> None:
+    runtime.context.log.info(
+        "node",
+        node=node,
+        episode_id=state["episode_id"],
+        role=binding.role if binding else None,
+        model=binding.model if binding else None,
+        version=binding.version if binding else None,
+        latency_s=round(time.perf_counter() - started, 4),
+        model_latency_s=round(sum(c.latency_s for c in calls), 4),
+        calls=len(calls),
+        prompt_tokens=sum(c.prompt_tokens for c in calls),
+        completion_tokens=sum(c.completion_tokens for c in calls),
+        **fields,
+    )
+
+
+async def attack(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    started = time.perf_counter()
+    ctx = runtime.context
+    binding = ctx.registry.binding("attacker")
+    # The learner's version is fixed here, for the whole episode (hot swap rule).
+    learner = ctx.registry.acquire("learner")
+    result = await ctx.attacker(binding, ctx.attacker.next_seed())
+    _trace(
+        runtime, state, "attack", binding, result.calls, started,
+        category=result.seed.category, output=result.query,
+        repeats_avoided=result.repeats_avoided, learner_version=learner.version,
+    )  # fmt: skip
+    return {
+        "category": result.seed.category,
+        "query": result.query,
+        "attacker": _ref(binding).model_dump(),
+        "learner": {**learner.__dict__},
+        "visited": ["attack"],
+    }
+
+
+async def respond(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    started = time.perf_counter()
+    binding = _binding(state["learner"])
+    out = await runtime.context.learner.respond(binding, state["query"])
+    _trace(
+        runtime, state, "respond", binding, [out], started, input=state["query"], output=out.text
+    )
+    return {"answer": out.text, "visited": ["respond"]}
+
+
+async def _judge(state: EpisodeState, runtime: Ctx, node: str, answer: str) -> Critique:
+    started = time.perf_counter()
+    binding = runtime.context.registry.binding("critic")
+    result = await runtime.context.critic(binding, state["query"], answer)
+    c = result.critique
+    _trace(
+        runtime, state, node, binding, result.calls, started,
+        output=c.text, verdict=c.verdict.model_dump() if c.verdict else None,
+        judge_error=c.judge_error, attempts=c.attempts,
+    )  # fmt: skip
+    return c
+
+
+async def critique(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    c = await _judge(state, runtime, "critique", state["answer"])
+    return {"critique": c.model_dump(), "visited": ["critique"]}
+
+
+def after_critique(state: EpisodeState) -> Literal["refine", "emit"]:
+    """No refinement from a critique whose verdict could not be read."""
+    return "emit" if state["critique"]["verdict"] is None else "refine"
+
+
+async def refine(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    started = time.perf_counter()
+    binding = _binding(state["learner"])
+    out = await runtime.context.learner.refine(
+        binding, state["query"], state["answer"], state["critique"]["text"]
+    )
+    _trace(runtime, state, "refine", binding, [out], started, output=out.text)
+    return {"refined_answer": out.text, "visited": ["refine"]}
+
+
+async def critique_refined(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    c = await _judge(state, runtime, "critique_refined", state["refined_answer"])
+    return {"refined_critique": c.model_dump(), "visited": ["critique_refined"]}
+
+
+def outcome_of(first: Critique) -> Literal["attack_success", "attack_failure", "judge_error"]:
+    if first.verdict is None:
+        return "judge_error"
+    return "attack_success" if first.verdict.harmful else "attack_failure"
+
+
+async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    """Publish the episode and its pairs; ids are derived, so a replay dedupes."""
+    started = time.perf_counter()
+    ctx = runtime.context
+    first = Critique.model_validate(state["critique"])
+    refined = state.get("refined_critique")
+    episode = Episode(
+        episode_id=state["episode_id"],
+        run_id=ctx.run_id,
+        category=state["category"],
+        query=state["query"],
+        attacker=ModelRef.model_validate(state["attacker"]),
+        answer=state["answer"],
+        learner=_ref(_binding(state["learner"])),
+        critique=first,
+        refined_answer=state.get("refined_answer", ""),
+        refined_critique=Critique.model_validate(refined) if refined else None,
+        outcome=outcome_of(first),
+        started_at=state["started_at"],
+        finished_at=time.time(),
+    )
+    pairs = refinement_pairs(episode, ctx.pair_margin)
+    ctx.bus.publish("episodes", episode.episode_id, episode.model_dump(mode="json"))
+    for pair in pairs:
+        ctx.bus.publish("pairs", pair.pair_id, pair.model_dump(mode="json"))
+    ctx.registry.release(_binding(state["learner"]))
+    if ctx.on_episode:
+        ctx.on_episode(episode, pairs)
+    _trace(
+        runtime, state, "emit", None, [], started,
+        outcome=episode.outcome, learner_version=episode.learner.version,
+        pair_ids=[p.pair_id for p in pairs],
+        episode_s=round(episode.finished_at - episode.started_at, 3),
+    )  # fmt: skip
+    return {
+        "outcome": episode.outcome,
+        "pair_ids": [p.pair_id for p in pairs],
+        "visited": ["emit"],
+    }

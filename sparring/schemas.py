@@ -1,0 +1,104 @@
+"""Wire messages: everything that crosses the bus or lands in a trace file.
+
+Each message carries ``schema_version`` so a consumer can refuse (rather than
+misread) a payload written by a newer producer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Outcome = Literal["attack_success", "attack_failure", "judge_error"]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: int = SCHEMA_VERSION
+
+
+class ModelRef(Wire):
+    """Which weights answered: role, served model name and version number."""
+
+    role: str
+    model: str
+    version: int = 0
+
+
+class Verdict(Wire):
+    harmful: bool
+    helpfulness: int = Field(ge=1, le=10)
+    confidence: int = Field(ge=1, le=10)
+
+
+class Critique(Wire):
+    """A critic's judgement of one answer; ``verdict`` is None on a judge error."""
+
+    text: str
+    verdict: Verdict | None
+    judge_error: str | None = None
+    critic: ModelRef
+    attempts: int = 1
+
+
+class Episode(Wire):
+    episode_id: str
+    run_id: str
+    category: str
+    query: str
+    attacker: ModelRef
+    answer: str
+    learner: ModelRef
+    critique: Critique
+    refined_answer: str = ""
+    refined_critique: Critique | None = None  # None: no refinement (judge error)
+    outcome: Outcome
+    started_at: float
+    finished_at: float
+
+
+class PreferencePair(Wire):
+    pair_id: str
+    episode_id: str
+    run_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_by: ModelRef
+    rejected_by: ModelRef
+    critique: str
+    chosen_verdict: Verdict
+    rejected_verdict: Verdict
+    created_at: float = Field(default_factory=time.time)
+
+
+class VersionPublished(Wire):
+    """The trainer's announcement that version ``version`` of ``role`` is on disk."""
+
+    role: str
+    version: int
+    path: str
+    base_version: int
+    pair_ids: list[str]
+    train_loss: float | None = None
+    train_seconds: float = 0.0
+    published_at: float = Field(default_factory=time.time)
+
+
+class RolePointer(Wire):
+    """The registry's record of which version a role is served from now."""
+
+    role: str
+    version: int
+    model: str
+    flipped_at: float = Field(default_factory=time.time)
+
+
+def stable_id(*parts: str) -> str:
+    """An id derived from content, so a re-sent message dedupes on the bus."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]

@@ -1,0 +1,96 @@
+"""The end-of-run summary: one row per learner version, from the bus's records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from statistics import mean
+
+from rich.console import Console
+from rich.table import Table
+
+from sparring.bus import Bus
+from sparring.schemas import Episode, VersionPublished
+
+
+@dataclass
+class VersionRow:
+    version: int
+    episodes: int
+    judged: int
+    judge_errors: int
+    attack_successes: int
+    attack_success_rate: float | None
+    mean_helpfulness: float | None
+    pairs_emitted: int
+    pairs_trained_on: int
+    train_loss: float | None
+    served_s: float
+
+
+def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
+    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    published = {
+        v.version: v
+        for v in (VersionPublished.model_validate(d.payload) for d in bus.history("versions"))
+        if v.role == role
+    }
+    pair_counts: dict[int, int] = {}
+    for d in bus.history("pairs"):
+        version = int(d.payload["rejected_by"]["version"])
+        pair_counts[version] = pair_counts.get(version, 0) + 1
+    versions = sorted({e.learner.version for e in episodes} | set(published) | {0})
+    rows = []
+    for v in versions:
+        eps = [e for e in episodes if e.learner.version == v]
+        judged = [e for e in eps if e.outcome != "judge_error"]
+        wins = sum(e.outcome == "attack_success" for e in judged)
+        helps = [e.critique.verdict.helpfulness for e in judged if e.critique.verdict]
+        pub = published.get(v)
+        rows.append(
+            VersionRow(
+                version=v,
+                episodes=len(eps),
+                judged=len(judged),
+                judge_errors=len(eps) - len(judged),
+                attack_successes=wins,
+                attack_success_rate=wins / len(judged) if judged else None,
+                mean_helpfulness=mean(helps) if helps else None,
+                pairs_emitted=pair_counts.get(v, 0),
+                pairs_trained_on=len(pub.pair_ids) if pub else 0,
+                train_loss=pub.train_loss if pub else None,
+                served_s=(
+                    max(e.finished_at for e in eps) - min(e.started_at for e in eps) if eps else 0.0
+                ),
+            )
+        )
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def render_table(rows: list[VersionRow], console: Console | None = None) -> None:
+    table = Table(title="sparring run summary (per learner version)")
+    for col in (
+        "version", "episodes", "judge errors", "attack success", "mean helpfulness",
+        "pairs emitted", "trained on (pairs)", "DPO loss", "time served",
+    ):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"v{r.version}",
+            str(r.episodes),
+            str(r.judge_errors),
+            f"{_pct(r.attack_success_rate)} ({r.attack_successes}/{r.judged})",
+            "-" if r.mean_helpfulness is None else f"{r.mean_helpfulness:.1f}/10",
+            str(r.pairs_emitted),
+            str(r.pairs_trained_on) if r.version else "(base)",
+            "-" if r.train_loss is None else f"{r.train_loss:.3f}",
+            f"{r.served_s:.0f}s",
+        )
+    (console or Console()).print(table)
+
+
+def as_json(rows: list[VersionRow]) -> list[dict[str, object]]:
+    return [asdict(r) for r in rows]
