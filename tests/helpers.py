@@ -1,0 +1,34 @@
+"""Configs for tests: the tiny model on the session's engine process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparring.config import EngineConfig, RunConfig, parse_config
+
+
+def tiny_config(
+    tiny: Path, engine: EngineConfig, tmp_path: Path, critic_model: Path | None = None, **over: Any
+) -> RunConfig:
+    models: dict[str, Any] = {"tiny": {"path": str(tiny)}}
+    if critic_model:
+        models["critic"] = {"path": str(critic_model)}
+    data: dict[str, Any] = {
+        "run_name": "test",
+        "runs_dir": str(tmp_path / "runs"),
+        "models": models,
+        "engines": {"local": {"kind": "external", "managed": False, "port": engine.port}},
+        "roles": {
+            "attacker": {"model": "tiny", "max_tokens": 12, "temperature": 1.0},
+            "learner": {"model": "tiny", "max_tokens": 12},
+            "critic": {"model": "critic" if critic_model else "tiny", "max_tokens": 16},
+        },
+        "budget": {"episodes": 4, "learner_versions": None, "minutes": 10},
+        "loop": {"concurrency": 4},
+        "trainer": {"managed": False, "pairs_per_version": 2, "max_length": 64},
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        data.setdefault(section, {})[field] = value
+    return parse_config(data, "<test>")

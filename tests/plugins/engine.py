@@ -1,0 +1,26 @@
+"""A real `transformers serve` engine process for the tests (one per session)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sparring.config import EngineConfig
+from sparring.serving.engine import EngineProcess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineConfig]:
+    cfg = EngineConfig(port=free_port(), startup_timeout_s=120)
+    log = Path(tmp_path_factory.mktemp("engine")) / "engine.log"
+    with EngineProcess("test", cfg, log):
+        yield cfg

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from sparring.config import ConfigError, RunConfig, load_config
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses(path: Path) -> None:
+    assert isinstance(load_config(path), RunConfig)
+
+
+def test_default_yaml_matches_builtin_defaults() -> None:
+    assert load_config(CONFIGS[0].parent / "default.yaml") == RunConfig()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_typo_in_field_name_names_file_and_field(tmp_path: Path) -> None:
+    p = _write(tmp_path, "trainer:\n  pairs_per_verison: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg
+    assert "trainer.pairs_per_verison" in msg
+    assert "unknown field" in msg
+
+
+def test_wrong_type_names_field_and_value(tmp_path: Path) -> None:
+    p = _write(tmp_path, "roles:\n  critic: {max_tokens: many}\n  attacker: {}\n  learner: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "roles.critic.max_tokens" in msg and "'many'" in msg
+
+
+def test_binding_to_undefined_engine_fails(tmp_path: Path) -> None:
+    p = _write(tmp_path, "roles:\n  attacker: {engine: gpu0}\n  learner: {}\n  critic: {}\n")
+    with pytest.raises(ConfigError, match="roles.attacker.engine names 'gpu0'"):
+        load_config(p)
+
+
+def test_missing_role_fails(tmp_path: Path) -> None:
+    p = _write(tmp_path, "roles:\n  attacker: {}\n  learner: {}\n")
+    with pytest.raises(ConfigError, match="roles must bind critic"):
+        load_config(p)
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "roles: [unclosed\n"))
+
+
+def test_overrides_are_validated_too() -> None:
+    assert load_config(None, {"budget.episodes": 5}).budget.episodes == 5
+    with pytest.raises(ConfigError, match="budget.episodes"):
+        load_config(None, {"budget.episodes": 0})

@@ -1,0 +1,55 @@
+import asyncio
+import json
+from pathlib import Path
+
+from sparring.bus import make_bus
+from sparring.config import EngineConfig
+from sparring.graphs import build_graph
+from sparring.runner import Loop
+from sparring.schemas import Episode
+from tests.helpers import tiny_config
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+def test_redteam_graph_shape_is_locked() -> None:
+    mermaid = build_graph("redteam").get_graph().draw_mermaid()
+    assert mermaid == (SNAPSHOTS / "redteam.mmd").read_text()
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+
+
+def test_episodes_run_on_a_real_engine_and_every_node_traces(
+    tiny_model_path: Path, engine: EngineConfig, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tiny_model_path, engine, tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    rows = asyncio.run(Loop(cfg, run_dir, progress=False).run())
+
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    assert len(episodes) == 4
+    assert sum(r.episodes for r in rows) == 4
+    events = _events(run_dir)
+    for ep in episodes:
+        nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
+        expected = ["attack", "respond", "critique"]
+        if ep.outcome == "judge_error":
+            # An unreadable verdict is explicit and never refined into a pair.
+            assert ep.critique.verdict is None and ep.critique.judge_error
+            assert ep.refined_critique is None
+        else:
+            expected += ["refine", "critique_refined"]
+        assert nodes == [*expected, "emit"]
+        for e in events:
+            if e.get("episode_id") == ep.episode_id and e["node"] != "emit":
+                assert e["run_id"] == "r1" and e["role"] in ("attacker", "learner", "critic")
+                assert e["latency_s"] >= 0 and e["completion_tokens"] > 0
+                assert e["version"] == 0 and e["model"]
+    pair_eps = {d.payload["episode_id"] for d in bus.history("pairs")}
+    assert all(ep.outcome != "judge_error" for ep in episodes if ep.episode_id in pair_eps)
+    assert (run_dir / "summary.json").is_file()
+    # Checkpoints: every episode's final state is in the SQLite checkpointer.
+    assert (run_dir / "checkpoints.sqlite").stat().st_size > 0
