@@ -176,7 +176,8 @@ def models_pull(name: str) -> None:
 @main.command("check-config")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 def check_config(paths: tuple[Path, ...]) -> None:
-    """Validate run config files without running anything."""
+    """Validate run config files without running anything: each bad file is
+    reported with the field path and what was expected; exit code 1 if any fails."""
     failed = False
     for p in paths:
         try:
