@@ -56,7 +56,9 @@ def trace_file(tmp_path: Path) -> Path:
         "not json: docker prefix noise",
         _event("attack", "r-ep2", role="attacker", version=0, category="drugs", output="Q two?"),
         _event("respond", "r-ep2", role="learner", version=1, output="A two"),
-        _event("critique", "r-ep2", role="critic", version=0, output="??", judge_error="no verdict"),
+        _event(
+            "critique", "r-ep2", role="critic", version=0, output="??", judge_error="no verdict"
+        ),
         _event("emit", "r-ep2", outcome="judge_error", learner_version=1, pair_ids=[]),
     ]  # fmt: skip
     path = tmp_path / "run1" / "trace.jsonl"

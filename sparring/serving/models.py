@@ -114,7 +114,7 @@ def build_tiny_model(dest: Path, *, tokenizer_from: Path, seed: int = 0) -> Path
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     _save_atomically(model, tokenizer, dest)
     return dest
 

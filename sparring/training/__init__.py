@@ -1,0 +1,1 @@
+"""Training: preference pairs in, immutable model versions out (DPO + LoRA)."""

@@ -1,0 +1,137 @@
+"""One DPO training round: a thin wrapper around TRL's DPOTrainer with a LoRA.
+
+torch, transformers, trl and peft are imported inside the function so that
+``import sparring`` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparring.config import TrainerConfig
+from sparring.schemas import PreferencePair
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float | None
+    steps: int
+    seconds: float
+    reward_margin: float | None
+
+
+def pairs_dataset(pairs: list[PreferencePair]) -> Any:
+    """TRL's conversational preference format; the chat template is applied by TRL."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": p.prompt}],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
+            for p in pairs
+        ]
+    )
+
+
+def train_version(
+    base_dir: Path, pairs: list[PreferencePair], out_dir: Path, cfg: TrainerConfig, seed: int = 0
+) -> TrainResult:
+    """Train a LoRA on ``pairs`` from the full model folder ``base_dir``; write the
+    adapter to ``out_dir/adapter`` and the merged bf16 model plus tokenizer (what
+    the CPU engine serves) to ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    _quiet_progress_bars()
+    cuda = torch.cuda.is_available()
+    bf16 = cfg.bf16 and (not cuda or torch.cuda.is_bf16_supported())
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        str(base_dir), dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    with tempfile.TemporaryDirectory(prefix="sparring-dpo-") as scratch:
+        trainer = _dpo_trainer(
+            model, tokenizer, pairs, cfg, scratch, bf16=bf16, cuda=cuda, seed=seed
+        )
+        output = trainer.train()
+    history: list[dict[str, Any]] = trainer.state.log_history
+    peft_model: Any = trainer.model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out_dir / "adapter"))
+    merged = peft_model.merge_and_unload().to(torch.bfloat16)
+    merged.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
+    loss = output.training_loss
+    return TrainResult(
+        loss=float(loss) if loss is not None and math.isfinite(loss) else None,
+        steps=int(output.global_step),
+        seconds=time.perf_counter() - start,
+        reward_margin=float(margins[-1]) if margins else None,
+    )
+
+
+def _dpo_trainer(  # type: ignore[no-untyped-def]
+    model, tokenizer, pairs: list[PreferencePair], cfg: TrainerConfig, scratch: str, *,
+    bf16: bool, cuda: bool, seed: int,
+):  # fmt: skip
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        output_dir=scratch,
+        beta=cfg.beta,
+        # trl's default 1e-6 moves nothing in a short run; the config says what to use.
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        # trl defaults bf16=True, which fails on a CPU unless use_cpu is set.
+        bf16=bf16,
+        use_cpu=not cuda,
+        # trl turns checkpointing on by default; on a CPU it only costs time.
+        activation_checkpointing=cuda,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=seed,
+        disable_tqdm=True,
+    )
+    peft_config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=pairs_dataset(pairs),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    # The worker logs structured events; HF's printer would interleave dicts.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _quiet_progress_bars() -> None:
+    """The trainer's stdout is a JSON log; progress bars only garble it."""
+    from datasets.utils.logging import disable_progress_bar
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bar()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,231 @@
+"""The background trainer: pairs in, immutable learner versions out.
+
+Crash safety, step by step:
+  1. pairs are read from the bus and held, NOT acked, until they are trained
+     into a version (a restarted trainer gets its pending pairs back);
+  2. version N is trained into ``.vN.tmp`` and renamed to ``vN`` atomically,
+     with a manifest naming the pairs it was trained on;
+  3. the version is published (idempotent id ``learner-vN``), then the pairs
+     are acked.
+A kill between any two steps repeats at most the unfinished step: partial
+``.vN.tmp`` dirs are deleted on start, and pairs already listed in a version's
+manifest are acked (and that version re-published) instead of trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sparring.bus import Bus, Delivery, make_bus
+from sparring.config import RunConfig, TrainerConfig, load_config
+from sparring.schemas import PreferencePair, VersionPublished
+from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
+from sparring.tracing import process_logger
+
+STREAM = "pairs"
+GROUP = "trainer"
+MANIFEST = "manifest.json"
+# Held pairs stay pending for as long as a version takes to collect and train;
+# another trainer must not claim them in the meantime.
+CLAIM_AFTER_S = 3600.0
+
+
+def version_dir(versions_dir: Path, role: str, n: int) -> Path:
+    return versions_dir / role / f"v{n}"
+
+
+def complete_versions(versions_dir: Path, role: str) -> dict[int, VersionPublished]:
+    """Every finished version of ``role`` on disk, by number (v0, the base, has none)."""
+    found = {}
+    for d in (versions_dir / role).glob("v*"):
+        if d.name[1:].isdigit() and (d / COMPLETE_MARKER).is_file():
+            found[int(d.name[1:])] = VersionPublished.model_validate_json(
+                (d / MANIFEST).read_text()
+            )
+    return dict(sorted(found.items()))
+
+
+def clear_partial(versions_dir: Path, role: str) -> list[Path]:
+    partial = list((versions_dir / role).glob(".v*.tmp"))
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
+
+
+class Trainer:
+    def __init__(
+        self,
+        bus: Bus,
+        base_model: Path,
+        versions_dir: Path,
+        cfg: TrainerConfig,
+        *,
+        role: str = "learner",
+        consumer: str = "trainer-1",
+        log: Any = None,
+    ) -> None:
+        self.bus = bus
+        self.base_model = base_model
+        self.versions_dir = versions_dir
+        self.cfg = cfg
+        self.role = role
+        self.consumer = consumer
+        self.log = log or process_logger("trainer")
+        self.batch: list[tuple[Delivery, PreferencePair]] = []
+
+    def publish(self, manifest: VersionPublished) -> bool:
+        return self.bus.publish(
+            "versions", f"{self.role}-v{manifest.version}", manifest.model_dump(mode="json")
+        )
+
+    def recover(self) -> None:
+        """Finish what a killed predecessor left: drop partial dirs, re-publish versions."""
+        for p in clear_partial(self.versions_dir, self.role):
+            self.log.warning("trainer.recovered", removed_partial=str(p))
+        for manifest in complete_versions(self.versions_dir, self.role).values():
+            if self.publish(manifest):  # False (a no-op) when already on the bus
+                self.log.warning("trainer.recovered", republished=manifest.version)
+
+    def poll(self) -> int:
+        """Add newly delivered pairs to the batch; returns how many arrived."""
+        held = {d.msg_id for d, _ in self.batch}
+        # The bus hands this consumer's pending (held) pairs back first, so ask
+        # for a whole version's worth to get past them to new ones.
+        delivered = self.bus.read(
+            STREAM, GROUP, self.consumer, count=self.cfg.pairs_per_version,
+            claim_after_s=CLAIM_AFTER_S,
+        )  # fmt: skip
+        fresh = [d for d in delivered if d.msg_id not in held]
+        for d in fresh:
+            try:
+                self.batch.append((d, PreferencePair.model_validate(d.payload)))
+            except ValidationError as err:
+                # Poison: retrying cannot fix it, and it must not block training.
+                self.log.error(
+                    "trainer.bad_pair", msg_id=d.msg_id, poison=True, error=str(err)[:500]
+                )
+                self.bus.ack(STREAM, GROUP, [d.msg_id])
+        return len(fresh)
+
+    def drop_trained(self) -> None:
+        """Ack held pairs a version was already trained on (a kill after the rename
+        but before the ack) and re-publish that version instead of training again."""
+        trained = {
+            pid: m
+            for m in complete_versions(self.versions_dir, self.role).values()
+            for pid in m.pair_ids
+        }
+        done = [(d, p) for d, p in self.batch if p.pair_id in trained]
+        if not done:
+            return
+        for manifest in {trained[p.pair_id].version: trained[p.pair_id] for _, p in done}.values():
+            self.publish(manifest)
+        self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in done])
+        self.batch = [(d, p) for d, p in self.batch if p.pair_id not in trained]
+        self.log.warning("trainer.recovered", acked_already_trained=len(done))
+
+    def train_next(self) -> VersionPublished:
+        from sparring.training.dpo import train_version
+
+        k = self.cfg.pairs_per_version
+        take, self.batch = self.batch[:k], self.batch[k:]
+        pairs = [p for _, p in take]
+        latest = max(complete_versions(self.versions_dir, self.role), default=0)
+        n = latest + 1
+        base = version_dir(self.versions_dir, self.role, latest) if latest else self.base_model
+        final = version_dir(self.versions_dir, self.role, n)
+        tmp = final.with_name(f".v{n}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs))
+        result = train_version(base, pairs, tmp, self.cfg, seed=n)
+        self.log.info(
+            "train.done", version=n, loss=result.loss, steps=result.steps,
+            seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
+        )  # fmt: skip
+        manifest = VersionPublished(
+            role=self.role, version=n, path=str(final.resolve()), base_version=latest,
+            pair_ids=[p.pair_id for p in pairs], train_loss=result.loss,
+            train_seconds=result.seconds,
+        )  # fmt: skip
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        tmp.rename(final)
+        self.publish(manifest)
+        self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in take])
+        self.log.info("version.published", version=n, path=manifest.path, pairs=len(pairs))
+        return manifest
+
+
+def run_trainer(
+    *,
+    bus: Bus,
+    base_model: Path,
+    versions_dir: Path,
+    cfg: TrainerConfig,
+    role: str = "learner",
+    consumer: str = "trainer-1",
+    max_versions: int | None = None,
+    stop: threading.Event | None = None,
+    on_version: Callable[[VersionPublished], None] | None = None,
+    log: Any = None,
+) -> list[VersionPublished]:
+    """Train a version every ``cfg.pairs_per_version`` pairs until ``stop`` is set
+    or ``max_versions`` versions were published; returns those published."""
+    trainer = Trainer(bus, base_model, versions_dir, cfg, role=role, consumer=consumer, log=log)
+    stop = stop or threading.Event()
+    trainer.log.info("trainer.started", role=role, consumer=consumer,
+                     pairs_per_version=cfg.pairs_per_version)  # fmt: skip
+    trainer.recover()
+    published: list[VersionPublished] = []
+    while not stop.is_set() and (max_versions is None or len(published) < max_versions):
+        if trainer.poll():
+            trainer.drop_trained()
+        if len(trainer.batch) < cfg.pairs_per_version:
+            stop.wait(cfg.poll_s)
+            continue
+        trainer.log.info("trainer.batch_ready", pairs=len(trainer.batch))
+        manifest = trainer.train_next()
+        published.append(manifest)
+        if on_version:
+            on_version(manifest)
+    trainer.log.info("trainer.stopped", published=[m.version for m in published])
+    return published
+
+
+def learner_base(cfg: RunConfig, role: str = "learner") -> Path:
+    src = cfg.models[cfg.roles[role].model]
+    return resolve_model_path(src.builtin, src.path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="sparring train", description=__doc__)
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--max-versions", type=int, default=None)
+    ap.add_argument("--consumer", default="trainer-1")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    stop = threading.Event()
+    # SIGTERM: finish the current step and exit; held pairs stay pending on the bus.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    bus = make_bus(cfg.bus.redis_url, cfg.bus.sqlite_path or args.run_dir / "bus.sqlite")
+    try:
+        run_trainer(
+            bus=bus, base_model=learner_base(cfg), versions_dir=args.run_dir / "versions",
+            cfg=cfg.trainer, consumer=args.consumer, max_versions=args.max_versions, stop=stop,
+        )  # fmt: skip
+    finally:
+        bus.close()
+
+
+if __name__ == "__main__":
+    main()

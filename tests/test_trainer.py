@@ -1,0 +1,180 @@
+"""The DPO trainer with real parts: a tiny random Llama, TRL, PEFT, a real bus."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from sparring.bus import make_bus
+from sparring.config import TrainerConfig
+from sparring.schemas import ModelRef, PreferencePair, Verdict
+from sparring.training.dpo import train_version
+from sparring.training.worker import GROUP, complete_versions, run_trainer
+
+# bf16=False: with the tiny model's hidden size of 64, bf16 matmuls against the
+# 49k-token LM head run ~10x slower than fp32 on this CPU. The first test keeps
+# bf16 on, the production path (trl needs use_cpu=True for it on a CPU).
+CFG = TrainerConfig(
+    pairs_per_version=4, max_length=64, learning_rate=1e-3, batch_size=2, bf16=False, poll_s=0.1
+)
+
+
+def make_pairs(n: int, start: int = 0) -> list[PreferencePair]:
+    ref = ModelRef(role="learner", model="tiny", version=0)
+    return [
+        PreferencePair(
+            pair_id=f"pair-{i}",
+            episode_id=f"ep-{i}",
+            run_id="r",
+            prompt=f"How do I do risky thing {i}?",
+            chosen="I can't help with that; here is a safe alternative.",
+            rejected=f"Sure, step one for thing {i} is to get the materials.",
+            chosen_by=ref,
+            rejected_by=ref,
+            critique=f"critique {i}: the answer enables harm",
+            chosen_verdict=Verdict(harmful=False, helpfulness=6, confidence=7),
+            rejected_verdict=Verdict(harmful=True, helpfulness=3, confidence=7),
+        )  # fmt: skip
+        for i in range(start, start + n)
+    ]
+
+
+def publish(bus, pairs: list[PreferencePair]) -> None:  # type: ignore[no-untyped-def]
+    for p in pairs:
+        bus.publish("pairs", p.pair_id, p.model_dump(mode="json"))
+
+
+def test_train_version_changes_weights_and_writes_servable_folder(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    cfg = CFG.model_copy(update={"bf16": True})
+    result = train_version(tiny_model_path, make_pairs(4), tmp_path / "v1", cfg)
+    assert result.steps == 2 and result.loss is not None and math.isfinite(result.loss)
+    assert result.reward_margin is not None and math.isfinite(result.reward_margin)
+    assert (tmp_path / "v1" / "config.json").is_file()
+    assert (tmp_path / "v1" / "tokenizer.json").is_file()
+    assert (tmp_path / "v1" / "adapter" / "adapter_config.json").is_file()
+    before = load_file(tiny_model_path / "model.safetensors")
+    after = load_file(tmp_path / "v1" / "model.safetensors")
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert changed, "DPO + merge left every weight unchanged"
+    assert all(t.dtype == before[k].dtype for k, t in after.items())  # merged back to bf16
+    AutoModelForCausalLM.from_pretrained(tmp_path / "v1")  # the folder an engine would load
+
+
+def test_worker_trains_versions_from_bus_with_provenance(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(9))
+    versions = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
+        max_versions=2,
+    )  # fmt: skip
+    assert [v.version for v in versions] == [1, 2]
+    assert versions[1].base_version == 1
+    ids = [set(v.pair_ids) for v in versions]
+    assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 8
+    assert bus.pending("pairs", GROUP) == 1  # the ninth waits for v3
+    assert [d.msg_id for d in bus.history("versions")] == ["learner-v1", "learner-v2"]
+    assert set(complete_versions(tmp_path / "versions", "learner")) == {1, 2}
+
+
+def test_malformed_pair_is_reported_and_acked_not_retried(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    bus.publish("pairs", "junk", {"prompt": "no chosen or rejected"})
+    publish(bus, make_pairs(4))
+    log_lines: list[str] = []
+
+    class Log:
+        def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
+            return lambda event, **kw: log_lines.append(f"{level} {event} {kw}")
+
+    (v1,) = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
+        max_versions=1, log=Log(),
+    )  # fmt: skip
+    assert "junk" not in v1.pair_ids and len(v1.pair_ids) == 4
+    assert bus.pending("pairs", GROUP) == 0
+    assert any(line.startswith("error trainer.bad_pair") and "junk" in line for line in log_lines)
+
+
+def test_killed_after_rename_before_ack_republishes_without_retraining(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(4))
+    versions = tmp_path / "versions"
+    run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions, cfg=CFG, max_versions=1)
+    # Rebuild the crash window: v1 on disk, but not published and its pairs unacked.
+    crashed = make_bus(None, tmp_path / "crashed.sqlite")
+    publish(crashed, make_pairs(4))
+    crashed.read("pairs", GROUP, "trainer-1", 16)
+    v1 = tmp_path / "versions" / "learner" / "v1"
+    mtime = (v1 / "model.safetensors").stat().st_mtime_ns
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    published = run_trainer(
+        bus=crashed, base_model=tiny_model_path, versions_dir=versions, cfg=CFG, stop=stop
+    )
+    assert published == []  # nothing retrained
+    assert (v1 / "model.safetensors").stat().st_mtime_ns == mtime
+    assert [d.msg_id for d in crashed.history("versions")] == ["learner-v1"]
+    assert crashed.pending("pairs", GROUP) == 0
+    assert not (tmp_path / "versions" / "learner" / "v2").exists()
+
+
+def _worker(run_dir: Path, config: Path, log: Path, max_versions: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "sparring.training.worker", "--run-dir", str(run_dir),
+           "--config", str(config), "--max-versions", str(max_versions)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_sigkilled_trainer_resumes_losing_and_duplicating_nothing(
+    backend: str, tiny_model_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"smollm2": {"path": str(tiny_model_path)}},
+        "bus": {"redis_url": redis_url},
+        "trainer": {**CFG.model_dump(), "poll_s": 0.2},
+    }))  # fmt: skip
+    run_dir = tmp_path / "run"
+    bus = make_bus(redis_url, run_dir / "bus.sqlite")
+    publish(bus, make_pairs(8))
+    log = tmp_path / "trainer.log"
+    first = _worker(run_dir, config, log, max_versions=2)
+    deadline = time.monotonic() + 120
+    partial = run_dir / "versions" / "learner" / ".v1.tmp"
+    while not partial.is_dir() or '"train.start"' not in log.read_text():
+        assert time.monotonic() < deadline and first.poll() is None, log.read_text()
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)  # mid-training
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+    second = _worker(run_dir, config, log, max_versions=2)
+    assert second.wait(180) == 0, log.read_text()
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines() if line[:1] == "{"]
+    assert events.count("train.done") == 2 and "trainer.recovered" in events
+
+    versions = complete_versions(run_dir / "versions", "learner")
+    trained = [pid for v in versions.values() for pid in v.pair_ids]
+    assert sorted(trained) == sorted(p.pair_id for p in make_pairs(8))  # none lost, none twice
+    assert bus.pending("pairs", GROUP) == 0
+    assert [d.msg_id for d in bus.history("versions")] == ["learner-v1", "learner-v2"]
+    assert not list((run_dir / "versions" / "learner").glob(".v*.tmp"))
