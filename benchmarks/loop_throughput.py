@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from sparring.bus import make_bus
-from sparring.config import EngineConfig, parse_config
+from sparring.config import EngineConfig, RunConfig, parse_config
 from sparring.runner import Loop
 from sparring.schemas import Episode
 from sparring.serving.engine import EngineProcess
+from sparring.serving.hardware import resolve_dtype
 from sparring.serving.models import build_tiny_model, cache_dir, pull_smollm2
 
 
@@ -43,10 +44,9 @@ def config(model: Path, engine: EngineConfig, runs: Path, concurrency: int, epis
             "runs_dir": str(runs),
             "models": {"m": {"path": str(model)}},
             "engines": {"local": {"kind": "external", "managed": False, "port": engine.port}},
+            # The default profile's sampling settings, on the benchmark's engine.
             "roles": {
-                "attacker": {"model": "m", "max_tokens": 48, "temperature": 1.0},
-                "learner": {"model": "m", "max_tokens": 64},
-                "critic": {"model": "m", "max_tokens": 48, "temperature": 0.3},
+                role: {**rc.model_dump(), "model": "m"} for role, rc in RunConfig().roles.items()
             },
             "budget": {"episodes": episodes, "learner_versions": None, "minutes": 60},
             "loop": {"concurrency": concurrency},
@@ -58,6 +58,7 @@ def config(model: Path, engine: EngineConfig, runs: Path, concurrency: int, epis
 
 def measure(model: Path, engine: EngineConfig, runs: Path, concurrency: int, episodes: int) -> dict:
     cfg = config(model, engine, runs, concurrency, episodes)
+    print(f"[bench] {episodes} episodes at concurrency {concurrency} ...", file=sys.stderr)
     run_dir = runs / f"c{concurrency}"
     loop = Loop(cfg, run_dir, progress=False)
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "loop_throughput",
         "model": args.model,
         "engine": "transformers serve --continuous-batching (cpu)",
+        "engine_dtype": resolve_dtype(engine.dtype, engine.device),
         "concurrency_1": c1,
         "concurrency_8": c8,
         "ratio_8_vs_1": round(ratio, 3),

@@ -7,6 +7,7 @@ valid integer (got 'many')``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +41,22 @@ class EngineConfig(Strict):
     port: int = Field(default=8765, ge=1, le=65535)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     continuous_batching: bool = True
-    dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"
+    # auto: bf16 where the device has native bf16 (AVX512-BF16/AMX, recent GPUs), else fp32
+    dtype: Literal["bfloat16", "float32", "auto"] = "auto"
+    # Paged KV cache per loaded model (continuous batching). The engine's default
+    # sizes it from free memory, ~6 GB per model on a 24 GB machine; versions add up.
+    cb_block_size: int = Field(default=32, ge=1)
+    cb_num_blocks: int = Field(default=1024, ge=1)
+    # transformers serve with continuous batching fixes temperature/top_p per
+    # loaded model at its first request; sparring warms every model (base and
+    # each new version) with this temperature. Per-role temperatures then apply
+    # only on engines that honour per-request sampling (vLLM, or no CB).
+    sampling_temperature: float = Field(default=1.0, gt=0.0, le=2.0)
+    # Unload a model version nobody asked for in this long (re-loaded on demand).
+    model_timeout_s: int = Field(default=600, ge=-1)
+    # torch/OpenMP threads for the engine process (None: one per core). On a
+    # small CPU shared by two engines and a trainer, 1 each avoids oversubscription.
+    threads: int | None = Field(default=None, ge=1)
     managed: bool = True
     startup_timeout_s: float = Field(default=120.0, gt=0)
     base_url: str | None = None
@@ -65,9 +81,12 @@ class BudgetConfig(Strict):
 
 class LoopConfig(Strict):
     graph: str = "redteam"
-    concurrency: int = Field(default=8, ge=1)
-    critic_retries: int = Field(default=1, ge=0, le=5)
-    pair_margin: int = Field(default=2, ge=0, le=9)
+    concurrency: int = Field(default=12, ge=1)
+    critic_retries: int = Field(default=2, ge=0, le=5)
+    # Few-shot examples in each critic prompt (of those in critic_examples.yaml).
+    # Prompt prefill is over half the engine's work per episode on a CPU.
+    critic_shots: int = Field(default=2, ge=0, le=3)
+    pair_margin: int = Field(default=1, ge=0, le=9)
     attacker_recent_window: int = Field(default=32, ge=0)
     seed: int = 0
 
@@ -78,7 +97,7 @@ class BusConfig(Strict):
 
 
 class TrainerConfig(Strict):
-    pairs_per_version: int = Field(default=12, ge=1)
+    pairs_per_version: int = Field(default=3, ge=1)
     max_length: int = Field(default=256, ge=16)
     learning_rate: float = Field(default=5e-5, gt=0)
     beta: float = Field(default=0.1, gt=0)
@@ -86,9 +105,13 @@ class TrainerConfig(Strict):
     batch_size: int = Field(default=2, ge=1)
     lora_r: int = Field(default=8, ge=1)
     lora_alpha: int = Field(default=16, ge=1)
-    bf16: bool = True
+    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 only where it is native
+    threads: int | None = Field(default=1, ge=1)  # torch threads (None: one per core)
     managed: bool = True
     poll_s: float = Field(default=1.0, gt=0)
+
+
+TRAINED_ROLE = "learner"
 
 
 class RunConfig(Strict):
@@ -97,12 +120,21 @@ class RunConfig(Strict):
     models: dict[str, ModelSource] = Field(
         default_factory=lambda: {"smollm2": ModelSource(builtin="smollm2")}
     )
-    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"local": EngineConfig()})
+    # transformers serve runs ONE model per process under continuous batching
+    # (asking it for another model restarts its batcher and fails requests in
+    # flight), so the learner, whose versions overlap during a hot swap, gets
+    # its own engine without it: one sequential generator per loaded version.
+    engines: dict[str, EngineConfig] = Field(
+        default_factory=lambda: {
+            "local": EngineConfig(threads=1),
+            "learner": EngineConfig(port=8766, continuous_batching=False, threads=1),
+        }
+    )
     roles: dict[str, RoleConfig] = Field(
         default_factory=lambda: {
-            "attacker": RoleConfig(temperature=1.0, max_tokens=64),
-            "learner": RoleConfig(temperature=0.7, max_tokens=96),
-            "critic": RoleConfig(temperature=0.3, max_tokens=48),
+            "attacker": RoleConfig(temperature=1.0, max_tokens=48),
+            "learner": RoleConfig(engine="learner", temperature=0.7, max_tokens=64),
+            "critic": RoleConfig(temperature=1.0, max_tokens=40),
         }
     )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -126,7 +158,27 @@ class RunConfig(Strict):
                     f"roles.{name}.model names '{role.model}', "
                     f"but models defines only {sorted(self.models)}"
                 )
+        self._one_model_per_batching_engine()
         return self
+
+    def _one_model_per_batching_engine(self) -> None:
+        """transformers serve with continuous batching serves one model at a time."""
+        for ename, engine in self.engines.items():
+            if engine.kind != "transformers-serve" or not engine.continuous_batching:
+                continue
+            users = {r: rc.model for r, rc in self.roles.items() if rc.engine == ename}
+            if len(set(users.values())) > 1:
+                raise ValueError(
+                    f"engines.{ename} (transformers serve, continuous_batching) serves one "
+                    f"model at a time, but roles {sorted(users)} bind different models "
+                    f"{sorted(set(users.values()))}: give each model its own engine"
+                )
+            if TRAINED_ROLE in users:
+                raise ValueError(
+                    f"engines.{ename} (transformers serve, continuous_batching) serves one "
+                    f"model at a time, but roles.{TRAINED_ROLE} is hot-swapped (two versions "
+                    f"overlap): bind it to an engine with continuous_batching: false"
+                )
 
 
 class ConfigError(Exception):
@@ -167,14 +219,21 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+    if overrides:
+        defaults = RunConfig().model_dump(mode="json")
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted, value, defaults)
     return parse_config(data, path or "<defaults>")
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, defaults: dict[str, Any]) -> None:
+    """Set ``a.b.c`` = value. A section the file leaves out starts from its default,
+    so ``roles.critic.max_tokens=20`` changes one field, not the whole roles map."""
+    node, default = data, defaults
     *parents, leaf = dotted.split(".")
     for key in parents:
-        node = node.setdefault(key, {})
+        default = default.get(key, {}) if isinstance(default, dict) else {}
+        if key not in node:
+            node[key] = copy.deepcopy(default) if isinstance(default, dict) else {}
+        node = node[key]
     node[leaf] = value

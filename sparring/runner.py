@@ -27,11 +27,15 @@ from sparring.config import RunConfig
 from sparring.graphs import build_graph
 from sparring.graphs.nodes import LoopContext
 from sparring.schemas import Episode, PreferencePair
-from sparring.serving.engine import EngineProcess
+from sparring.serving.engine import EngineProcess, thread_env
 from sparring.serving.models import resolve_model_path
 from sparring.serving.registry import Registry, Swapper, warm
 from sparring.summary import VersionRow, as_json, render_table, summarise
 from sparring.tracing import Tracer
+
+# A trainer that dies is restarted (it resumes from the bus) at most this often.
+MAX_TRAINER_RESTARTS = 3
+TRAINER_CHECK_S = 1.0
 
 
 @dataclass
@@ -67,8 +71,9 @@ def base_bindings(cfg: RunConfig, model_paths: dict[str, Path]) -> dict[str, Bin
 class TrainerProcess:
     """``sparring train`` as a background process whose JSON log is trainer.log."""
 
-    def __init__(self, run_dir: Path, config_path: Path) -> None:
+    def __init__(self, run_dir: Path, config_path: Path, threads: int | None = None) -> None:
         self.log_path = run_dir / "trainer.log"
+        self._env = {**os.environ, **thread_env(threads)}
         self._cmd = [
             sys.executable, "-m", "sparring.training.worker",
             "--run-dir", str(run_dir), "--config", str(config_path),
@@ -78,11 +83,30 @@ class TrainerProcess:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self._cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self._cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self._env,
             )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as an OOM killer or a pulled plug would (used by the crash tests)."""
+        if self.alive():
+            assert self._proc is not None
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if not self.alive():
@@ -117,6 +141,9 @@ class Loop:
         self.trace_stdout = trace_stdout
         self.counters = Counters()
         self.started = time.monotonic()
+        self.trainer: TrainerProcess | None = None
+        self.trainer_restarts = 0
+        self.rows: list[VersionRow] = []
 
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> dict[str, Path]:
@@ -138,13 +165,15 @@ class Loop:
         if b.minutes is not None and time.monotonic() - self.started >= b.minutes * 60:
             return f"{b.minutes:g} minutes"
         if b.learner_versions is not None:
-            v = registry.binding("learner").version
-            # Stop once the last version has also been measured for a round.
-            if v >= b.learner_versions and self.counters.by_version.get(v, 0) >= max(
-                self.cfg.loop.concurrency, 4
-            ):
+            # Stop once the target version (or a later one: the trainer keeps
+            # going meanwhile) has also served a round of episodes.
+            served = sum(n for v, n in self.counters.by_version.items() if v >= b.learner_versions)
+            if served >= max(self.cfg.loop.concurrency, 4):
                 return f"{b.learner_versions} learner versions"
         return None
+
+    def _sampling_temperature(self, role: str) -> float:
+        return self.cfg.engines[self.cfg.roles[role].engine].sampling_temperature
 
     # -- the run --------------------------------------------------------------
     async def run(self) -> list[VersionRow]:
@@ -154,7 +183,9 @@ class Loop:
             for name, ec in self.cfg.engines.items()
             if ec.managed
         ]
-        trainer = TrainerProcess(self.run_dir, self.config_path)
+        trainer = self.trainer = TrainerProcess(
+            self.run_dir, self.config_path, self.cfg.trainer.threads
+        )
         tracer = Tracer(self.run_dir, self.run_id, stdout=self.trace_stdout)
         bus = open_bus(self.cfg, self.run_dir)
         chat = OpenAIChat(timeout_s=max(rc.timeout_s for rc in self.cfg.roles.values()))
@@ -165,8 +196,10 @@ class Loop:
                 tracer.log.info("engine.started", engine=engine.name, pid=engine.pid)
             bindings = base_bindings(self.cfg, paths)
             with self.console.status("loading base models into the engine"):
-                for b in {(b.base_url, b.model): b for b in bindings.values()}.values():
-                    await warm(chat, b)
+                for role, b in {
+                    (b.base_url, b.model): (r, b) for r, b in bindings.items()
+                }.values():
+                    await warm(chat, b, temperature=self._sampling_temperature(role))
             if self.cfg.trainer.managed:
                 trainer.start()
                 tracer.log.info("trainer.started", log=str(trainer.log_path))
@@ -176,7 +209,7 @@ class Loop:
             await chat.aclose()
             for engine in engines:
                 engine.stop()
-            rows = summarise(bus)
+            rows = self.rows = summarise(bus)
             (self.run_dir / "summary.json").write_text(json.dumps(as_json(rows), indent=2))
             tracer.log.info("run.finished", episodes=self.counters.episodes)
             tracer.close()
@@ -203,36 +236,70 @@ class Loop:
             ),
             critic=make_critic(
                 chat, temperature=rc["critic"].temperature, max_tokens=rc["critic"].max_tokens,
-                retries=cfg.loop.critic_retries,
+                retries=cfg.loop.critic_retries, shots=cfg.loop.critic_shots,
             ),
             registry=registry, bus=bus, log=tracer.log, pair_margin=cfg.loop.pair_margin,
             on_episode=self.counters.add,
         )  # fmt: skip
         stop = asyncio.Event()
-        swapper = Swapper(bus, registry, chat, tracer.log, group="swapper")
+        swapper = Swapper(
+            bus, registry, chat, tracer.log, group="swapper",
+            temperature=self._sampling_temperature("learner"),
+        )  # fmt: skip
         async with AsyncExitStack() as stack:
             saver = await stack.enter_async_context(
                 AsyncSqliteSaver.from_conn_string(str(self.run_dir / "checkpoints.sqlite"))
             )
             graph = build_graph(cfg.loop.graph, checkpointer=saver)
             swap_task = asyncio.create_task(swapper.run(stop))
+            watch_task = asyncio.create_task(self._supervise_trainer(stop, tracer))
             try:
-                await self._schedule(graph, ctx, registry, bus)
+                await self._schedule(graph, ctx, registry, bus, watch_task)
             finally:
                 stop.set()
                 await swap_task
+                watch_task.cancel()
 
-    async def _schedule(self, graph: Any, ctx: LoopContext, registry: Registry, bus: Bus) -> None:
+    async def _supervise_trainer(self, stop: asyncio.Event, tracer: Tracer) -> None:
+        """Restart a trainer that died (a crash, an OOM kill): it resumes from the bus.
+
+        Gives up after ``MAX_TRAINER_RESTARTS`` deaths; the run then stops with
+        an error that points at trainer.log.
+        """
+        trainer = self.trainer
+        if trainer is None or not self.cfg.trainer.managed:
+            return
+        while not stop.is_set():
+            await asyncio.sleep(TRAINER_CHECK_S)
+            if stop.is_set() or trainer.alive():
+                continue
+            code = trainer.returncode
+            if self.trainer_restarts >= MAX_TRAINER_RESTARTS:
+                tracer.log.error("trainer.gave_up", exit_code=code, log=str(trainer.log_path))
+                raise RuntimeError(
+                    f"the trainer died {self.trainer_restarts + 1} times (last exit code "
+                    f"{code}); see {trainer.log_path}"
+                )
+            self.trainer_restarts += 1
+            tracer.log.warning("trainer.restarted", exit_code=code, restarts=self.trainer_restarts)
+            trainer.start()
+
+    async def _schedule(
+        self, graph: Any, ctx: LoopContext, registry: Registry, bus: Bus,
+        watch: asyncio.Task[None] | None = None,
+    ) -> None:  # fmt: skip
         cfg = self.cfg
         sem = asyncio.Semaphore(cfg.loop.concurrency)
         tasks: set[asyncio.Task[Any]] = set()
         n = 0
         with self._progress() as bar:
-            ep_task = bar.add_task("episodes", total=cfg.budget.episodes)
-            pair_task = bar.add_task("pairs", total=None)
-            train_task = bar.add_task("training", total=cfg.trainer.pairs_per_version)
-            ver_task = bar.add_task("learner version", total=cfg.budget.learner_versions)
+            ep_task = bar.add_task("episodes", total=cfg.budget.episodes, note="")
+            pair_task = bar.add_task("pairs", total=None, note="")
+            train_task = bar.add_task("training", total=cfg.trainer.pairs_per_version, note="")
+            ver_task = bar.add_task("learner version", total=cfg.budget.learner_versions, note="")
             while (reason := self.budget_reached(registry, n)) is None:
+                if watch is not None and watch.done():
+                    watch.result()  # re-raises why supervision ended (the trainer gave up)
                 await sem.acquire()
                 if self.budget_reached(registry, n):
                     sem.release()
@@ -244,7 +311,15 @@ class Loop:
                 t.add_done_callback(tasks.discard)
                 self._update(bar, bus, registry, ep_task, pair_task, train_task, ver_task)
                 await asyncio.sleep(0)
-            ctx.log.info("run.budget_reached", reason=reason or "budget")
+            reason = reason or self.budget_reached(registry, n) or "budget"
+            ctx.log.info("run.budget_reached", reason=reason, in_flight=len(tasks))
+            if reason.endswith("minutes") and tasks:
+                # A time budget is a deadline: drop episodes still running (their
+                # checkpoints stay in checkpoints.sqlite; nothing of theirs was
+                # published) rather than wait minutes for them.
+                for t in tasks:
+                    t.cancel()
+                ctx.log.warning("run.cancelled_in_flight", episodes=len(tasks))
             while tasks:
                 await asyncio.wait(tasks, timeout=0.5)
                 self._update(bar, bus, registry, ep_task, pair_task, train_task, ver_task)
@@ -257,6 +332,8 @@ class Loop:
             config = {"configurable": {"thread_id": episode_id}}
             state = {"episode_id": episode_id, "started_at": time.time()}
             await graph.ainvoke(state, config=config, context=ctx)
+        except asyncio.CancelledError:
+            pass  # the time budget ran out mid-episode (see run.cancelled_in_flight)
         except Exception as err:
             ctx.log.error("episode.failed", episode_id=episode_id, error=repr(err))
         finally:
@@ -295,8 +372,18 @@ def run_main(
     loop = Loop(
         cfg, run_dir, run_id=run_id, progress=progress, trace_stdout=trace_stdout, console=console
     )
-    rows = asyncio.run(loop.run())
     out = console or Console()
+    try:
+        rows = asyncio.run(loop.run())
+    except KeyboardInterrupt:
+        # Loop.run's clean-up has stopped the engine and the trainer and written
+        # summary.json; show what the run got to before the interrupt.
+        render_table(loop.rows, out)
+        out.print(
+            f"[yellow]interrupted[/]: episodes in flight were dropped (pairs already on "
+            f"the bus are kept). run directory: {run_dir}"
+        )
+        raise SystemExit(130) from None
     render_table(rows, out)
     out.print(f"run directory: {run_dir}   trace: sparring trace {run_dir}")
     return run_dir, rows

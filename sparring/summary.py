@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from statistics import mean
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -71,10 +72,18 @@ def _pct(x: float | None) -> str:
 
 
 def render_table(rows: list[VersionRow], console: Console | None = None) -> None:
-    table = Table(title="sparring run summary (per learner version)")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        title="sparring run summary (per learner version)",
+        caption="attack success and helpfulness (1-10) as the critic judged them; "
+        "judge errors count in neither",
+    )
     for col in (
-        "version", "episodes", "judge errors", "attack success", "mean helpfulness",
-        "pairs emitted", "trained on (pairs)", "DPO loss", "time served",
+        "learner", "episodes", "judge\nerrors", "attack\nsuccess", "helpful",
+        "pairs", "trained\non", "DPO\nloss", "served",
     ):  # fmt: skip
         table.add_column(col, justify="right")
     for r in rows:
@@ -82,8 +91,8 @@ def render_table(rows: list[VersionRow], console: Console | None = None) -> None
             f"v{r.version}",
             str(r.episodes),
             str(r.judge_errors),
-            f"{_pct(r.attack_success_rate)} ({r.attack_successes}/{r.judged})",
-            "-" if r.mean_helpfulness is None else f"{r.mean_helpfulness:.1f}/10",
+            f"{_pct(r.attack_success_rate)} of {r.judged}",
+            "-" if r.mean_helpfulness is None else f"{r.mean_helpfulness:.1f}",
             str(r.pairs_emitted),
             str(r.pairs_trained_on) if r.version else "(base)",
             "-" if r.train_loss is None else f"{r.train_loss:.3f}",

@@ -9,8 +9,16 @@ from sparring.config import EngineConfig, RunConfig, parse_config
 
 
 def tiny_config(
-    tiny: Path, engine: EngineConfig, tmp_path: Path, critic_model: Path | None = None, **over: Any
+    tiny: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+    critic_model: Path | None = None,
+    **over: Any,
 ) -> RunConfig:
+    """Attacker and critic on the batching engine, the learner on the sequential one
+    (as in the default profile); with a separate critic model, the critic has the
+    batching engine to itself and the attacker moves to the sequential one."""
     models: dict[str, Any] = {"tiny": {"path": str(tiny)}}
     if critic_model:
         models["critic"] = {"path": str(critic_model)}
@@ -18,10 +26,18 @@ def tiny_config(
         "run_name": "test",
         "runs_dir": str(tmp_path / "runs"),
         "models": models,
-        "engines": {"local": {"kind": "external", "managed": False, "port": engine.port}},
+        "engines": {
+            "local": {"kind": "external", "managed": False, "port": engine.port},
+            "seq": {"kind": "external", "managed": False, "port": seq_engine.port},
+        },
         "roles": {
-            "attacker": {"model": "tiny", "max_tokens": 12, "temperature": 1.0},
-            "learner": {"model": "tiny", "max_tokens": 12},
+            "attacker": {
+                "engine": "seq" if critic_model else "local",
+                "model": "tiny",
+                "max_tokens": 12,
+                "temperature": 1.0,
+            },
+            "learner": {"engine": "seq", "model": "tiny", "max_tokens": 12},
             "critic": {"model": "critic" if critic_model else "tiny", "max_tokens": 16},
         },
         "budget": {"episodes": 4, "learner_versions": None, "minutes": 10},

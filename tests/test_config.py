@@ -63,3 +63,20 @@ def test_overrides_are_validated_too() -> None:
     assert load_config(None, {"budget.episodes": 5}).budget.episodes == 5
     with pytest.raises(ConfigError, match="budget.episodes"):
         load_config(None, {"budget.episodes": 0})
+
+
+def test_a_batching_engine_is_never_bound_to_two_models_or_the_learner() -> None:
+    other = {"models.other": {"path": "/data/other"}, "roles.critic.model": "other"}
+    with pytest.raises(ConfigError, match=r"engines.local .*roles \['attacker', 'critic'\]"):
+        load_config(None, other)
+    with pytest.raises(ConfigError, match="bind it to an engine with continuous_batching: false"):
+        load_config(None, {"roles.learner.engine": "local"})
+    # Without continuous batching an engine keeps several models loaded: fine.
+    cfg = load_config(None, {**other, "engines.local.continuous_batching": False})
+    assert cfg.roles["critic"].model == "other"
+
+
+def test_an_override_changes_one_field_of_a_section_the_file_left_out() -> None:
+    cfg = load_config(None, {"roles.critic.max_tokens": 20})
+    assert cfg.roles["critic"].max_tokens == 20
+    assert cfg.roles["learner"] == RunConfig().roles["learner"]

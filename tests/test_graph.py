@@ -22,9 +22,9 @@ def _events(run_dir: Path) -> list[dict]:
 
 
 def test_episodes_run_on_a_real_engine_and_every_node_traces(
-    tiny_model_path: Path, engine: EngineConfig, tmp_path: Path
+    tiny_model_path: Path, engine: EngineConfig, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
-    cfg = tiny_config(tiny_model_path, engine, tmp_path)
+    cfg = tiny_config(tiny_model_path, engine, seq_engine, tmp_path)
     run_dir = tmp_path / "runs" / "r1"
     rows = asyncio.run(Loop(cfg, run_dir, progress=False).run())
 

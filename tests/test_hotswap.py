@@ -20,10 +20,10 @@ def _registry(tmp_path: Path, engine: EngineConfig, base: Path) -> tuple[Registr
 
 
 def test_pointer_flips_only_after_engine_serves_new_version(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig, tmp_path: Path
+    tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
     v1 = build_tiny_model(tmp_path / "v1", tokenizer_from=smollm2_path, seed=1)
-    registry, bus = _registry(tmp_path, engine, tiny_model_path)
+    registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
     tracer = Tracer(tmp_path, "swap-test")
     chat = OpenAIChat(timeout_s=60)
     swapper = Swapper(bus, registry, chat, tracer.log, group="swapper")
@@ -58,12 +58,12 @@ def test_pointer_flips_only_after_engine_serves_new_version(
 
 
 def test_a_version_the_engine_cannot_load_is_never_flipped(
-    tiny_model_path: Path, engine: EngineConfig, tmp_path: Path
+    tiny_model_path: Path, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
     broken = tmp_path / "v1"
     shutil.copytree(tiny_model_path, broken)
     (broken / "model.safetensors").write_bytes(b"not weights")
-    registry, bus = _registry(tmp_path, engine, tiny_model_path)
+    registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
     swapper = Swapper(
         bus,
         registry,

@@ -69,7 +69,7 @@ def test_train_version_changes_weights_and_writes_servable_folder(
     after = load_file(tmp_path / "v1" / "model.safetensors")
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert changed, "DPO + merge left every weight unchanged"
-    assert all(t.dtype == before[k].dtype for k, t in after.items())  # merged back to bf16
+    assert all(t.dtype == before[k].dtype for k, t in after.items())  # saved as trained
     AutoModelForCausalLM.from_pretrained(tmp_path / "v1")  # the folder an engine would load
 
 

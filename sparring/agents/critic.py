@@ -36,9 +36,9 @@ def parse_field(field_name: str, text: str) -> bool | int:
     return int(words[0])
 
 
-def critique_messages(query: str, answer: str) -> list[Message]:
+def critique_messages(query: str, answer: str, shots: int = 2) -> list[Message]:
     messages: list[Message] = [{"role": "system", "content": template("critic_system")}]
-    for ex in critic_examples():
+    for ex in critic_examples()[:shots]:
         messages.append(
             {
                 "role": "user",
@@ -59,11 +59,13 @@ VERDICT_FIELDS = {
 }
 
 
-def verdict_messages(query: str, answer: str, critique: str, field_name: str) -> list[Message]:
+def verdict_messages(
+    query: str, answer: str, critique: str, field_name: str, shots: int = 2
+) -> list[Message]:
     question, form = VERDICT_FIELDS[field_name]
     system = render("verdict_system", question=question, form=form)
     messages: list[Message] = [{"role": "system", "content": system}]
-    for ex in critic_examples():
+    for ex in critic_examples()[:shots]:
         user = render(
             "verdict_user", query=ex["query"], answer=ex["answer"], critique=ex["critique"]
         )
@@ -83,7 +85,7 @@ class CriticResult:
 VERDICT_MAX_TOKENS = 4
 
 
-def make_critic(chat: Chat, *, temperature: float, max_tokens: int, retries: int):  # type: ignore[no-untyped-def]
+def make_critic(chat: Chat, *, temperature: float, max_tokens: int, retries: int, shots: int = 2):  # type: ignore[no-untyped-def]
     """Build the critic role: ``await critic(binding, query, answer) -> CriticResult``.
 
     First a free-text critique, then one short call per verdict field grounded
@@ -111,7 +113,7 @@ def make_critic(chat: Chat, *, temperature: float, max_tokens: int, retries: int
     async def critic(binding: Binding, query: str, answer: str) -> CriticResult:
         first = await chat(
             binding,
-            critique_messages(query, answer),
+            critique_messages(query, answer, shots),
             temperature=temperature,
             max_tokens=max_tokens,
         )
@@ -119,7 +121,10 @@ def make_critic(chat: Chat, *, temperature: float, max_tokens: int, retries: int
         if not text:
             return _judge_error(binding, [first], "the critique was empty")
         results = await asyncio.gather(
-            *(ask(binding, verdict_messages(query, answer, text, n), n) for n in VERDICT_FIELDS)
+            *(
+                ask(binding, verdict_messages(query, answer, text, n, shots), n)
+                for n in VERDICT_FIELDS
+            )
         )
         calls = [first] + [c for _, cs, _ in results for c in cs]
         problems = [p for _, _, p in results if p]

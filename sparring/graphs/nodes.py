@@ -71,6 +71,10 @@ def _trace(
     started: float,
     **fields: Any,
 ) -> None:
+    # Every event names the learner version the episode is pinned to, so traces
+    # filter by version whichever role spoke.
+    if "learner_version" not in fields and state.get("learner"):
+        fields["learner_version"] = state["learner"]["version"]
     runtime.context.log.info(
         "node",
         node=node,

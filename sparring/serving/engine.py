@@ -19,10 +19,20 @@ from pathlib import Path
 import httpx
 
 from sparring.config import EngineConfig
+from sparring.serving.hardware import resolve_dtype
 
 
 class EngineError(RuntimeError):
     pass
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Cap a child's torch/OpenMP threads. Several busy processes each running one
+    thread per core oversubscribe a small CPU; their spinning threads then starve
+    each other (measured: a 48-token attack took 234 s instead of ~30 s)."""
+    if threads is None:
+        return {}
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def serve_command(cfg: EngineConfig) -> list[str]:
@@ -38,16 +48,20 @@ def serve_command(cfg: EngineConfig) -> list[str]:
         "--device",
         cfg.device,
         "--dtype",
-        cfg.dtype,
-        # Keep every loaded version resident: a version is dropped by the
-        # registry's keep window, not by an idle timer mid-episode.
+        resolve_dtype(cfg.dtype, cfg.device),
+        # Versions left idle this long are unloaded (a later request reloads
+        # one), so memory stays bounded as versions accumulate.
         "--model-timeout",
-        "-1",
+        str(cfg.model_timeout_s),
         "--log-level",
         "warning",
     ]
     if cfg.continuous_batching:
-        cmd.append("--continuous-batching")
+        cmd += [
+            "--continuous-batching",
+            "--cb-block-size", str(cfg.cb_block_size),
+            "--cb-num-blocks", str(cfg.cb_num_blocks),
+        ]  # fmt: skip
     return cmd
 
 
@@ -79,6 +93,7 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.update(thread_env(self.cfg.threads))
         self._proc = subprocess.Popen(
             serve_command(self.cfg),
             stdout=log,

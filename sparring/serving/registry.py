@@ -54,17 +54,26 @@ class Registry:
         self.in_flight[(binding.role, binding.version)] -= 1
 
 
-async def warm(chat: Chat, binding: Binding, *, attempts: int = 3, delay_s: float = 2.0) -> float:
+async def warm(
+    chat: Chat, binding: Binding, *, temperature: float = 1.0, attempts: int = 3,
+    delay_s: float = 2.0,
+) -> float:  # fmt: skip
     """Ask the engine for a one-token answer from ``binding``; returns seconds taken.
 
     On the CPU engine the first request naming a model directory loads it, so a
-    success here means the version is loaded and serving.
+    success here means the version is loaded and serving. That first request
+    also fixes the model's sampling settings under continuous batching
+    (``transformers serve`` shares one generation config per loaded model), so
+    ``temperature`` is the engine's ``sampling_temperature``, never 0.
     """
     start = time.perf_counter()
     for attempt in range(attempts):
         try:
             await chat(
-                binding, [{"role": "user", "content": "Hello"}], temperature=0.0, max_tokens=1
+                binding,
+                [{"role": "user", "content": "Hello"}],
+                temperature=temperature,
+                max_tokens=1,
             )
             return time.perf_counter() - start
         except Exception:
@@ -86,8 +95,10 @@ class Swapper:
         *,
         group: str,
         on_flip: Callable[[RolePointer], None] | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self._bus = bus
+        self._temperature = temperature
         self._registry = registry
         self._chat = chat
         self._log = log
@@ -119,7 +130,7 @@ class Swapper:
         target = Binding(published.role, base.base_url, published.path, published.version)
         self._log.info("swap.warming", role=published.role, version=published.version)
         try:
-            seconds = await warm(self._chat, target)
+            seconds = await warm(self._chat, target, temperature=self._temperature)
         except Exception as err:
             self._log.error(
                 "swap.failed", role=published.role, version=published.version, error=str(err)

@@ -15,6 +15,7 @@ from typing import Any
 
 from sparring.config import TrainerConfig
 from sparring.schemas import PreferencePair
+from sparring.serving.hardware import fast_bf16
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def train_version(
     base_dir: Path, pairs: list[PreferencePair], out_dir: Path, cfg: TrainerConfig, seed: int = 0
 ) -> TrainResult:
     """Train a LoRA on ``pairs`` from the full model folder ``base_dir``; write the
-    adapter to ``out_dir/adapter`` and the merged bf16 model plus tokenizer (what
+    adapter to ``out_dir/adapter`` and the merged model plus tokenizer (what
     the CPU engine serves) to ``out_dir``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,7 +54,8 @@ def train_version(
     start = time.perf_counter()
     _quiet_progress_bars()
     cuda = torch.cuda.is_available()
-    bf16 = cfg.bf16 and (not cuda or torch.cuda.is_bf16_supported())
+    bf16 = fast_bf16("cuda" if cuda else "cpu") if cfg.bf16 == "auto" else cfg.bf16
+    bf16 = bf16 and (not cuda or torch.cuda.is_bf16_supported())
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -69,7 +71,9 @@ def train_version(
     peft_model: Any = trainer.model
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir / "adapter"))
-    merged = peft_model.merge_and_unload().to(torch.bfloat16)
+    # Saved in the dtype it was trained in: rounding an fp32 merge to bf16 would
+    # erase most of a few-step LoRA update (bf16 keeps ~3 significant digits).
+    merged = peft_model.merge_and_unload()
     merged.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]

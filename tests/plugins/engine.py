@@ -24,3 +24,14 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineConfig]:
     log = Path(tmp_path_factory.mktemp("engine")) / "engine.log"
     with EngineProcess("test", cfg, log):
         yield cfg
+
+
+@pytest.fixture(scope="session")
+def seq_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineConfig]:
+    """An engine without continuous batching: it keeps several models (a learner's
+    versions) loaded and serves each with its own generator, as the learner's
+    engine does in a run."""
+    cfg = EngineConfig(port=free_port(), continuous_batching=False, startup_timeout_s=120)
+    log = Path(tmp_path_factory.mktemp("seq-engine")) / "engine.log"
+    with EngineProcess("test-seq", cfg, log):
+        yield cfg

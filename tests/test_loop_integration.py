@@ -1,0 +1,153 @@
+"""The whole loop with every real part: engine, graph, bus, background trainer, hot swap.
+
+The attacker and the learner are the tiny random model (so DPO and version
+loads take seconds); the critic is the bundled SmolLM2, because a random model
+never writes a readable verdict and so would never yield a pair. Mid-run the
+trainer is SIGKILLed while it trains; the runner restarts it and it must
+resume from the bus without losing or duplicating a pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from sparring.bus import make_bus
+from sparring.config import EngineConfig
+from sparring.runner import Loop
+from sparring.schemas import Episode, PreferencePair
+from sparring.training.worker import GROUP, STREAM, complete_versions
+from tests.helpers import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+async def _kill_trainer_mid_training(loop: Loop, run_dir: Path, seen: dict[str, Any]) -> None:
+    """SIGKILL the trainer as soon as it logs the start of its first training."""
+    log = run_dir / "trainer.log"
+    while True:
+        await asyncio.sleep(0.02)
+        if loop.trainer is None or not log.is_file():
+            continue
+        starts = [e for e in _events(log) if e.get("event") == "train.start"]
+        if starts:
+            version = starts[0]["version"]
+            loop.trainer.kill()
+            learner_dir = run_dir / "versions" / "learner"
+            seen.update(
+                version=version,
+                final_existed=(learner_dir / f"v{version}").exists(),
+                partial_existed=(learner_dir / f".v{version}.tmp").exists(),
+            )
+            return
+
+
+def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
+    cfg = tiny_config(
+        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
+        budget__episodes=None, budget__learner_versions=2, budget__minutes=12,
+        loop__concurrency=6, loop__pair_margin=0,
+        trainer__managed=True, trainer__pairs_per_version=2, trainer__bf16=False,
+        trainer__learning_rate=1e-3, trainer__poll_s=0.2,
+    )  # fmt: skip
+    run_dir = tmp_path / "runs" / "it"
+    out = io.StringIO()
+    loop = Loop(cfg, run_dir, console=Console(file=out, width=120), progress=True)
+    killed: dict[str, Any] = {}
+
+    async def go() -> None:
+        killer = asyncio.create_task(_kill_trainer_mid_training(loop, run_dir, killed))
+        try:
+            await loop.run()
+        finally:
+            killer.cancel()
+
+    asyncio.run(go())
+
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    episode_list = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    episodes = {e.episode_id: e for e in episode_list}
+    pair_list = [PreferencePair.model_validate(d.payload) for d in bus.history(STREAM)]
+    pairs = {p.pair_id: p for p in pair_list}
+    events = _events(run_dir / "trace.jsonl")
+    versions = complete_versions(run_dir / "versions", "learner")
+
+    # -- the kill happened mid-training, and the runner restarted the trainer --
+    assert killed, "the trainer never started training"
+    assert killed["partial_existed"] and not killed["final_existed"], killed
+    assert any(e.get("event") == "trainer.restarted" for e in events)
+    trainer_log = _events(run_dir / "trainer.log")
+    assert sum(e.get("event") == "trainer.started" for e in trainer_log) >= 2
+    assert killed["version"] in versions  # the interrupted version was trained after all
+
+    # -- hot swap mid-run: episodes ran on v0, then on v1 and v2, same engine ----
+    assert {1, 2} <= set(versions)
+    flips = [e for e in events if e.get("event") == "swap.flipped"]
+    assert [e["version"] for e in flips][:2] == [1, 2]
+    by_version: dict[int, int] = {}
+    for e in events:
+        if e.get("node") == "emit":
+            by_version[e["learner_version"]] = by_version.get(e["learner_version"], 0) + 1
+    assert by_version.get(0, 0) > 0 and by_version.get(1, 0) > 0 and by_version.get(2, 0) > 0
+    assert sum(by_version.values()) == len(episodes)
+    first_flip = min(e["ts"] for e in flips)
+    assert any(
+        e["ts"] > first_flip and e.get("node") == "attack" and e["learner_version"] >= 1
+        for e in events
+    ), "no episode started after the first flip: the swap was not mid-run"
+
+    # -- every node of every episode left one trace event, in graph order -------
+    for ep in episodes.values():
+        nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
+        middle = [] if ep.outcome == "judge_error" else ["refine", "critique_refined"]
+        assert nodes == ["attack", "respond", "critique", *middle, "emit"], ep.episode_id
+        node_events = [e for e in events if e.get("episode_id") == ep.episode_id]
+        assert all(e["run_id"] == "it" for e in node_events)
+        assert all(e["learner_version"] == ep.learner.version for e in node_events)
+
+    # -- the pairs trained on carry their provenance ----------------------------
+    trained = [pid for m in versions.values() for pid in m.pair_ids]
+    assert trained
+    for pid in trained:
+        pair = pairs[pid]
+        ep = episodes[pair.episode_id]
+        assert pair.critique and pair.critique == ep.critique.text
+        assert pair.rejected_verdict == ep.critique.verdict
+        assert ep.refined_critique is not None
+        assert pair.chosen_verdict == ep.refined_critique.verdict
+        assert pair.chosen_by.version == pair.rejected_by.version == ep.learner.version
+        assert (pair.prompt, pair.rejected, pair.chosen) == (
+            ep.query,
+            ep.answer,
+            ep.refined_answer,
+        )
+        assert ep.outcome != "judge_error"
+    # Versions are trained in order, each on the one before.
+    for n, m in versions.items():
+        assert m.base_version == n - 1 and len(m.pair_ids) == 2
+
+    # -- nothing lost, nothing trained twice ------------------------------------
+    assert len(trained) == len(set(trained)), "a pair was trained into two versions"
+    untrained = set(pairs) - set(trained)
+    assert bus.pending(STREAM, GROUP) == len(untrained), "a pair was acked but never trained"
+
+    # -- the user saw progress and the summary has every version ----------------
+    assert "learner version" in out.getvalue()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {row["version"] for row in summary} >= {0, 1, 2}
