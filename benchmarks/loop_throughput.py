@@ -46,7 +46,8 @@ def config(model: Path, engine: EngineConfig, runs: Path, concurrency: int, epis
             "engines": {"local": {"kind": "external", "managed": False, "port": engine.port}},
             # The default profile's sampling settings, on the benchmark's engine.
             "roles": {
-                role: {**rc.model_dump(), "model": "m"} for role, rc in RunConfig().roles.items()
+                role: {**rc.model_dump(), "engine": "local", "model": "m"}
+                for role, rc in RunConfig().roles.items()
             },
             "budget": {"episodes": episodes, "learner_versions": None, "minutes": 60},
             "loop": {"concurrency": concurrency},
