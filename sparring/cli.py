@@ -52,15 +52,31 @@ CONFIG = click.option(
     metavar="KEY=VALUE",
     help="Override a config field, e.g. --set budget.episodes=20 (repeatable).",
 )
-@click.option("--run-id", default=None, help="Name of the run directory (default: generated).")
+@click.option(
+    "--run-id",
+    default=None,
+    envvar="SPARRING_RUN_ID",
+    help="Name of the run directory (default: generated). Orchestrators and trainers "
+    "that share a Redis bus work on the same run when they share this id. "
+    "Env: SPARRING_RUN_ID.",
+)
+@click.option(
+    "--consumer",
+    default="local",
+    envvar="SPARRING_CONSUMER",
+    show_default=True,
+    help="This orchestrator's name on the bus; replicas sharing a Redis need distinct "
+    "names ('hostname' uses the host's name). A restart under the same name resumes "
+    "its unfinished episodes. Env: SPARRING_CONSUMER.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars (e.g. in CI logs).")
 @click.option(
     "--trace-stdout",
     is_flag=True,
     help="Also write trace events (JSON lines) to stdout, e.g. for docker logs.",
 )
-def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, no_progress: bool,
-        trace_stdout: bool) -> None:  # fmt: skip
+def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, consumer: str,
+        no_progress: bool, trace_stdout: bool) -> None:  # fmt: skip
     """Run the loop until the budget: start the engine and the trainer, run
     episodes concurrently, hot-swap each new learner version, and print a
     summary table per learner version.
@@ -71,7 +87,14 @@ def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, no_progr
     from sparring.runner import run_main
 
     cfg = _load(config, sets)
-    run_main(cfg, run_id=run_id, progress=not no_progress, trace_stdout=trace_stdout)
+    if consumer == "hostname":
+        import socket
+
+        consumer = socket.gethostname()
+    run_main(
+        cfg, run_id=run_id, consumer=consumer, progress=not no_progress,
+        trace_stdout=trace_stdout,
+    )  # fmt: skip
 
 
 @main.command()

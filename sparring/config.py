@@ -8,6 +8,8 @@ valid integer (got 'many')``.
 from __future__ import annotations
 
 import copy
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,16 +25,26 @@ class Strict(BaseModel):
 
 class ModelSource(Strict):
     """A base model: ``builtin`` names one sparring can build (``smollm2``),
-    ``path`` names any local Hugging Face folder."""
+    ``path`` names any local Hugging Face folder, ``hub_id`` a Hugging Face hub
+    repository (for engines and trainers that can reach the hub, e.g. vLLM).
+
+    ``served_name`` is what requests name when an engine serves the model under
+    its own name (vLLM's ``--served-model-name``); by default requests name the
+    folder path (transformers serve) or the hub id."""
 
     builtin: Literal["smollm2"] | None = None
     path: Path | None = None
+    hub_id: str | None = None
+    served_name: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
-        if (self.builtin is None) == (self.path is None):
-            raise ValueError("give exactly one of 'builtin' or 'path'")
+        if sum(x is not None for x in (self.builtin, self.path, self.hub_id)) != 1:
+            raise ValueError("give exactly one of 'builtin', 'path' or 'hub_id'")
         return self
+
+
+SwapMode = Literal["path", "lora", "full"]
 
 
 class EngineConfig(Strict):
@@ -60,9 +72,28 @@ class EngineConfig(Strict):
     managed: bool = True
     startup_timeout_s: float = Field(default=120.0, gt=0)
     base_url: str | None = None
+    # Every replica behind base_url, each addressed directly (".../v1"). A new
+    # version is loaded and warmed on each of them before the pointer moves: a
+    # load call reaches only the replica that answers it. Empty: just base_url.
+    replicas: list[str] = Field(default_factory=list)
+    # How a hot-swapped role takes on a new version on this engine:
+    #   path: requests name the version's merged model folder (transformers
+    #         serve loads it on demand); lora: vLLM loads the version's LoRA
+    #         adapter (POST /v1/load_lora_adapter) and requests name it;
+    #   full: vLLM reloads full weights in place (see docs/gpu.md).
+    # auto: lora for vllm engines, path otherwise.
+    swap: SwapMode | Literal["auto"] = "auto"
 
     def url(self) -> str:
         return self.base_url or f"http://{self.host}:{self.port}/v1"
+
+    def replica_urls(self) -> list[str]:
+        return list(self.replicas) or [self.url()]
+
+    def swap_mode(self) -> SwapMode:
+        if self.swap != "auto":
+            return self.swap
+        return "lora" if self.kind == "vllm" else "path"
 
 
 class RoleConfig(Strict):
@@ -89,6 +120,20 @@ class LoopConfig(Strict):
     pair_margin: int = Field(default=1, ge=0, le=9)
     attacker_recent_window: int = Field(default=32, ge=0)
     seed: int = 0
+    # Episode tasks are claimed from the bus's ``tasks`` stream (so several
+    # orchestrators split the work); one held longer than this by a consumer
+    # that stopped answering is handed to another. Keep it above the longest
+    # episode, or a slow episode could run twice.
+    task_claim_after_s: float = Field(default=3600.0, gt=0)
+
+
+class SwapConfig(Strict):
+    # Learner versions kept loaded on the engines: the newest N (the live one
+    # and its predecessors). Older ones are unloaded once no local episode uses
+    # them and unload_after_s has passed since they were replaced (episodes of
+    # other orchestrators are bounded by their request timeouts).
+    keep_versions: int = Field(default=2, ge=1)
+    unload_after_s: float = Field(default=900.0, ge=0)
 
 
 class BusConfig(Strict):
@@ -107,6 +152,13 @@ class TrainerConfig(Strict):
     lora_alpha: int = Field(default=16, ge=1)
     bf16: bool | Literal["auto"] = "auto"  # auto: bf16 only where it is native
     threads: int | None = Field(default=1, ge=1)  # torch threads (None: one per core)
+    # Trade compute for memory on CUDA; on a CPU it only costs time (auto: CUDA only).
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    # merged: each version is the previous one with a new LoRA merged in (what
+    #   transformers serve and vLLM's full-weight reload serve);
+    # adapter: one LoRA on the base model, trained on further each version and
+    #   saved alone (what vLLM's runtime LoRA loading serves).
+    publish: Literal["merged", "adapter"] = "merged"
     managed: bool = True
     poll_s: float = Field(default=1.0, gt=0)
 
@@ -141,6 +193,7 @@ class RunConfig(Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    swap: SwapConfig = Field(default_factory=SwapConfig)
 
     @model_validator(mode="after")
     def _bindings_resolve(self) -> RunConfig:
@@ -159,7 +212,19 @@ class RunConfig(Strict):
                     f"but models defines only {sorted(self.models)}"
                 )
         self._one_model_per_batching_engine()
+        self._publish_matches_swap()
         return self
+
+    def _publish_matches_swap(self) -> None:
+        """The trainer must write what the learner's engine loads."""
+        ename = self.roles[TRAINED_ROLE].engine
+        mode = self.engines[ename].swap_mode()
+        want = "adapter" if mode == "lora" else "merged"
+        if self.trainer.publish != want:
+            raise ValueError(
+                f"trainer.publish is '{self.trainer.publish}', but engines.{ename} takes new "
+                f"{TRAINED_ROLE} versions by '{mode}' swap, which needs trainer.publish: {want}"
+            )
 
     def _one_model_per_batching_engine(self) -> None:
         """transformers serve with continuous batching serves one model at a time."""
@@ -205,8 +270,41 @@ def parse_config(data: dict[str, Any], source: Path | str = "<config>") -> RunCo
         raise ConfigError(_format(source, err)) from None
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(node: Any, source: Path | str, where: str = "") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in string values with the
+    environment's values (how docker compose hands its env file to the config).
+    A value that is one reference alone is read as YAML, so ``${N:-3}`` is 3."""
+    if isinstance(node, dict):
+        return {
+            k: expand_env(v, source, f"{where}.{k}" if where else str(k)) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [expand_env(v, source, f"{where}.{i}") for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def value(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{source}: {where}: environment variable {name} is not set "
+            f"(set it, or write ${{{name}:-default}})"
+        )
+
+    whole = _ENV_REF.fullmatch(node)
+    expanded = _ENV_REF.sub(value, node)
+    return yaml.safe_load(expanded) if whole and expanded.strip() else expanded
+
+
 def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config (or the defaults when ``path`` is None)."""
+    """Read a YAML run config (or the defaults when ``path`` is None); see
+    :func:`expand_env` for environment references."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -218,7 +316,7 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{p}: not valid YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+        data = expand_env(loaded, p)
     if overrides:
         defaults = RunConfig().model_dump(mode="json")
         for dotted, value in overrides.items():

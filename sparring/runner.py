@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,15 +28,20 @@ from sparring.config import RunConfig
 from sparring.graphs import build_graph
 from sparring.graphs.nodes import LoopContext
 from sparring.schemas import Episode, PreferencePair
-from sparring.serving.engine import EngineProcess, thread_env
+from sparring.serving.engine import EngineProcess, thread_env, wait_for_engine
+from sparring.serving.loaders import make_loader
 from sparring.serving.models import resolve_model_path
-from sparring.serving.registry import Registry, Swapper, warm
+from sparring.serving.registry import Registry, RoleServing, Swapper, warm
 from sparring.summary import VersionRow, as_json, render_table, summarise
 from sparring.tracing import Tracer
+from sparring.workqueue import WorkQueue
 
 # A trainer that dies is restarted (it resumes from the bus) at most this often.
 MAX_TRAINER_RESTARTS = 3
 TRAINER_CHECK_S = 1.0
+# This orchestrator's name in the bus's consumer groups; replicas sharing a
+# Redis need distinct names (docker compose: the container's hostname).
+DEFAULT_CONSUMER = "local"
 
 
 @dataclass
@@ -58,14 +64,44 @@ def new_run_id(name: str) -> str:
 
 
 def open_bus(cfg: RunConfig, run_dir: Path) -> Bus:
-    return make_bus(cfg.bus.redis_url, cfg.bus.sqlite_path or run_dir / "bus.sqlite")
+    return make_bus(
+        cfg.bus.redis_url, cfg.bus.sqlite_path or run_dir / "bus.sqlite", namespace=run_dir.name
+    )
+
+
+def served_model(cfg: RunConfig, name: str, model_paths: dict[str, Path]) -> str:
+    """What requests name to reach base model ``name``: its served name, else its
+    local folder (transformers serve loads folders by path), else its hub id."""
+    src = cfg.models[name]
+    if src.served_name:
+        return src.served_name
+    if name in model_paths:
+        return str(model_paths[name])
+    return str(src.hub_id or src.path)
 
 
 def base_bindings(cfg: RunConfig, model_paths: dict[str, Path]) -> dict[str, Binding]:
     return {
-        role: Binding(role, cfg.engines[rc.engine].url(), str(model_paths[rc.model]), 0)
+        role: Binding(role, cfg.engines[rc.engine].url(), served_model(cfg, rc.model, model_paths))
         for role, rc in cfg.roles.items()
     }
+
+
+def local_models(cfg: RunConfig) -> dict[str, Path]:
+    """Folders of the models that must be on this machine: those an engine
+    sparring starts serves, and the learner's base when the trainer runs here.
+    Models only a remote engine serves (vLLM in docker compose) are named, not
+    loaded, so the orchestrator needs neither their weights nor torch."""
+    needed = {rc.model for rc in cfg.roles.values() if cfg.engines[rc.engine].managed}
+    if cfg.trainer.managed:
+        needed.add(cfg.roles["learner"].model)
+    out = {}
+    for name, src in cfg.models.items():
+        if src.hub_id is not None:
+            continue
+        if name in needed or (src.builtin is None and src.served_name is None):
+            out[name] = resolve_model_path(src.builtin, src.path)
+    return out
 
 
 class TrainerProcess:
@@ -132,8 +168,10 @@ class Loop:
         console: Console | None = None,
         progress: bool = True,
         trace_stdout: bool = False,
+        consumer: str = DEFAULT_CONSUMER,
     ) -> None:
         self.cfg = cfg
+        self.consumer = consumer
         self.run_dir = run_dir
         self.run_id = run_id or run_dir.name
         self.console = console or Console(stderr=True)
@@ -148,19 +186,22 @@ class Loop:
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            name: resolve_model_path(src.builtin, src.path) for name, src in self.cfg.models.items()
-        }
+        paths = local_models(self.cfg)
         resolved = self.cfg.model_dump(mode="json")
-        for name, p in paths.items():
-            resolved["models"][name] = {"path": str(p)}
+        for name, src in self.cfg.models.items():
+            # The trainer re-reads this file: name the folder the pull produced.
+            one = src.model_dump(mode="json", exclude_none=True)
+            if name in paths:
+                one = {k: v for k, v in one.items() if k not in ("builtin", "path")}
+                one["path"] = str(paths[name])
+            resolved["models"][name] = one
         self.config_path = self.run_dir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
         return paths
 
-    def budget_reached(self, registry: Registry, started: int = 0) -> str | None:
+    def budget_reached(self, registry: Registry) -> str | None:
         b = self.cfg.budget
-        if b.episodes is not None and max(started, self.counters.episodes) >= b.episodes:
+        if b.episodes is not None and self.counters.episodes >= b.episodes:
             return f"{b.episodes} episodes"
         if b.minutes is not None and time.monotonic() - self.started >= b.minutes * 60:
             return f"{b.minutes:g} minutes"
@@ -194,6 +235,10 @@ class Loop:
                 with self.console.status(f"starting engine '{engine.name}' ({engine.cfg.kind})"):
                     engine.start()
                 tracer.log.info("engine.started", engine=engine.name, pid=engine.pid)
+            for name, ec in self.cfg.engines.items():
+                if not ec.managed:
+                    with self.console.status(f"waiting for engine '{name}' at {ec.url()}"):
+                        await wait_for_engine(name, ec)
             bindings = base_bindings(self.cfg, paths)
             with self.console.status("loading base models into the engine"):
                 for role, b in {
@@ -242,23 +287,40 @@ class Loop:
             on_episode=self.counters.add,
         )  # fmt: skip
         stop = asyncio.Event()
-        swapper = Swapper(
-            bus, registry, chat, tracer.log, group="swapper",
-            temperature=self._sampling_temperature("learner"),
+        queue = WorkQueue(
+            bus, self.run_id, self.consumer, limit=cfg.budget.episodes,
+            claim_after_s=cfg.loop.task_claim_after_s,
         )  # fmt: skip
         async with AsyncExitStack() as stack:
+            admin_http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))
+            learner_engine = cfg.engines[rc["learner"].engine]
+            swapper = Swapper(
+                bus, registry, chat, tracer.log, group="swapper", consumer=self.consumer,
+                serving={"learner": RoleServing(
+                    make_loader(learner_engine, admin_http, bindings["learner"].model),
+                    list(learner_engine.replicas),
+                )},
+                keep_versions=cfg.swap.keep_versions, unload_after_s=cfg.swap.unload_after_s,
+                temperature=self._sampling_temperature("learner"),
+            )  # fmt: skip
             saver = await stack.enter_async_context(
-                AsyncSqliteSaver.from_conn_string(str(self.run_dir / "checkpoints.sqlite"))
+                AsyncSqliteSaver.from_conn_string(str(self.run_dir / self._checkpoint_file()))
             )
             graph = build_graph(cfg.loop.graph, checkpointer=saver)
             swap_task = asyncio.create_task(swapper.run(stop))
             watch_task = asyncio.create_task(self._supervise_trainer(stop, tracer))
             try:
-                await self._schedule(graph, ctx, registry, bus, watch_task)
+                await self._schedule(graph, ctx, registry, bus, queue, watch_task)
             finally:
                 stop.set()
                 await swap_task
                 watch_task.cancel()
+
+    def _checkpoint_file(self) -> str:
+        # One SQLite file per orchestrator: replicas may share the run directory.
+        if self.consumer == DEFAULT_CONSUMER:
+            return "checkpoints.sqlite"
+        return f"checkpoints-{self.consumer}.sqlite"
 
     async def _supervise_trainer(self, stop: asyncio.Event, tracer: Tracer) -> None:
         """Restart a trainer that died (a crash, an OOM kill): it resumes from the bus.
@@ -285,58 +347,76 @@ class Loop:
             trainer.start()
 
     async def _schedule(
-        self, graph: Any, ctx: LoopContext, registry: Registry, bus: Bus,
+        self, graph: Any, ctx: LoopContext, registry: Registry, bus: Bus, queue: WorkQueue,
         watch: asyncio.Task[None] | None = None,
     ) -> None:  # fmt: skip
         cfg = self.cfg
         sem = asyncio.Semaphore(cfg.loop.concurrency)
-        tasks: set[asyncio.Task[Any]] = set()
-        n = 0
+        tasks: dict[str, asyncio.Task[Any]] = {}
         with self._progress() as bar:
             ep_task = bar.add_task("episodes", total=cfg.budget.episodes, note="")
             pair_task = bar.add_task("pairs", total=None, note="")
             train_task = bar.add_task("training", total=cfg.trainer.pairs_per_version, note="")
             ver_task = bar.add_task("learner version", total=cfg.budget.learner_versions, note="")
-            while (reason := self.budget_reached(registry, n)) is None:
+            bars = (ep_task, pair_task, train_task, ver_task)
+            while (reason := self.budget_reached(registry)) is None:
                 if watch is not None and watch.done():
                     watch.result()  # re-raises why supervision ended (the trainer gave up)
                 await sem.acquire()
-                if self.budget_reached(registry, n):
+                if reason := self.budget_reached(registry):
                     sem.release()
                     break
-                episode_id = f"{self.run_id}-ep{n:05d}"
-                n += 1
-                t = asyncio.create_task(self._one(graph, ctx, episode_id, sem))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
-                self._update(bar, bus, registry, ep_task, pair_task, train_task, ver_task)
+                episode_id = await asyncio.to_thread(queue.next, set(tasks))
+                if episode_id is None:
+                    sem.release()
+                    reason = f"{cfg.budget.episodes} episodes"
+                    break
+                t = asyncio.create_task(self._one(graph, ctx, queue, episode_id, sem))
+                tasks[episode_id] = t
+                t.add_done_callback(_forget(tasks, episode_id))
+                self._update(bar, bus, registry, *bars)
                 await asyncio.sleep(0)
-            reason = reason or self.budget_reached(registry, n) or "budget"
             ctx.log.info("run.budget_reached", reason=reason, in_flight=len(tasks))
             if reason.endswith("minutes") and tasks:
-                # A time budget is a deadline: drop episodes still running (their
-                # checkpoints stay in checkpoints.sqlite; nothing of theirs was
-                # published) rather than wait minutes for them.
-                for t in tasks:
+                # A time budget is a deadline: stop episodes still running (their
+                # checkpoints and tasks stay, so a restart under the same run id
+                # and consumer resumes them) rather than wait minutes for them.
+                for t in tasks.values():
                     t.cancel()
                 ctx.log.warning("run.cancelled_in_flight", episodes=len(tasks))
             while tasks:
-                await asyncio.wait(tasks, timeout=0.5)
-                self._update(bar, bus, registry, ep_task, pair_task, train_task, ver_task)
-            self._update(bar, bus, registry, ep_task, pair_task, train_task, ver_task)
+                await asyncio.wait(list(tasks.values()), timeout=0.5)
+                self._update(bar, bus, registry, *bars)
+            self._update(bar, bus, registry, *bars)
 
     async def _one(
-        self, graph: Any, ctx: LoopContext, episode_id: str, sem: asyncio.Semaphore
-    ) -> None:
+        self, graph: Any, ctx: LoopContext, queue: WorkQueue, episode_id: str,
+        sem: asyncio.Semaphore,
+    ) -> None:  # fmt: skip
+        config = {"configurable": {"thread_id": episode_id}}
         try:
-            config = {"configurable": {"thread_id": episode_id}}
-            state = {"episode_id": episode_id, "started_at": time.time()}
-            await graph.ainvoke(state, config=config, context=ctx)
+            state: dict[str, Any] | None = {"episode_id": episode_id, "started_at": time.time()}
+            snapshot = await graph.aget_state(config)
+            if snapshot.values.get("outcome"):
+                state = None  # finished before a restart; only the ack was missing
+            elif snapshot.next:
+                # Interrupted by a restart: resume from the last checkpoint, on the
+                # learner version the episode started with.
+                if learner := snapshot.values.get("learner"):
+                    ctx.registry.hold(episode_id, "learner", learner["version"])
+                ctx.log.info("episode.resumed", episode_id=episode_id, next=list(snapshot.next))
+                state = None
+                await graph.ainvoke(None, config=config, context=ctx)
+            if state is not None:
+                await graph.ainvoke(state, config=config, context=ctx)
+            queue.done(episode_id)
         except asyncio.CancelledError:
             pass  # the time budget ran out mid-episode (see run.cancelled_in_flight)
         except Exception as err:
             ctx.log.error("episode.failed", episode_id=episode_id, error=repr(err))
+            queue.done(episode_id)  # retrying the same failure would only repeat it
         finally:
+            ctx.registry.release(episode_id)
             sem.release()
 
     def _progress(self) -> Progress:
@@ -363,15 +443,21 @@ class Loop:
         bar.update(vr, completed=version, note=f"serving v{version}")
 
 
+def _forget(tasks: dict[str, asyncio.Task[Any]], key: str) -> Any:
+    return lambda _task: tasks.pop(key, None)
+
+
 def run_main(
     cfg: RunConfig, *, runs_dir: Path | None = None, run_id: str | None = None,
     progress: bool = True, trace_stdout: bool = False, console: Console | None = None,
+    consumer: str = DEFAULT_CONSUMER,
 ) -> tuple[Path, list[VersionRow]]:  # fmt: skip
     run_id = run_id or new_run_id(cfg.run_name)
     run_dir = (runs_dir or cfg.runs_dir) / run_id
     loop = Loop(
-        cfg, run_dir, run_id=run_id, progress=progress, trace_stdout=trace_stdout, console=console
-    )
+        cfg, run_dir, run_id=run_id, progress=progress, trace_stdout=trace_stdout,
+        console=console, consumer=consumer,
+    )  # fmt: skip
     out = console or Console()
     try:
         rows = asyncio.run(loop.run())

@@ -8,8 +8,34 @@ CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_parses(path: Path) -> None:
+def test_every_shipped_config_parses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # compose.yaml reads the environment docker compose gives it from .env
+    for line in (path.parent.parent / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            monkeypatch.setenv(key, value)
     assert isinstance(load_config(path), RunConfig)
+
+
+def test_environment_references_expand_with_defaults_and_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPARRING_TEST_CONC", "7")
+    monkeypatch.delenv("SPARRING_TEST_UNSET", raising=False)
+    p = _write(
+        tmp_path,
+        "loop: {concurrency: '${SPARRING_TEST_CONC}'}\n"
+        "budget: {episodes: '${SPARRING_TEST_UNSET:-null}', minutes: '${SPARRING_TEST_UNSET:-5}'}\n"
+        "run_name: 'run-${SPARRING_TEST_CONC}-x'\n",
+    )
+    cfg = load_config(p)
+    assert cfg.loop.concurrency == 7 and cfg.budget.episodes is None
+    assert cfg.budget.minutes == 5 and cfg.run_name == "run-7-x"
+    bad = _write(tmp_path, "run_name: '${SPARRING_TEST_UNSET}'\n")
+    with pytest.raises(
+        ConfigError, match=r"run.yaml: run_name: environment variable SPARRING_TEST_UNSET"
+    ):
+        load_config(bad)
 
 
 def test_default_yaml_matches_builtin_defaults() -> None:

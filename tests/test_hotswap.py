@@ -8,8 +8,9 @@ from sparring.agents import Binding, OpenAIChat
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
 from sparring.schemas import VersionPublished
+from sparring.serving.loaders import PathLoader
 from sparring.serving.models import build_tiny_model
-from sparring.serving.registry import Registry, Swapper
+from sparring.serving.registry import Registry, RoleServing, Swapper
 from sparring.tracing import Tracer
 
 
@@ -28,7 +29,7 @@ def test_pointer_flips_only_after_engine_serves_new_version(
     chat = OpenAIChat(timeout_s=60)
     swapper = Swapper(bus, registry, chat, tracer.log, group="swapper")
 
-    held = registry.acquire("learner")  # an episode that started on v0
+    held = registry.acquire("learner", "ep-held")  # an episode that started on v0
     published = VersionPublished(
         role="learner", version=1, path=str(v1), base_version=0, pair_ids=[]
     )
@@ -78,3 +79,100 @@ def test_a_version_the_engine_cannot_load_is_never_flipped(
         asyncio.run(swapper.swap(published))
     assert registry.binding("learner").version == 0
     assert '"swap.failed"' in (tmp_path / "trace.jsonl").read_text()
+
+
+def test_every_replica_serves_the_version_before_the_pointer_moves(
+    tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig,
+    seq_engine_b: EngineConfig, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Two real engines as replicas of the learner's engine: the swap warms the
+    new version on each (a load reaches only the replica that answers it)."""
+    v1 = build_tiny_model(tmp_path / "v1", tokenizer_from=smollm2_path, seed=11)
+    registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
+    real = OpenAIChat(timeout_s=60, max_retries=0)
+    seen: list[tuple[str, str, str]] = []
+
+    async def chat(binding: Binding, messages, **kw):  # type: ignore[no-untyped-def]
+        out = await real(binding, messages, **kw)  # the real engine answers
+        seen.append(("answered", binding.base_url, binding.model))
+        return out
+
+    replicas = [seq_engine.url(), seq_engine_b.url()]
+    swapper = Swapper(
+        bus, registry, chat, Tracer(tmp_path, "replicas").log, group="swapper",
+        serving={"learner": RoleServing(PathLoader(), replicas)},
+        on_flip=lambda ptr: seen.append(("flipped", "", ptr.model)),
+    )  # fmt: skip
+    published = VersionPublished(
+        role="learner", version=1, path=str(v1), base_version=0, pair_ids=[]
+    )
+
+    async def go() -> None:
+        ptr = await swapper.swap(published)
+        assert ptr is not None and ptr.version == 1
+        await real.aclose()
+
+    asyncio.run(go())
+    assert seen == [
+        ("answered", replicas[0], str(v1)),
+        ("answered", replicas[1], str(v1)),
+        ("flipped", "", str(v1)),
+    ]
+    assert '"replicas": 2' in (tmp_path / "trace.jsonl").read_text()
+
+
+def test_an_unreachable_replica_keeps_the_pointer(
+    tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig, tmp_path: Path
+) -> None:
+    from tests.plugins.engine import free_port
+
+    v1 = build_tiny_model(tmp_path / "v1", tokenizer_from=smollm2_path, seed=12)
+    registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
+    chat = OpenAIChat(timeout_s=10, max_retries=0)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    swapper = Swapper(
+        bus, registry, chat, Tracer(tmp_path, "dead-replica").log, group="swapper",
+        serving={"learner": RoleServing(PathLoader(), [seq_engine.url(), dead])},
+    )  # fmt: skip
+    published = VersionPublished(
+        role="learner", version=1, path=str(v1), base_version=0, pair_ids=[]
+    )
+    with pytest.raises(Exception):  # noqa: B017 - a connection error, whatever its class
+        asyncio.run(swapper.swap(published))
+    assert registry.binding("learner").version == 0
+    log = (tmp_path / "trace.jsonl").read_text()
+    assert '"swap.failed"' in log and dead in log
+
+
+def test_keep_window_on_the_cpu_engine(
+    tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig, tmp_path: Path
+) -> None:
+    """The same keep-window decisions as on vLLM; transformers serve has no
+    per-model unload, so a retired version is left to its idle timeout."""
+    registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
+    chat = OpenAIChat(timeout_s=60, max_retries=0)
+    swapper = Swapper(
+        bus, registry, chat, Tracer(tmp_path, "keep").log, group="swapper",
+        serving={"learner": RoleServing(PathLoader())}, keep_versions=1, unload_after_s=0,
+    )  # fmt: skip
+
+    async def go() -> None:
+        for n in (1, 2):
+            path = build_tiny_model(tmp_path / f"v{n}", tokenizer_from=smollm2_path, seed=20 + n)
+            pub = VersionPublished(
+                role="learner", version=n, path=str(path), base_version=n - 1, pair_ids=[]
+            )
+            if n == 1:
+                await swapper.swap(pub)
+                registry.acquire("learner", "ep-on-v1")
+            else:
+                await swapper.swap(pub)
+            bus.publish("versions", f"learner-v{n}", pub.model_dump(mode="json"))
+        assert [v.version for v in swapper.retirable("learner")] == []  # v1 is held
+        registry.release("ep-on-v1")
+        assert [v.version for v in swapper.retirable("learner")] == [1]
+        assert await swapper.collect() == [1]
+        await chat.aclose()
+
+    asyncio.run(go())
+    assert '"swap.unloaded"' not in (tmp_path / "trace.jsonl").read_text()  # nothing to call

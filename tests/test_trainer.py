@@ -178,3 +178,35 @@ def test_sigkilled_trainer_resumes_losing_and_duplicating_nothing(
     assert bus.pending("pairs", GROUP) == 0
     assert [d.msg_id for d in bus.history("versions")] == ["learner-v1", "learner-v2"]
     assert not list((run_dir / "versions" / "learner").glob(".v*.tmp"))
+
+
+def test_adapter_publishing_trains_one_adapter_on_across_versions(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """publish: adapter (what vLLM's runtime LoRA loading serves): each version is
+    an adapter on the *base* model, continuing the previous version's adapter,
+    and no merged weights are written."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = CFG.model_copy(update={"publish": "adapter"})
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(8))
+    versions = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=cfg,
+        max_versions=2,
+    )  # fmt: skip
+    assert [v.version for v in versions] == [1, 2]
+    v1, v2 = (Path(v.path) for v in versions)
+    for v in (v1, v2):
+        assert (v / "adapter" / "adapter_config.json").is_file()
+        assert not (v / "model.safetensors").exists()  # nothing merged
+        config = json.loads((v / "adapter" / "adapter_config.json").read_text())
+        assert Path(config["base_model_name_or_path"]) == tiny_model_path
+    a1 = load_file(v1 / "adapter" / "adapter_model.safetensors")
+    a2 = load_file(v2 / "adapter" / "adapter_model.safetensors")
+    assert a1.keys() == a2.keys()
+    assert any(not (a1[k] == a2[k]).all() for k in a1), "v2 did not train the adapter on"
+    # v2 loads on the base model alone, as vLLM would load it.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    PeftModel.from_pretrained(base, str(v2 / "adapter"))

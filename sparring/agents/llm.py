@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from openai import AsyncOpenAI
 
@@ -39,9 +39,15 @@ class Chat(Protocol):
 class OpenAIChat:
     """Chat over HTTP with one pooled client per endpoint."""
 
-    def __init__(self, timeout_s: float = 120.0, max_retries: int = 2) -> None:
+    def __init__(
+        self, timeout_s: float = 120.0, max_retries: int = 2,
+        http_client: Any = None,
+    ) -> None:  # fmt: skip
+        """``http_client``: the AsyncClient the openai package should use (its own
+        httpx flavour), e.g. with a test transport; default: its own."""
         self._timeout_s = timeout_s
         self._max_retries = max_retries
+        self._http_client = http_client
         self._clients: dict[str, AsyncOpenAI] = {}
 
     def _client(self, base_url: str) -> AsyncOpenAI:
@@ -51,6 +57,7 @@ class OpenAIChat:
                 api_key="sparring-local",
                 timeout=self._timeout_s,
                 max_retries=self._max_retries,
+                http_client=self._http_client,
             )
         return self._clients[base_url]
 

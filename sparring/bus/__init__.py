@@ -9,13 +9,16 @@ from sparring.bus.base import STREAMS, Bus, Delivery
 __all__ = ["STREAMS", "Bus", "Delivery", "make_bus"]
 
 
-def make_bus(redis_url: str | None, sqlite_path: str | Path) -> Bus:
-    """Redis when a URL is configured, else the embedded SQLite file."""
+def make_bus(redis_url: str | None, sqlite_path: str | Path, namespace: str = "") -> Bus:
+    """Redis when a URL is configured, else the embedded SQLite file.
+
+    ``namespace`` (a run id) keeps runs that share one Redis server apart; the
+    SQLite file is per run already."""
     # Imported here so the SQLite path never needs the redis client loaded.
     if redis_url:
         from sparring.bus.redis import RedisBus
 
-        return RedisBus(redis_url)
+        return RedisBus(redis_url, prefix=f"sparring:{namespace}" if namespace else "sparring")
     from sparring.bus.sqlite import SqliteBus
 
     return SqliteBus(sqlite_path)

@@ -77,7 +77,7 @@ class SqliteBus:
             check_same_thread=False,
         )
         self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._set_wal()
         # NORMAL in WAL mode survives a killed process; only power loss can
         # drop the last commits, which at-least-once delivery tolerates.
         self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -85,6 +85,20 @@ class SqliteBus:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
+
+    def _set_wal(self) -> None:
+        # Switching the journal mode takes an exclusive lock and fails at once
+        # ("database is locked"), not after busy_timeout, while another
+        # connection opens the same file; retry for as long as busy_timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:

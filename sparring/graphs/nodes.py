@@ -96,7 +96,7 @@ async def attack(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     ctx = runtime.context
     binding = ctx.registry.binding("attacker")
     # The learner's version is fixed here, for the whole episode (hot swap rule).
-    learner = ctx.registry.acquire("learner")
+    learner = ctx.registry.acquire("learner", state["episode_id"])
     result = await ctx.attacker(binding, ctx.attacker.next_seed())
     _trace(
         runtime, state, "attack", binding, result.calls, started,
@@ -191,7 +191,7 @@ async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     ctx.bus.publish("episodes", episode.episode_id, episode.model_dump(mode="json"))
     for pair in pairs:
         ctx.bus.publish("pairs", pair.pair_id, pair.model_dump(mode="json"))
-    ctx.registry.release(_binding(state["learner"]))
+    ctx.registry.release(state["episode_id"])
     if ctx.on_episode:
         ctx.on_episode(episode, pairs)
     _trace(

@@ -145,3 +145,23 @@ def healthy(base_url: str, timeout_s: float = 2.0) -> bool:
         return httpx.get(f"{root}/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+async def wait_for_engine(name: str, cfg: EngineConfig, poll_s: float = 1.0) -> None:
+    """Wait until an engine sparring does not manage (vLLM in docker compose)
+    answers /health on every replica, up to ``startup_timeout_s``."""
+    import asyncio
+
+    urls = cfg.replica_urls() if cfg.replicas else [cfg.url()]
+    deadline = time.monotonic() + cfg.startup_timeout_s
+    while True:
+        down = [u for u in urls if not await asyncio.to_thread(healthy, u)]
+        if not down:
+            return
+        if time.monotonic() >= deadline:
+            raise EngineError(
+                f"engine '{name}' does not answer /health at {', '.join(down)} after "
+                f"{cfg.startup_timeout_s:.0f}s; start it (docker compose up) or fix "
+                f"engines.{name}.base_url / replicas"
+            )
+        await asyncio.sleep(poll_s)

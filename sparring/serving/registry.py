@@ -13,11 +13,13 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sparring.agents.llm import Binding, Chat
 from sparring.bus import Bus
 from sparring.schemas import RolePointer, VersionPublished
+from sparring.serving.loaders import PathLoader, VersionLoader
 
 POINTER_KEY = "role:{role}"
 
@@ -26,7 +28,13 @@ class Registry:
     def __init__(self, bus: Bus, base: dict[str, Binding]) -> None:
         self._bus = bus
         self._base = base
-        self.in_flight: Counter[tuple[str, int]] = Counter()
+        # lease (an episode id) -> the (role, version) it holds until released
+        self._leases: dict[str, tuple[str, int]] = {}
+
+    @property
+    def in_flight(self) -> Counter[tuple[str, int]]:
+        """How many episodes of this process hold each (role, version)."""
+        return Counter(self._leases.values())
 
     def pointer(self, role: str) -> RolePointer | None:
         raw = self._bus.get_pointer(POINTER_KEY.format(role=role))
@@ -45,13 +53,20 @@ class Registry:
         self._bus.set_pointer(POINTER_KEY.format(role=role), ptr.model_dump(mode="json"))
         return ptr
 
-    def acquire(self, role: str) -> Binding:
+    def acquire(self, role: str, lease: str) -> Binding:
+        """The role's binding now, held under ``lease`` (an episode id) until
+        :meth:`release`: a held version is never unloaded."""
         binding = self.binding(role)
-        self.in_flight[(role, binding.version)] += 1
+        self._leases[lease] = (role, binding.version)
         return binding
 
-    def release(self, binding: Binding) -> None:
-        self.in_flight[(binding.role, binding.version)] -= 1
+    def hold(self, lease: str, role: str, version: int) -> None:
+        """Re-take a lease for an episode resumed from its checkpoint."""
+        self._leases[lease] = (role, version)
+
+    def release(self, lease: str) -> None:
+        """Idempotent: an episode that finished, failed or was cancelled."""
+        self._leases.pop(lease, None)
 
 
 async def warm(
@@ -83,8 +98,18 @@ async def warm(
     raise AssertionError("unreachable")
 
 
+@dataclass
+class RoleServing:
+    """How the swapper reaches a hot-swapped role's engine."""
+
+    loader: VersionLoader
+    replicas: list[str] = field(default_factory=list)  # empty: the role's base_url
+
+
 class Swapper:
-    """Consumes the trainer's ``versions`` stream: warm each new version, then flip."""
+    """Consumes the trainer's ``versions`` stream: for each new version, load and
+    warm it on every replica of the role's engine, then flip the pointer; later,
+    unload versions that fell out of the keep window."""
 
     def __init__(
         self,
@@ -94,6 +119,10 @@ class Swapper:
         log: Any,
         *,
         group: str,
+        consumer: str = "swapper",
+        serving: dict[str, RoleServing] | None = None,
+        keep_versions: int = 2,
+        unload_after_s: float = 900.0,
         on_flip: Callable[[RolePointer], None] | None = None,
         temperature: float = 1.0,
     ) -> None:
@@ -103,12 +132,24 @@ class Swapper:
         self._chat = chat
         self._log = log
         self._group = group
+        self._consumer = consumer
+        self._serving = serving or {}
+        self._keep = keep_versions
+        self._unload_after_s = unload_after_s
         self._on_flip = on_flip
+        self.unloaded: set[tuple[str, int]] = set()
 
-    async def run(self, stop: asyncio.Event, poll_s: float = 0.5) -> None:
+    def _role(self, role: str) -> RoleServing:
+        return self._serving.get(role) or RoleServing(PathLoader())
+
+    def _replicas(self, role: str) -> list[str]:
+        return self._role(role).replicas or [self._registry.binding(role).base_url]
+
+    async def run(self, stop: asyncio.Event, poll_s: float = 0.5, collect_s: float = 10.0) -> None:
+        next_collect = 0.0
         while not stop.is_set():
             deliveries = await asyncio.to_thread(
-                self._bus.read, "versions", self._group, "swapper", 4, 0, 3600.0
+                self._bus.read, "versions", self._group, self._consumer, 4, 0, 3600.0
             )
             for d in deliveries:
                 try:
@@ -118,33 +159,97 @@ class Swapper:
                     # and serving stays on the version that works.
                     continue
                 self._bus.ack("versions", self._group, [d.msg_id])
+            if time.monotonic() >= next_collect:
+                next_collect = time.monotonic() + collect_s
+                with contextlib.suppress(Exception):
+                    await self.collect()  # logged inside; retried next round
             if not deliveries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll_s)
 
     async def swap(self, published: VersionPublished) -> RolePointer | None:
-        current = self._registry.pointer(published.role)
-        if current is not None and current.version >= published.version:
+        role, version = published.role, published.version
+        current = self._registry.pointer(role)
+        if current is not None and current.version >= version:
             return None  # a re-delivered or out-of-date announcement
-        base = self._registry.binding(published.role)
-        target = Binding(published.role, base.base_url, published.path, published.version)
-        self._log.info("swap.warming", role=published.role, version=published.version)
+        base = self._registry.binding(role)
+        loader = self._role(role).loader
+        model = loader.model_name(role, version, published.path)
+        replicas = self._replicas(role)
+        self._log.info("swap.warming", role=role, version=version, mode=loader.mode,
+                       replicas=len(replicas))  # fmt: skip
+        start = time.perf_counter()
         try:
-            seconds = await warm(self._chat, target, temperature=self._temperature)
+            for url in replicas:
+                await loader.load(url, role, version, published.path)
+                await warm(
+                    self._chat, Binding(role, url, model, version), temperature=self._temperature
+                )
         except Exception as err:
             self._log.error(
-                "swap.failed", role=published.role, version=published.version, error=str(err)
+                "swap.failed", role=role, version=version, replica=url, error=str(err)[:500]
             )
             raise
-        ptr = self._registry.flip(published.role, published.version, published.path)
+        ptr = self._registry.flip(role, version, model)
         self._log.info(
             "swap.flipped",
-            role=published.role,
-            version=published.version,
+            role=role,
+            version=version,
+            model=model,
             previous_version=base.version,
-            warm_s=round(seconds, 3),
-            in_flight_previous=self._registry.in_flight[(published.role, base.version)],
+            warm_s=round(time.perf_counter() - start, 3),
+            replicas=len(replicas),
+            in_flight_previous=self._registry.in_flight[(role, base.version)],
         )
         if self._on_flip:
             self._on_flip(ptr)
         return ptr
+
+    def retirable(self, role: str, now: float | None = None) -> list[VersionPublished]:
+        """Versions of ``role`` outside the keep window that no local episode
+        holds and that were replaced at least ``unload_after_s`` ago (episodes
+        of other orchestrators that started on them have finished by then)."""
+        ptr = self._registry.pointer(role)
+        if ptr is None:
+            return []
+        now = time.time() if now is None else now
+        published = {
+            v.version: v
+            for d in self._bus.history("versions")
+            if (v := VersionPublished.model_validate(d.payload)).role == role
+        }
+        out = []
+        for n, v in sorted(published.items()):
+            successor = published.get(n + 1)
+            if (
+                n > ptr.version - self._keep
+                or (role, n) in self.unloaded
+                or self._registry.in_flight[(role, n)]
+                or successor is None
+                or now - successor.published_at < self._unload_after_s
+            ):
+                continue
+            out.append(v)
+        return out
+
+    async def collect(self, now: float | None = None) -> list[int]:
+        """Unload retirable versions on every replica; returns the versions done.
+        The base model (v0) is never unloaded."""
+        done: list[int] = []
+        for role, serving in self._serving.items():
+            for v in self.retirable(role, now):
+                model = serving.loader.model_name(role, v.version, v.path)
+                try:
+                    freed = [
+                        await serving.loader.unload(url, role, v.version, model)
+                        for url in self._replicas(role)
+                    ]
+                except Exception as err:
+                    self._log.error("swap.unload_failed", role=role, version=v.version,
+                                    error=str(err)[:500])  # fmt: skip
+                    raise
+                self.unloaded.add((role, v.version))
+                done.append(v.version)
+                if any(freed):
+                    self._log.info("swap.unloaded", role=role, version=v.version, model=model)
+        return done

@@ -43,11 +43,23 @@ def pairs_dataset(pairs: list[PreferencePair]) -> Any:
 
 
 def train_version(
-    base_dir: Path, pairs: list[PreferencePair], out_dir: Path, cfg: TrainerConfig, seed: int = 0
+    base: Path | str,
+    pairs: list[PreferencePair],
+    out_dir: Path,
+    cfg: TrainerConfig,
+    seed: int = 0,
+    *,
+    adapter_from: Path | None = None,
 ) -> TrainResult:
-    """Train a LoRA on ``pairs`` from the full model folder ``base_dir``; write the
-    adapter to ``out_dir/adapter`` and the merged model plus tokenizer (what
-    the CPU engine serves) to ``out_dir``."""
+    """Train a LoRA on ``pairs`` from the model ``base`` (a folder or hub id).
+
+    ``publish: merged``: a fresh LoRA on ``base`` (the previous version's merged
+    folder); writes the adapter to ``out_dir/adapter`` and the merged model plus
+    tokenizer (what transformers serve and vLLM's full reload serve) to ``out_dir``.
+    ``publish: adapter``: ``base`` is the base model and training continues the
+    adapter in ``adapter_from`` (the previous version's); only the adapter is
+    written, to ``out_dir/adapter`` (what vLLM loads with load_lora_adapter).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,26 +68,33 @@ def train_version(
     cuda = torch.cuda.is_available()
     bf16 = fast_bf16("cuda" if cuda else "cpu") if cfg.bf16 == "auto" else cfg.bf16
     bf16 = bf16 and (not cuda or torch.cuda.is_bf16_supported())
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        str(base_dir), dtype=torch.bfloat16 if bf16 else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(base), dtype=torch.bfloat16 if bf16 else torch.float32
     )
+    if adapter_from is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_from), is_trainable=True)
     with tempfile.TemporaryDirectory(prefix="sparring-dpo-") as scratch:
         trainer = _dpo_trainer(
-            model, tokenizer, pairs, cfg, scratch, bf16=bf16, cuda=cuda, seed=seed
-        )
+            model, tokenizer, pairs, cfg, scratch, bf16=bf16, cuda=cuda, seed=seed,
+            new_adapter=adapter_from is None,
+        )  # fmt: skip
         output = trainer.train()
     history: list[dict[str, Any]] = trainer.state.log_history
     peft_model: Any = trainer.model
-    out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(out_dir / "adapter"))
-    # Saved in the dtype it was trained in: rounding an fp32 merge to bf16 would
-    # erase most of a few-step LoRA update (bf16 keeps ~3 significant digits).
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    if _is_main_process(trainer):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(str(out_dir / "adapter"))
+        if cfg.publish == "merged":
+            # Saved in the dtype it was trained in: rounding an fp32 merge to bf16
+            # would erase most of a few-step LoRA update (bf16 keeps ~3 digits).
+            merged = peft_model.merge_and_unload()
+            merged.save_pretrained(str(out_dir))
+            tokenizer.save_pretrained(str(out_dir))
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
     loss = output.training_loss
     return TrainResult(
@@ -86,9 +105,14 @@ def train_version(
     )
 
 
+def _is_main_process(trainer: Any) -> bool:
+    """Under ``accelerate launch`` every rank trains; only rank 0 writes."""
+    return bool(trainer.accelerator.is_main_process)
+
+
 def _dpo_trainer(  # type: ignore[no-untyped-def]
     model, tokenizer, pairs: list[PreferencePair], cfg: TrainerConfig, scratch: str, *,
-    bf16: bool, cuda: bool, seed: int,
+    bf16: bool, cuda: bool, seed: int, new_adapter: bool = True,
 ):  # fmt: skip
     from peft import LoraConfig
     from transformers import PrinterCallback
@@ -106,7 +130,9 @@ def _dpo_trainer(  # type: ignore[no-untyped-def]
         bf16=bf16,
         use_cpu=not cuda,
         # trl turns checkpointing on by default; on a CPU it only costs time.
-        activation_checkpointing=cuda,
+        activation_checkpointing=(
+            cuda if cfg.gradient_checkpointing == "auto" else cfg.gradient_checkpointing
+        ),
         report_to=[],
         save_strategy="no",
         logging_steps=1,
@@ -125,7 +151,8 @@ def _dpo_trainer(  # type: ignore[no-untyped-def]
         args=args,
         train_dataset=pairs_dataset(pairs),
         processing_class=tokenizer,
-        peft_config=peft_config,
+        # A model that already carries the adapter (publish: adapter) trains it on.
+        peft_config=peft_config if new_adapter else None,
     )
     # The worker logs structured events; HF's printer would interleave dicts.
     trainer.remove_callback(PrinterCallback)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sparring.bus import Bus, Delivery, make_bus
 from sparring.config import RunConfig, TrainerConfig, load_config
 from sparring.schemas import PreferencePair, VersionPublished
+from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
 from sparring.tracing import process_logger
 
@@ -64,7 +65,7 @@ class Trainer:
     def __init__(
         self,
         bus: Bus,
-        base_model: Path,
+        base_model: Path | str,
         versions_dir: Path,
         cfg: TrainerConfig,
         *,
@@ -140,13 +141,20 @@ class Trainer:
         pairs = [p for _, p in take]
         latest = max(complete_versions(self.versions_dir, self.role), default=0)
         n = latest + 1
-        base = version_dir(self.versions_dir, self.role, latest) if latest else self.base_model
+        previous = version_dir(self.versions_dir, self.role, latest) if latest else None
+        if self.cfg.publish == "adapter":
+            # One adapter on the base model, trained on further each version.
+            base: Path | str = self.base_model
+            adapter_from = previous / ADAPTER_SUBDIR if previous else None
+        else:
+            base, adapter_from = previous or self.base_model, None
         final = version_dir(self.versions_dir, self.role, n)
         tmp = final.with_name(f".v{n}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs))
-        result = train_version(base, pairs, tmp, self.cfg, seed=n)
+        self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs),
+                      publish=self.cfg.publish)  # fmt: skip
+        result = train_version(base, pairs, tmp, self.cfg, seed=n, adapter_from=adapter_from)
         self.log.info(
             "train.done", version=n, loss=result.loss, steps=result.steps,
             seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
@@ -168,7 +176,7 @@ class Trainer:
 def run_trainer(
     *,
     bus: Bus,
-    base_model: Path,
+    base_model: Path | str,
     versions_dir: Path,
     cfg: TrainerConfig,
     role: str = "learner",
@@ -201,8 +209,11 @@ def run_trainer(
     return published
 
 
-def learner_base(cfg: RunConfig, role: str = "learner") -> Path:
+def learner_base(cfg: RunConfig, role: str = "learner") -> Path | str:
+    """The learner's base weights: a local folder, or a hub id (GPU boxes)."""
     src = cfg.models[cfg.roles[role].model]
+    if src.hub_id is not None:
+        return src.hub_id
     return resolve_model_path(src.builtin, src.path)
 
 
@@ -217,7 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     # SIGTERM: finish the current step and exit; held pairs stay pending on the bus.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    bus = make_bus(cfg.bus.redis_url, cfg.bus.sqlite_path or args.run_dir / "bus.sqlite")
+    bus = make_bus(
+        cfg.bus.redis_url,
+        cfg.bus.sqlite_path or args.run_dir / "bus.sqlite",
+        namespace=args.run_dir.name,
+    )
     try:
         run_trainer(
             bus=bus, base_model=learner_base(cfg), versions_dir=args.run_dir / "versions",

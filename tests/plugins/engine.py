@@ -35,3 +35,12 @@ def seq_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineConfi
     log = Path(tmp_path_factory.mktemp("seq-engine")) / "engine.log"
     with EngineProcess("test-seq", cfg, log):
         yield cfg
+
+
+@pytest.fixture(scope="session")
+def seq_engine_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineConfig]:
+    """A second learner engine: a replica of ``seq_engine`` for the hot-swap tests."""
+    cfg = EngineConfig(port=free_port(), continuous_batching=False, startup_timeout_s=120)
+    log = Path(tmp_path_factory.mktemp("seq-engine-b")) / "engine.log"
+    with EngineProcess("test-seq-b", cfg, log):
+        yield cfg

@@ -1,0 +1,110 @@
+"""How an engine takes on a new version of a role's model: one class per swap mode.
+
+The swapper drives every mode the same way (load on each replica, warm each
+replica with a request naming the version, flip the pointer, later unload what
+fell out of the keep window); only these steps differ:
+
+- ``path`` (transformers serve): requests name the version's merged folder; the
+  engine loads it on the first request, so the warm-up *is* the load. It has
+  no per-model unload; idle versions leave after ``model_timeout_s``.
+- ``lora`` (vLLM): ``POST /v1/load_lora_adapter`` with the version's adapter
+  directory; requests then name ``<role>-v<N>``; unloaded with
+  ``POST /v1/unload_lora_adapter``.
+- ``full`` (vLLM without LoRA): the server reloads full weights in place from
+  the version's merged folder; requests keep naming the served base model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from sparring.config import EngineConfig, SwapMode
+from sparring.serving.vllm import VLLMAdmin
+
+ADAPTER_SUBDIR = "adapter"
+
+
+class VersionLoader(Protocol):
+    mode: SwapMode
+
+    def model_name(self, role: str, version: int, path: str) -> str:
+        """What chat requests name to reach this version."""
+        ...
+
+    async def load(self, replica: str, role: str, version: int, path: str) -> None:
+        """Make the version available on one replica (before its warm-up)."""
+        ...
+
+    async def unload(self, replica: str, role: str, version: int, model: str) -> bool:
+        """Free the version on one replica; False when this mode cannot."""
+        ...
+
+
+class PathLoader:
+    mode: SwapMode = "path"
+
+    def model_name(self, role: str, version: int, path: str) -> str:
+        return path
+
+    async def load(self, replica: str, role: str, version: int, path: str) -> None:
+        return None  # the warm-up request loads the folder
+
+    async def unload(self, replica: str, role: str, version: int, model: str) -> bool:
+        return False  # transformers serve unloads idle models by itself
+
+
+class LoraLoader:
+    mode: SwapMode = "lora"
+
+    def __init__(self, client: httpx.AsyncClient, api_key: str | None = None) -> None:
+        self._client = client
+        self._api_key = api_key
+
+    def model_name(self, role: str, version: int, path: str) -> str:
+        return f"{role}-v{version}"
+
+    def adapter_path(self, path: str) -> str:
+        return str(Path(path) / ADAPTER_SUBDIR)
+
+    async def load(self, replica: str, role: str, version: int, path: str) -> None:
+        admin = VLLMAdmin(self._client, replica, self._api_key)
+        await admin.load_lora_adapter(self.model_name(role, version, path), self.adapter_path(path))
+
+    async def unload(self, replica: str, role: str, version: int, model: str) -> bool:
+        admin = VLLMAdmin(self._client, replica, self._api_key)
+        await admin.unload_lora_adapter(model)
+        return True
+
+
+class FullLoader:
+    """Full weights reloaded in place: one set of weights per replica, so an old
+    version cannot stay loaded beside the new one (see docs/gpu.md)."""
+
+    mode: SwapMode = "full"
+
+    def __init__(self, client: httpx.AsyncClient, served_name: str, api_key: str | None = None):
+        self._client = client
+        self._served_name = served_name
+        self._api_key = api_key
+
+    def model_name(self, role: str, version: int, path: str) -> str:
+        return self._served_name
+
+    async def load(self, replica: str, role: str, version: int, path: str) -> None:
+        admin = VLLMAdmin(self._client, replica, self._api_key)
+        await admin.reload_weights(path)
+
+    async def unload(self, replica: str, role: str, version: int, model: str) -> bool:
+        return False  # replaced in place; nothing else is loaded
+
+
+def make_loader(engine: EngineConfig, client: httpx.AsyncClient, served_name: str) -> VersionLoader:
+    mode = engine.swap_mode()
+    if mode == "lora":
+        return LoraLoader(client)
+    if mode == "full":
+        return FullLoader(client, served_name)
+    return PathLoader()
