@@ -302,3 +302,16 @@ def test_make_bus_picks_backend(tmp_path: Path, redis_url: str) -> None:
     finally:
         embedded.close()
         networked.close()
+
+
+def test_runs_sharing_one_redis_do_not_see_each_other(tmp_path: Path, redis_url: str) -> None:
+    first = make_bus(redis_url, tmp_path / "unused.db", namespace="run-a")
+    second = make_bus(redis_url, tmp_path / "unused.db", namespace="run-b")
+    try:
+        first.publish("versions", "learner-v1", {"version": 1})
+        first.set_pointer("role:learner", {"version": 1})
+        assert second.length("versions") == 0 and second.get_pointer("role:learner") is None
+        assert second.publish("versions", "learner-v1", {"version": 1})  # a new id there
+    finally:
+        first.close()
+        second.close()

@@ -62,6 +62,7 @@ def test_train_version_changes_weights_and_writes_servable_folder(
     result = train_version(tiny_model_path, make_pairs(4), tmp_path / "v1", cfg)
     assert result.steps == 2 and result.loss is not None and math.isfinite(result.loss)
     assert result.reward_margin is not None and math.isfinite(result.reward_margin)
+    assert result.device == "cpu" and not result.checkpointing  # it only costs time on a CPU
     assert (tmp_path / "v1" / "config.json").is_file()
     assert (tmp_path / "v1" / "tokenizer.json").is_file()
     assert (tmp_path / "v1" / "adapter" / "adapter_config.json").is_file()
@@ -155,7 +156,8 @@ def test_sigkilled_trainer_resumes_losing_and_duplicating_nothing(
         "trainer": {**CFG.model_dump(), "poll_s": 0.2},
     }))  # fmt: skip
     run_dir = tmp_path / "run"
-    bus = make_bus(redis_url, run_dir / "bus.sqlite")
+    # The worker keeps its run's keys apart on a shared Redis under the run's name.
+    bus = make_bus(redis_url, run_dir / "bus.sqlite", namespace=run_dir.name)
     publish(bus, make_pairs(8))
     log = tmp_path / "trainer.log"
     first = _worker(run_dir, config, log, max_versions=2)

@@ -24,6 +24,9 @@ class TrainResult:
     steps: int
     seconds: float
     reward_margin: float | None
+    device: str = "cpu"
+    bf16: bool = False
+    checkpointing: bool = False
 
 
 def pairs_dataset(pairs: list[PreferencePair]) -> Any:
@@ -84,6 +87,7 @@ def train_version(
             new_adapter=adapter_from is None,
         )  # fmt: skip
         output = trainer.train()
+        checkpointing = bool(trainer.args.activation_checkpointing)
     history: list[dict[str, Any]] = trainer.state.log_history
     peft_model: Any = trainer.model
     if _is_main_process(trainer):
@@ -102,6 +106,9 @@ def train_version(
         steps=int(output.global_step),
         seconds=time.perf_counter() - start,
         reward_margin=float(margins[-1]) if margins else None,
+        device="cuda" if cuda else "cpu",
+        bf16=bool(bf16),
+        checkpointing=checkpointing,
     )
 
 

@@ -158,6 +158,7 @@ class Trainer:
         self.log.info(
             "train.done", version=n, loss=result.loss, steps=result.steps,
             seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
+            device=result.device, bf16=result.bf16, checkpointing=result.checkpointing,
         )  # fmt: skip
         manifest = VersionPublished(
             role=self.role, version=n, path=str(final.resolve()), base_version=latest,
