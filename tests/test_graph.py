@@ -53,3 +53,54 @@ def test_episodes_run_on_a_real_engine_and_every_node_traces(
     assert (run_dir / "summary.json").is_file()
     # Checkpoints: every episode's final state is in the SQLite checkpointer.
     assert (run_dir / "checkpoints.sqlite").stat().st_size > 0
+
+
+class KilledAfterRespond(Loop):
+    """An orchestrator that dies after each episode's `respond` node: its
+    checkpoints are written and its tasks stay unacked on the bus."""
+
+    killed = 0
+
+    def budget_reached(self, registry):  # type: ignore[no-untyped-def]
+        return "killed" if self.killed >= 2 else None
+
+    async def _one(self, graph, ctx, queue, episode_id, sem):  # type: ignore[no-untyped-def]
+        import time
+
+        try:
+            await graph.ainvoke(
+                {"episode_id": episode_id, "started_at": time.time()},
+                config={"configurable": {"thread_id": episode_id}},
+                context=ctx,
+                interrupt_after=["respond"],
+            )
+        finally:
+            self.killed += 1
+            sem.release()
+
+
+def test_a_restarted_orchestrator_resumes_its_episodes_from_their_checkpoints(
+    tiny_model_path: Path, engine: EngineConfig, seq_engine: EngineConfig, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        tiny_model_path, engine, seq_engine, tmp_path,
+        budget__episodes=2, loop__concurrency=2,
+    )  # fmt: skip
+    run_dir = tmp_path / "runs" / "r2"
+    asyncio.run(KilledAfterRespond(cfg, run_dir, progress=False).run())
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    assert bus.length("episodes") == 0 and bus.pending("tasks", "orchestrators") == 2
+
+    asyncio.run(Loop(cfg, run_dir, progress=False).run())  # the same run, the same consumer
+    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    assert sorted(e.episode_id for e in episodes) == ["r2-ep00000", "r2-ep00001"]
+    assert bus.pending("tasks", "orchestrators") == 0
+    events = _events(run_dir)
+    resumed = [e for e in events if e.get("event") == "episode.resumed"]
+    assert sorted(e["episode_id"] for e in resumed) == ["r2-ep00000", "r2-ep00001"]
+    assert all(e["next"] == ["critique"] for e in resumed)
+    for ep in episodes:
+        nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id and "node" in e]
+        # attack and respond ran once, before the kill; the rest after the restart
+        assert nodes[:3] == ["attack", "respond", "critique"] and nodes[-1] == "emit"
+        assert nodes.count("attack") == 1 and nodes.count("respond") == 1
