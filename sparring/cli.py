@@ -106,21 +106,41 @@ def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, consumer
     help="The run directory whose bus and versions/ the trainer works on.",
 )
 @click.option("--max-versions", type=int, default=None, help="Exit after publishing this many.")
-def train(config: Path | None, run_dir: Path, max_versions: int | None) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    envvar="SPARRING_TRAIN_PROCESSES",
+    show_default=True,
+    help="Train each version with this many processes (one per GPU, DDP via "
+    "torch.distributed.run); rank 0 alone reads the bus and publishes. "
+    "Env: SPARRING_TRAIN_PROCESSES.",
+)
+def train(config: Path | None, run_dir: Path, max_versions: int | None, processes: int) -> None:
     """The background DPO trainer: consume preference pairs from the bus, train
-    a LoRA every trainer.pairs_per_version pairs, publish the merged version.
+    a LoRA every trainer.pairs_per_version pairs, publish the new version
+    (merged weights, or the adapter alone with trainer.publish: adapter).
 
     `sparring run` starts it for you; run it yourself for a trainer on another
     machine (with a shared Redis and versions directory). Safe to kill at any
     moment: restarted, it loses no pair and trains none twice.
     """
-    from sparring.training.worker import main as worker_main
-
     argv = ["--run-dir", str(run_dir)]
     if config:
         argv += ["--config", str(config)]
     if max_versions is not None:
         argv += ["--max-versions", str(max_versions)]
+    if processes > 1:
+        import os
+
+        # torchrun starts the ranks; each runs the worker, which finds its rank.
+        launcher = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(processes), "-m", "sparring.training.worker",
+        ]  # fmt: skip
+        os.execv(sys.executable, [*launcher, *argv])
+    from sparring.training.worker import main as worker_main
+
     worker_main(argv)
 
 

@@ -212,3 +212,39 @@ def test_adapter_publishing_trains_one_adapter_on_across_versions(
     # v2 loads on the base model alone, as vLLM would load it.
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     PeftModel.from_pretrained(base, str(v2 / "adapter"))
+
+
+@pytest.mark.slow
+def test_several_processes_train_one_version_together(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """`sparring train --processes 2`: DDP over two ranks (gloo on a CPU, NCCL on
+    GPUs). Rank 0 alone reads the bus and publishes; each version's batches are
+    split between the ranks, so it takes half the steps of one process."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"smollm2": {"path": str(tiny_model_path)}},
+        "trainer": {**CFG.model_dump(), "poll_s": 0.2},
+    }))  # fmt: skip
+    run_dir = tmp_path / "run"
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    publish(bus, make_pairs(8))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparring", "train", "--processes", "2", "--run-dir",
+         str(run_dir), "--config", str(config), "--max-versions", "2"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line[:1] == "{"]
+    assert [e["rank"] for e in events if e["event"] == "trainer.rank_started"] == [1]
+    done = [e for e in events if e["event"] == "train.done"]
+    # 4 pairs per version, batch 2 per rank, 2 ranks: one step (one process takes two).
+    assert [e["steps"] for e in done] == [1, 1]
+    published = [e["version"] for e in events if e["event"] == "version.published"]
+    assert published == [1, 2]  # once each: the other rank never publishes
+    versions = complete_versions(run_dir / "versions", "learner")
+    trained = [pid for v in versions.values() for pid in v.pair_ids]
+    assert sorted(trained) == sorted(p.pair_id for p in make_pairs(8))
+    assert [d.msg_id for d in bus.history("versions")] == ["learner-v1", "learner-v2"]
+    assert bus.pending("pairs", GROUP) == 0

@@ -30,6 +30,7 @@ from sparring.schemas import PreferencePair, VersionPublished
 from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
 from sparring.tracing import process_logger
+from sparring.training.ranks import Ranks, follow
 
 STREAM = "pairs"
 GROUP = "trainer"
@@ -72,7 +73,9 @@ class Trainer:
         role: str = "learner",
         consumer: str = "trainer-1",
         log: Any = None,
+        ranks: Ranks | None = None,
     ) -> None:
+        self.ranks = ranks or Ranks()
         self.bus = bus
         self.base_model = base_model
         self.versions_dir = versions_dir
@@ -154,6 +157,11 @@ class Trainer:
         tmp.mkdir(parents=True)
         self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs),
                       publish=self.cfg.publish)  # fmt: skip
+        # Other ranks (accelerate launch) train the same step; only this one writes.
+        self.ranks.send((
+            "train", str(base), [p.model_dump(mode="json") for p in pairs], str(tmp),
+            self.cfg.model_dump(mode="json"), n, str(adapter_from) if adapter_from else None,
+        ))  # fmt: skip
         result = train_version(base, pairs, tmp, self.cfg, seed=n, adapter_from=adapter_from)
         self.log.info(
             "train.done", version=n, loss=result.loss, steps=result.steps,
@@ -186,26 +194,34 @@ def run_trainer(
     stop: threading.Event | None = None,
     on_version: Callable[[VersionPublished], None] | None = None,
     log: Any = None,
+    ranks: Ranks | None = None,
 ) -> list[VersionPublished]:
     """Train a version every ``cfg.pairs_per_version`` pairs until ``stop`` is set
     or ``max_versions`` versions were published; returns those published."""
-    trainer = Trainer(bus, base_model, versions_dir, cfg, role=role, consumer=consumer, log=log)
+    ranks = ranks or Ranks()
+    trainer = Trainer(
+        bus, base_model, versions_dir, cfg, role=role, consumer=consumer, log=log, ranks=ranks
+    )
     stop = stop or threading.Event()
     trainer.log.info("trainer.started", role=role, consumer=consumer,
                      pairs_per_version=cfg.pairs_per_version)  # fmt: skip
     trainer.recover()
     published: list[VersionPublished] = []
-    while not stop.is_set() and (max_versions is None or len(published) < max_versions):
-        if trainer.poll():
-            trainer.drop_trained()
-        if len(trainer.batch) < cfg.pairs_per_version:
-            stop.wait(cfg.poll_s)
-            continue
-        trainer.log.info("trainer.batch_ready", pairs=len(trainer.batch))
-        manifest = trainer.train_next()
-        published.append(manifest)
-        if on_version:
-            on_version(manifest)
+    try:
+        while not stop.is_set() and (max_versions is None or len(published) < max_versions):
+            if trainer.poll():
+                trainer.drop_trained()
+            if len(trainer.batch) < cfg.pairs_per_version:
+                ranks.send(("wait",))
+                stop.wait(cfg.poll_s)
+                continue
+            trainer.log.info("trainer.batch_ready", pairs=len(trainer.batch))
+            manifest = trainer.train_next()
+            published.append(manifest)
+            if on_version:
+                on_version(manifest)
+    finally:
+        ranks.send(("stop",))
     trainer.log.info("trainer.stopped", published=[m.version for m in published])
     return published
 
@@ -226,6 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--consumer", default="trainer-1")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
+    ranks = Ranks.from_env()
+    if not ranks.main:
+        # Another process of `accelerate launch`: train what rank 0 hands out.
+        follow(ranks, process_logger("trainer"))
+        return
     stop = threading.Event()
     # SIGTERM: finish the current step and exit; held pairs stay pending on the bus.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -238,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         run_trainer(
             bus=bus, base_model=learner_base(cfg), versions_dir=args.run_dir / "versions",
             cfg=cfg.trainer, consumer=args.consumer, max_versions=args.max_versions, stop=stop,
+            ranks=ranks,
         )  # fmt: skip
     finally:
         bus.close()
