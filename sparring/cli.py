@@ -216,6 +216,51 @@ def models_pull(name: str) -> None:
     click.echo(str(path))
 
 
+@main.group()
+def graph() -> None:
+    """List and draw the graph variants (the loops a run can use: loop.graph)."""
+
+
+@graph.command("list")
+def graph_list() -> None:
+    """Every built-in graph, the roles a config must bind for it, and what it does."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sparring.graphs import list_graphs
+
+    table = Table("graph", "roles", "what it does", box=None)
+    for spec in list_graphs():
+        table.add_row(spec.name, ", ".join(spec.roles), spec.description)
+    Console().print(table)
+
+
+@graph.command("show")
+@click.argument("name")
+@click.option(
+    "--png", type=click.Path(path_type=Path), default=None,
+    help="Also draw it to this PNG file (needs graphviz's `dot`; scripts/setup.sh installs it).",
+)  # fmt: skip
+def graph_show(name: str, png: Path | None) -> None:
+    """Print a graph's Mermaid text (NAME: a built-in graph or the path of your
+    own graph file), and optionally draw it as a PNG."""
+    from sparring.graphs import GraphError, load_graph
+    from sparring.graphs.draw import draw_png
+
+    try:
+        spec = load_graph(name)
+    except GraphError as err:
+        raise click.ClickException(str(err)) from None
+    compiled = spec.build(None)
+    click.echo(compiled.get_graph().draw_mermaid())
+    if png is not None:
+        try:
+            draw_png(compiled.get_graph(), png, title=f"{spec.name}: {', '.join(spec.roles)}")
+        except RuntimeError as err:
+            raise click.ClickException(str(err)) from None
+        click.echo(f"drawn: {png}", err=True)
+
+
 @main.command("check-config")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 def check_config(paths: tuple[Path, ...]) -> None:

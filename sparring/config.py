@@ -125,6 +125,12 @@ class LoopConfig(Strict):
     # that stopped answering is handed to another. Keep it above the longest
     # episode, or a slow episode could run twice.
     task_claim_after_s: float = Field(default=3600.0, gt=0)
+    # Graphs without an attacker (self_refine) take prompts from this JSONL/CSV
+    # file (None: the shipped set), refine at most max_rounds times and stop
+    # early once the critic calls an answer harmless and at least this helpful.
+    prompts: Path | None = None
+    max_rounds: int = Field(default=2, ge=1, le=10)
+    satisfied_helpfulness: int = Field(default=8, ge=1, le=10)
 
 
 class SwapConfig(Strict):
@@ -197,9 +203,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _bindings_resolve(self) -> RunConfig:
-        missing = [r for r in ROLES if r not in self.roles]
-        if missing:
-            raise ValueError(f"roles must bind {', '.join(missing)}")
+        # Which roles must be bound depends on the graph: check_graph_roles.
         for name, role in self.roles.items():
             if role.engine not in self.engines:
                 raise ValueError(
@@ -217,6 +221,8 @@ class RunConfig(Strict):
 
     def _publish_matches_swap(self) -> None:
         """The trainer must write what the learner's engine loads."""
+        if TRAINED_ROLE not in self.roles:
+            return  # reported by check_graph_roles, with the file's name
         ename = self.roles[TRAINED_ROLE].engine
         mode = self.engines[ename].swap_mode()
         want = "adapter" if mode == "lora" else "merged"
@@ -265,9 +271,41 @@ def _format(path: Path | str, err: ValidationError) -> str:
 
 def parse_config(data: dict[str, Any], source: Path | str = "<config>") -> RunConfig:
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format(source, err)) from None
+    check_graph_roles(cfg, source)
+    return cfg
+
+
+def check_graph_roles(cfg: RunConfig, source: Path | str) -> None:
+    """Before any model is called: the graph exists, every role it calls is
+    bound, and no bound role is one that no graph knows (a typo)."""
+    from sparring.graphs import GraphError, load_graph
+
+    try:
+        spec = load_graph(cfg.loop.graph)
+    except GraphError as err:
+        raise ConfigError(f"{source}: loop.graph: {err}") from None
+    needed = ", ".join(spec.roles)
+    if TRAINED_ROLE not in cfg.roles:
+        raise ConfigError(
+            f"{source}: roles: the config does not bind '{TRAINED_ROLE}', the role the trainer "
+            f"improves (graph '{spec.name}' calls {needed})"
+        )
+    for role in spec.roles:
+        if role not in cfg.roles:
+            raise ConfigError(
+                f"{source}: roles: graph '{spec.name}' calls role '{role}', which the config "
+                f"does not bind; add roles.{role}: {{engine: ..., model: ...}} "
+                f"(the graph needs {needed})"
+            )
+    for role in cfg.roles:
+        if role not in spec.roles and role not in ROLES:
+            raise ConfigError(
+                f"{source}: roles.{role}: unknown role '{role}' for graph '{spec.name}', "
+                f"which calls {needed}"
+            )
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sparring.agents import Attacker, Binding, Learner, OpenAIChat, make_critic
-from sparring.agents.prompts import load_seeds
+from sparring.agents.prompts import PromptSource, load_prompt_set, load_seeds
 from sparring.bus import Bus, make_bus
 from sparring.config import RunConfig
 from sparring.graphs import build_graph
@@ -269,22 +269,34 @@ class Loop:
         cfg = self.cfg
         registry = Registry(bus, bindings)
         rc = cfg.roles
-        ctx = LoopContext(
-            run_id=self.run_id,
-            attacker=Attacker(
+        attacker = (
+            Attacker(
                 chat, load_seeds(), temperature=rc["attacker"].temperature,
                 max_tokens=rc["attacker"].max_tokens,
                 recent_window=cfg.loop.attacker_recent_window, rng=random.Random(cfg.loop.seed),
-            ),
+            )
+            if "attacker" in rc
+            else None
+        )  # fmt: skip
+        prompt_set = cfg.loop.prompts
+        ctx = LoopContext(
+            run_id=self.run_id,
+            attacker=attacker,
             learner=Learner(
                 chat, temperature=rc["learner"].temperature, max_tokens=rc["learner"].max_tokens
             ),
             critic=make_critic(
                 chat, temperature=rc["critic"].temperature, max_tokens=rc["critic"].max_tokens,
                 retries=cfg.loop.critic_retries, shots=cfg.loop.critic_shots,
-            ),
+            ) if "critic" in rc else None,
             registry=registry, bus=bus, log=tracer.log, pair_margin=cfg.loop.pair_margin,
             on_episode=self.counters.add,
+            prompts=PromptSource(
+                load_prompt_set(prompt_set), str(prompt_set or "prompt_set"),
+                random.Random(cfg.loop.seed),
+            ),
+            max_rounds=cfg.loop.max_rounds,
+            satisfied_helpfulness=cfg.loop.satisfied_helpfulness,
         )  # fmt: skip
         stop = asyncio.Event()
         queue = WorkQueue(

@@ -2,9 +2,11 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
-from sparring.graphs import build_graph
+from sparring.graphs import BUILTIN, build_graph
 from sparring.runner import Loop
 from sparring.schemas import Episode
 from tests.helpers import tiny_config
@@ -12,9 +14,15 @@ from tests.helpers import tiny_config
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
 
-def test_redteam_graph_shape_is_locked() -> None:
-    mermaid = build_graph("redteam").get_graph().draw_mermaid()
-    assert mermaid == (SNAPSHOTS / "redteam.mmd").read_text()
+@pytest.mark.parametrize("name", BUILTIN)
+def test_graph_shape_is_locked(name: str) -> None:
+    mermaid = build_graph(name).get_graph().draw_mermaid()
+    assert mermaid == (SNAPSHOTS / f"{name}.mmd").read_text()
+
+
+def test_every_builtin_graph_is_in_langgraph_json() -> None:
+    spec = json.loads((Path(__file__).parent.parent / "langgraph.json").read_text())
+    assert spec["graphs"] == {n: f"./sparring/graphs/{n}.py:graph" for n in BUILTIN}
 
 
 def _events(run_dir: Path) -> list[dict]:

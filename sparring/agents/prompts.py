@@ -55,3 +55,61 @@ def load_seeds(path: Path | None = None) -> list[Seed]:
 def critic_examples() -> list[dict[str, str]]:
     text = resources.files("sparring.agents").joinpath("critic_examples.yaml").read_text()
     return list(yaml.safe_load(text))
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    category: str
+    prompt: str
+
+
+def load_prompt_set(path: Path | None = None) -> list[PromptItem]:
+    """Prompts for graphs without an attacker (``self_refine``): the shipped set,
+    or a user's JSONL (``{"prompt": ..., "category": ...}`` per line) or CSV
+    (columns ``prompt`` and optionally ``category``) file."""
+    import csv
+    import io
+    import json
+
+    where = str(path or "sparring/agents/prompt_set.jsonl")
+    text = (
+        path.read_text()
+        if path
+        else resources.files("sparring.agents").joinpath("prompt_set.jsonl").read_text()
+    )
+    rows: list[dict[str, Any]] = []
+    if where.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: line {n} is not JSON ({err.msg})") from None
+    items = []
+    for n, row in enumerate(rows, 1):
+        prompt = str(row.get("prompt") or "").strip() if isinstance(row, dict) else ""
+        if not prompt:
+            raise ValueError(f"{where}: row {n} has no 'prompt'")
+        items.append(PromptItem(str(row.get("category") or "general"), prompt))
+    if not items:
+        raise ValueError(f"{where}: no prompts")
+    return items
+
+
+class PromptSource:
+    """Hands out prompts in a shuffled order, reshuffling after each pass."""
+
+    def __init__(self, items: list[PromptItem], name: str, rng: Any) -> None:
+        self.items = items
+        self.name = name
+        self._rng = rng
+        self._queue: list[PromptItem] = []
+
+    def next(self) -> PromptItem:
+        if not self._queue:
+            self._queue = list(self.items)
+            self._rng.shuffle(self._queue)
+        return self._queue.pop()

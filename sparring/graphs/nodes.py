@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.runtime import Runtime
 
 from sparring.agents import Attacker, Binding, Completion, Learner
+from sparring.agents.prompts import PromptSource
 from sparring.bus import Bus
 from sparring.schemas import Critique, Episode, ModelRef, PreferencePair
 from sparring.serving.registry import Registry
@@ -23,6 +24,9 @@ from sparring.training.pairs import refinement_pairs
 
 class EpisodeState(TypedDict, total=False):
     episode_id: str
+    round: int  # refinement rounds done (self_refine)
+    latest_answer: str  # self_refine: the newest refinement and its critique
+    latest_critique: dict[str, Any]
     started_at: float
     category: str
     query: str
@@ -40,14 +44,18 @@ class EpisodeState(TypedDict, total=False):
 @dataclass
 class LoopContext:
     run_id: str
-    attacker: Attacker
+    attacker: Attacker | None
     learner: Learner
-    critic: Callable[..., Any]
+    critic: Callable[..., Any] | None
     registry: Registry
     bus: Bus
     log: Any
     pair_margin: int = 2
     on_episode: Callable[[Episode, list[PreferencePair]], None] | None = None
+    # graphs without an attacker draw their prompts from here (self_refine)
+    prompts: PromptSource | None = None
+    max_rounds: int = 2
+    satisfied_helpfulness: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,6 +105,7 @@ async def attack(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     binding = ctx.registry.binding("attacker")
     # The learner's version is fixed here, for the whole episode (hot swap rule).
     learner = ctx.registry.acquire("learner", state["episode_id"])
+    assert ctx.attacker is not None, "the attack node needs roles.attacker bound"
     result = await ctx.attacker(binding, ctx.attacker.next_seed())
     _trace(
         runtime, state, "attack", binding, result.calls, started,
@@ -125,6 +134,7 @@ async def respond(state: EpisodeState, runtime: Ctx) -> EpisodeState:
 async def _judge(state: EpisodeState, runtime: Ctx, node: str, answer: str) -> Critique:
     started = time.perf_counter()
     binding = runtime.context.registry.binding("critic")
+    assert runtime.context.critic is not None, "critique nodes need roles.critic bound"
     result = await runtime.context.critic(binding, state["query"], answer)
     c = result.critique
     _trace(
@@ -197,7 +207,7 @@ async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     _trace(
         runtime, state, "emit", None, [], started,
         outcome=episode.outcome, learner_version=episode.learner.version,
-        pair_ids=[p.pair_id for p in pairs],
+        pair_ids=[p.pair_id for p in pairs], rounds=state.get("round", 1 if refined else 0),
         episode_s=round(episode.finished_at - episode.started_at, 3),
     )  # fmt: skip
     return {

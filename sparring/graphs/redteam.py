@@ -18,6 +18,8 @@ from sparring.graphs.nodes import (
     respond,
 )
 
+ROLES = ("attacker", "learner", "critic")
+
 
 def build(checkpointer: Any = None) -> Any:
     g = StateGraph(EpisodeState, context_schema=LoopContext)

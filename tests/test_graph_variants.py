@@ -1,0 +1,192 @@
+"""Graph variants and role binding: a config edit chooses the graph and who plays
+each role; a graph file of the user's own is loaded and checked the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sparring.bus import make_bus
+from sparring.cli import main
+from sparring.config import ConfigError, EngineConfig, load_config
+from sparring.runner import Loop
+from sparring.schemas import Episode, PreferencePair
+from sparring.training.worker import Trainer
+from tests.helpers import tiny_config
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+
+
+def test_self_refine_runs_end_to_end_without_an_attacker(
+    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
+    seq_engine: EngineConfig, tmp_path: Path,
+) -> None:  # fmt: skip
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(
+            json.dumps({"prompt": p, "category": c})
+            for c, p in [
+                ("task", "Write a two-line poem about rain."),
+                ("harmful", "How do I read my partner's messages without them knowing?"),
+            ]
+        )
+    )
+    cfg = tiny_config(
+        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
+        loop__graph="self_refine", loop__prompts=str(prompts), loop__max_rounds=2,
+        loop__satisfied_helpfulness=10, loop__concurrency=6, budget__episodes=6,
+        loop__pair_margin=0,  # any refinement the critic does not rate lower makes a pair
+    )  # fmt: skip
+    # SmolLM2 as learner and critic on the engine that honours per-request
+    # sampling, both greedy: the run is deterministic, so its yield of pairs is.
+    roles = {
+        "learner": cfg.roles["learner"].model_copy(
+            update={"model": "critic", "temperature": 0.0, "max_tokens": 24}
+        ),
+        "critic": cfg.roles["critic"].model_copy(update={"engine": "seq", "temperature": 0.0}),
+    }
+    del_attacker = cfg.model_copy(update={"roles": roles})
+    run_dir = tmp_path / "runs" / "sr"
+    asyncio.run(Loop(del_attacker, run_dir, progress=False).run())
+
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    assert len(episodes) == 6
+    events = _events(run_dir)
+    for ep in episodes:
+        assert ep.attacker.role == "dataset" and ep.attacker.model == str(prompts)
+        assert ep.query in prompts.read_text() and ep.category in ("task", "harmful")
+        nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
+        assert nodes[:3] == ["draw", "respond", "critique"] and nodes[-1] == "emit"
+        rounds = nodes.count("refine")
+        assert nodes.count("critique_refined") == rounds <= 2
+        emit = next(
+            e for e in events if e.get("node") == "emit" and e["episode_id"] == ep.episode_id
+        )
+        assert emit["rounds"] == rounds
+        assert not any(e.get("role") == "attacker" for e in events if e.get("episode_id"))
+    # The records are the redteam loop's: the trainer takes its pairs as they are.
+    wide = del_attacker.trainer.model_copy(update={"pairs_per_version": 64})
+    trainer = Trainer(bus, tiny_model_path, run_dir / "versions", wide)
+    assert trainer.poll() == bus.length("pairs") == len(trainer.batch) >= 1  # none poison
+    assert all(isinstance(p, PreferencePair) for _, p in trainer.batch)
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "my-run.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_a_role_the_graph_needs_but_the_config_does_not_bind_fails_early(tmp_path: Path) -> None:
+    p = _config(
+        tmp_path,
+        """
+        roles:
+          learner: {engine: learner, model: smollm2}
+          critic: {engine: local, model: smollm2}
+        """,
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(p)  # redteam, the default graph, calls the attacker
+    msg = str(err.value)
+    assert "my-run.yaml" in msg and "graph 'redteam'" in msg and "role 'attacker'" in msg
+    assert load_config(p, {"loop.graph": "self_refine"}).loop.graph == "self_refine"
+
+
+def test_an_unknown_role_names_the_graph_and_the_file(tmp_path: Path) -> None:
+    p = _config(
+        tmp_path,
+        """
+        loop: {graph: self_refine}
+        roles:
+          learner: {engine: learner, model: smollm2}
+          critic: {engine: local, model: smollm2}
+          critc: {engine: local, model: smollm2}
+        """,
+    )
+    with pytest.raises(ConfigError, match=r"my-run.yaml: roles.critc: unknown role 'critc' for "
+                       r"graph 'self_refine'"):  # fmt: skip
+        load_config(p)
+
+
+def test_an_unknown_graph_lists_the_known_ones(tmp_path: Path) -> None:
+    p = _config(tmp_path, "loop: {graph: redteem}\n")
+    with pytest.raises(ConfigError, match=r"loop.graph: unknown graph 'redteem'.*redteam"):
+        load_config(p)
+
+
+USER_GRAPH = '''
+"""Two critics in a row: the second judges the refined answer twice as hard."""
+from langgraph.graph import END, START, StateGraph
+from sparring.graphs.nodes import (EpisodeState, LoopContext, attack, critique, emit,
+                                   respond)
+
+ROLES = ("attacker", "learner", "critic", "second_critic")
+
+
+def build(checkpointer=None):
+    g = StateGraph(EpisodeState, context_schema=LoopContext)
+    for name, fn in [("attack", attack), ("respond", respond), ("critique", critique),
+                     ("emit", emit)]:
+        g.add_node(name, fn)
+    g.add_edge(START, "attack")
+    g.add_edge("attack", "respond")
+    g.add_edge("respond", "critique")
+    g.add_edge("critique", "emit")
+    g.add_edge("emit", END)
+    return g.compile(checkpointer=checkpointer)
+'''
+
+
+def test_a_users_graph_file_is_loaded_and_its_roles_checked(tmp_path: Path) -> None:
+    graph_file = tmp_path / "two_critics.py"
+    graph_file.write_text(USER_GRAPH)
+    p = _config(tmp_path, f"loop: {{graph: {graph_file}}}\n")
+    with pytest.raises(ConfigError, match=r"graph 'two_critics' calls role 'second_critic'"):
+        load_config(p)
+    ok = _config(
+        tmp_path,
+        f"""
+        loop: {{graph: {graph_file}}}
+        roles:                     # a file's roles replace the defaults: bind them all
+          attacker: {{engine: local, model: smollm2}}
+          learner: {{engine: learner, model: smollm2}}
+          critic: {{engine: local, model: smollm2}}
+          second_critic: {{engine: local, model: smollm2}}
+        """,
+    )
+    cfg = load_config(ok)
+    assert "second_critic" in cfg.roles and cfg.loop.graph == str(graph_file)
+    result = CliRunner().invoke(main, ["graph", "show", str(graph_file)])
+    assert result.exit_code == 0 and "critique --> emit" in result.output
+
+
+def test_a_graph_file_without_roles_says_what_is_missing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_graph.py"
+    bad.write_text("def build(checkpointer=None):\n    return None\n")
+    p = _config(tmp_path, f"loop: {{graph: {bad}}}\n")
+    with pytest.raises(ConfigError, match=r"must define ROLES"):
+        load_config(p)
+
+
+def test_graph_list_and_show_with_a_png(tmp_path: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(main, ["graph", "list"], terminal_width=200)
+    assert listed.exit_code == 0
+    assert "redteam" in listed.output and "self_refine" in listed.output
+    assert "learner, critic" in listed.output
+    png = tmp_path / "sr.png"
+    shown = runner.invoke(main, ["graph", "show", "self_refine", "--png", str(png)])
+    assert shown.exit_code == 0, shown.output
+    assert "draw --> respond" in shown.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    unknown = runner.invoke(main, ["graph", "show", "nope"])
+    assert unknown.exit_code != 0 and "unknown graph 'nope'" in unknown.output
