@@ -73,9 +73,12 @@ def test_binding_to_undefined_engine_fails(tmp_path: Path) -> None:
 
 
 def test_missing_role_fails(tmp_path: Path) -> None:
-    p = _write(tmp_path, "roles:\n  attacker: {}\n  learner: {}\n")
-    with pytest.raises(ConfigError, match="roles must bind critic"):
+    p = _write(tmp_path, "roles:\n  attacker: {}\n  learner: {engine: learner}\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: roles: graph 'redteam' calls role 'critic'"):
         load_config(p)
+    no_learner = _write(tmp_path, "roles:\n  attacker: {}\n  critic: {}\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: roles: the config does not bind 'learner'"):
+        load_config(no_learner)
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:

@@ -190,3 +190,31 @@ def test_graph_list_and_show_with_a_png(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
     unknown = runner.invoke(main, ["graph", "show", "nope"])
     assert unknown.exit_code != 0 and "unknown graph 'nope'" in unknown.output
+
+
+def test_swapping_a_role_is_a_config_edit_and_the_trace_shows_who_answered(
+    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
+    seq_engine: EngineConfig, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The same graph file twice; only roles.critic.model differs."""
+    base = tiny_config(
+        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
+        budget__episodes=2, loop__concurrency=2,
+    )  # fmt: skip
+    seen = {}
+    for critic_model in ("tiny", "critic"):
+        roles = dict(base.roles)
+        # both on the sequential engine, which serves any number of models
+        roles["critic"] = roles["critic"].model_copy(
+            update={"model": critic_model, "engine": "seq"}
+        )
+        cfg = base.model_copy(update={"roles": roles})
+        run_dir = tmp_path / "runs" / f"critic-{critic_model}"
+        asyncio.run(Loop(cfg, run_dir, progress=False).run())
+        seen[critic_model] = {
+            (e["role"], e["model"])
+            for e in _events(run_dir)
+            if e.get("event") == "node" and e.get("role") in ("critic", "learner")
+        }
+    assert seen["tiny"] == {("learner", str(tiny_model_path)), ("critic", str(tiny_model_path))}
+    assert seen["critic"] == {("learner", str(tiny_model_path)), ("critic", str(smollm2_path))}
