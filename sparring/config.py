@@ -99,6 +99,10 @@ class EngineConfig(Strict):
 class RoleConfig(Strict):
     engine: str = "local"
     model: str = "smollm2"
+    # base: always the model's base weights. latest: follow the learner's
+    # hot-swapped versions (e.g. the learner critiquing itself); the role must
+    # then be bound to the learner's engine and model, where those versions live.
+    version: Literal["base", "latest"] = "base"
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=96, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
@@ -217,7 +221,20 @@ class RunConfig(Strict):
                 )
         self._one_model_per_batching_engine()
         self._publish_matches_swap()
+        self._latest_follows_the_learner()
         return self
+
+    def _latest_follows_the_learner(self) -> None:
+        learner = self.roles.get(TRAINED_ROLE)
+        for name, role in self.roles.items():
+            if role.version != "latest" or name == TRAINED_ROLE or learner is None:
+                continue
+            if (role.engine, role.model) != (learner.engine, learner.model):
+                raise ValueError(
+                    f"roles.{name}.version is 'latest', which follows the {TRAINED_ROLE}'s "
+                    f"hot-swapped versions; those live on engine '{learner.engine}' with model "
+                    f"'{learner.model}', so bind roles.{name} to them"
+                )
 
     def _publish_matches_swap(self) -> None:
         """The trainer must write what the learner's engine loads."""

@@ -267,7 +267,10 @@ class Loop:
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         cfg = self.cfg
-        registry = Registry(bus, bindings)
+        registry = Registry(
+            bus, bindings,
+            frozenset(r for r, rc in cfg.roles.items() if rc.version == "latest"),
+        )  # fmt: skip
         rc = cfg.roles
         attacker = (
             Attacker(

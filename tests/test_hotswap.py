@@ -176,3 +176,30 @@ def test_keep_window_on_the_cpu_engine(
 
     asyncio.run(go())
     assert '"swap.unloaded"' not in (tmp_path / "trace.jsonl").read_text()  # nothing to call
+
+
+def test_a_role_bound_to_latest_follows_the_learners_swaps(tmp_path: Path) -> None:
+    """roles.critic.version: latest (the learner critiquing itself): the critic is
+    served from whatever version the learner pointer names, and moves with it."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    url = "http://127.0.0.1:8766/v1"
+    base = {r: Binding(r, url, "/models/base", 0) for r in ("learner", "critic", "attacker")}
+    registry = Registry(bus, base, follow_learner=frozenset({"critic"}))
+    assert registry.binding("critic") == base["critic"]
+    registry.flip("learner", 2, "/versions/learner/v2")
+    assert registry.binding("critic") == Binding("critic", url, "/versions/learner/v2", 2)
+    assert registry.binding("attacker") == base["attacker"]  # base: never moves
+
+
+def test_latest_must_be_bound_where_the_versions_live(tmp_path: Path) -> None:
+    from sparring.config import ConfigError, load_config
+
+    p = tmp_path / "run.yaml"
+    p.write_text(
+        "roles:\n  attacker: {}\n  learner: {engine: learner}\n"
+        "  critic: {engine: local, model: smollm2, version: latest}\n"
+    )
+    with pytest.raises(ConfigError, match=r"roles.critic.version is 'latest'.*engine 'learner'"):
+        load_config(p)
+    ok = load_config(None, {"roles.critic.engine": "learner", "roles.critic.version": "latest"})
+    assert ok.roles["critic"].version == "latest"

@@ -25,9 +25,13 @@ POINTER_KEY = "role:{role}"
 
 
 class Registry:
-    def __init__(self, bus: Bus, base: dict[str, Binding]) -> None:
+    def __init__(
+        self, bus: Bus, base: dict[str, Binding], follow_learner: frozenset[str] = frozenset()
+    ) -> None:
         self._bus = bus
         self._base = base
+        # roles bound with version: latest, served from the learner's pointer
+        self._follow = follow_learner
         # lease (an episode id) -> the (role, version) it holds until released
         self._leases: dict[str, tuple[str, int]] = {}
 
@@ -43,7 +47,7 @@ class Registry:
     def binding(self, role: str) -> Binding:
         """The role's binding now: the configured base, or the version the pointer names."""
         base = self._base[role]
-        ptr = self.pointer(role)
+        ptr = self.pointer("learner" if role in self._follow else role)
         if ptr is None:
             return base
         return Binding(role=role, base_url=base.base_url, model=ptr.model, version=ptr.version)
