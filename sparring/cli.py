@@ -216,6 +216,65 @@ def models_pull(name: str) -> None:
     click.echo(str(path))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--list", "list_only", is_flag=True, help="Only list the episodes waiting.")
+@click.option("--episode", "-e", default=None, help="Review this episode (id or its suffix).")
+@click.option("--harmful", type=click.Choice(["yes", "no"]), default=None,
+              help="Your verdict: is the answer harmful?")  # fmt: skip
+@click.option("--helpfulness", type=click.IntRange(1, 10), default=None,
+              help="Your helpfulness score, 1-10.")  # fmt: skip
+@click.option("--critique", default=None, help="Your critique: what is good or bad, and why.")
+@click.option("--reviewer", default="human", show_default=True, help="Your name in the records.")
+def review(run_dir: Path, list_only: bool, episode: str | None, harmful: str | None,
+           helpfulness: int | None, critique: str | None, reviewer: str) -> None:  # fmt: skip
+    """Answer the episodes a run paused for a person (loop.review_below_confidence).
+
+    Shows each paused episode's query, answer and the critic's unsure critique,
+    takes your verdict and critique, and hands them to the run, which resumes
+    the episode (at once if it is running, else when it is started again with
+    the same --run-id). Pairs built from your verdict are marked human and
+    count loop.human_pair_weight times in training. Without --episode and the
+    verdict options, asks about every waiting episode in turn.
+    """
+    from sparring.review import HumanReview, find, open_run_bus, submit, waiting
+
+    try:
+        bus = open_run_bus(run_dir)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    try:
+        requests = waiting(bus)
+        if list_only or not requests:
+            click.echo(f"{len(requests)} episode(s) waiting for review in {run_dir}")
+            for r in requests:
+                click.echo(f"  {r.episode_id}  {r.node}  ({r.reason})  {r.query[:70]}")
+            return
+        if episode:
+            try:
+                requests = [find(requests, episode)]
+            except LookupError as err:
+                raise click.ClickException(str(err)) from None
+        for r in requests:
+            click.echo(f"\n== {r.episode_id} ({r.node}; {r.reason})")
+            click.echo(f"query:    {r.query}\nanswer:   {r.answer}\ncritique: {r.critique}")
+            if v := r.verdict:
+                click.echo(
+                    f"critic's verdict: harmful={v.harmful} helpfulness={v.helpfulness} "
+                    f"confidence={v.confidence}"
+                )
+            h = harmful or click.prompt("harmful?", type=click.Choice(["yes", "no"]))
+            score = helpfulness or click.prompt("helpfulness (1-10)", type=click.IntRange(1, 10))
+            text = critique or click.prompt("your critique")
+            done = submit(bus, HumanReview(
+                episode_id=r.episode_id, node=r.node, harmful=h == "yes", helpfulness=score,
+                critique=text, reviewer=reviewer,
+            ))  # fmt: skip
+            click.echo("recorded" if done else "already reviewed; nothing changed")
+    finally:
+        bus.close()
+
+
 @main.group()
 def graph() -> None:
     """List and draw the graph variants (the loops a run can use: loop.graph)."""

@@ -135,6 +135,15 @@ class LoopConfig(Strict):
     prompts: Path | None = None
     max_rounds: int = Field(default=2, ge=1, le=10)
     satisfied_helpfulness: int = Field(default=8, ge=1, le=10)
+    # Human in the loop: a critique whose confidence is below this pauses its
+    # episode until `sparring review` gives a person's verdict (None: never).
+    # Paused episodes survive restarts; the run waits review_wait_s for them
+    # after its budget, then leaves them paused for a later run with its id.
+    review_below_confidence: int | None = Field(default=None, ge=1, le=11)
+    # with review on, unreadable verdicts go to the person too (else: judge_error)
+    review_judge_errors: bool = True
+    review_wait_s: float = Field(default=0.0, ge=0)
+    human_pair_weight: float = Field(default=2.0, gt=0)
 
 
 class SwapConfig(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sparring.agents import Attacker, Binding, Learner, OpenAIChat, make_critic
 from sparring.agents.prompts import PromptSource, load_prompt_set, load_seeds
-from sparring.bus import Bus, make_bus
+from sparring.bus import Bus, Delivery, make_bus
 from sparring.config import RunConfig
 from sparring.graphs import build_graph
 from sparring.graphs.nodes import LoopContext
@@ -182,6 +183,10 @@ class Loop:
         self.trainer: TrainerProcess | None = None
         self.trainer_restarts = 0
         self.rows: list[VersionRow] = []
+        # episodes paused for a person's verdict, and reviews read for them
+        self.paused: set[str] = set()
+        self.resuming: set[str] = set()
+        self.reviews: dict[str, Delivery] = {}
 
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> dict[str, Path]:
@@ -300,6 +305,9 @@ class Loop:
             ),
             max_rounds=cfg.loop.max_rounds,
             satisfied_helpfulness=cfg.loop.satisfied_helpfulness,
+            review_below_confidence=cfg.loop.review_below_confidence,
+            review_judge_errors=cfg.loop.review_judge_errors,
+            human_pair_weight=cfg.loop.human_pair_weight,
         )  # fmt: skip
         stop = asyncio.Event()
         queue = WorkQueue(
@@ -324,11 +332,13 @@ class Loop:
             graph = build_graph(cfg.loop.graph, checkpointer=saver)
             swap_task = asyncio.create_task(swapper.run(stop))
             watch_task = asyncio.create_task(self._supervise_trainer(stop, tracer))
+            review_task = asyncio.create_task(self._watch_reviews(graph, ctx, queue, bus, stop))
             try:
                 await self._schedule(graph, ctx, registry, bus, queue, watch_task)
             finally:
                 stop.set()
                 await swap_task
+                await review_task
                 watch_task.cancel()
 
     def _checkpoint_file(self) -> str:
@@ -381,7 +391,7 @@ class Loop:
                 if reason := self.budget_reached(registry):
                     sem.release()
                     break
-                episode_id = await asyncio.to_thread(queue.next, set(tasks))
+                episode_id = await asyncio.to_thread(queue.next, set(tasks) | self.paused)
                 if episode_id is None:
                     sem.release()
                     reason = f"{cfg.budget.episodes} episodes"
@@ -399,9 +409,15 @@ class Loop:
                 for t in tasks.values():
                     t.cancel()
                 ctx.log.warning("run.cancelled_in_flight", episodes=len(tasks))
-            while tasks:
-                await asyncio.wait(list(tasks.values()), timeout=0.5)
+            review_deadline = time.monotonic() + cfg.loop.review_wait_s
+            while tasks or self.resuming or (self.paused and time.monotonic() < review_deadline):
+                if tasks:
+                    await asyncio.wait(list(tasks.values()), timeout=0.5)
+                else:
+                    await asyncio.sleep(0.5)
                 self._update(bar, bus, registry, *bars)
+            if self.paused:
+                ctx.log.warning("run.left_paused", episodes=sorted(self.paused))
             self._update(bar, bus, registry, *bars)
 
     async def _one(
@@ -412,6 +428,9 @@ class Loop:
         try:
             state: dict[str, Any] | None = {"episode_id": episode_id, "started_at": time.time()}
             snapshot = await graph.aget_state(config)
+            if snapshot.interrupts:
+                self._pause(ctx, episode_id, resumed=True)  # paused before a restart
+                return
             if snapshot.values.get("outcome"):
                 state = None  # finished before a restart; only the ack was missing
             elif snapshot.next:
@@ -424,6 +443,9 @@ class Loop:
                 await graph.ainvoke(None, config=config, context=ctx)
             if state is not None:
                 await graph.ainvoke(state, config=config, context=ctx)
+            if (await graph.aget_state(config)).interrupts:
+                self._pause(ctx, episode_id)  # its task stays unacked until it resumes
+                return
             queue.done(episode_id)
         except asyncio.CancelledError:
             pass  # the time budget ran out mid-episode (see run.cancelled_in_flight)
@@ -433,6 +455,48 @@ class Loop:
         finally:
             ctx.registry.release(episode_id)
             sem.release()
+
+    def _pause(self, ctx: LoopContext, episode_id: str, resumed: bool = False) -> None:
+        self.paused.add(episode_id)
+        ctx.log.info("episode.paused", episode_id=episode_id, after_restart=resumed)
+
+    async def _watch_reviews(
+        self, graph: Any, ctx: LoopContext, queue: WorkQueue, bus: Bus, stop: asyncio.Event,
+        poll_s: float = 0.5,
+    ) -> None:  # fmt: skip
+        """Resume paused episodes as `sparring review` answers them. Each
+        orchestrator reads every review in its own group and acks one only
+        once the episode it resumed is on the bus."""
+        from langgraph.types import Command
+
+        group = f"reviews-{self.consumer}"
+        while not stop.is_set():
+            for d in await asyncio.to_thread(bus.read, "reviews", group, self.consumer, 16):
+                self.reviews.setdefault(d.payload["episode_id"], d)
+            for episode_id in sorted(self.paused & set(self.reviews)):
+                d = self.reviews.pop(episode_id)
+                self.resuming.add(episode_id)
+                self.paused.discard(episode_id)
+                config = {"configurable": {"thread_id": episode_id}}
+                snapshot = await graph.aget_state(config)
+                if learner := snapshot.values.get("learner"):
+                    ctx.registry.hold(episode_id, "learner", learner["version"])
+                ctx.log.info("episode.review_resumed", episode_id=episode_id,
+                             reviewer=d.payload.get("reviewer"))  # fmt: skip
+                try:
+                    await graph.ainvoke(Command(resume=d.payload), config=config, context=ctx)
+                except Exception as err:
+                    ctx.log.error("episode.failed", episode_id=episode_id, error=repr(err))
+                finally:
+                    ctx.registry.release(episode_id)
+                if (await graph.aget_state(config)).interrupts:
+                    self._pause(ctx, episode_id)  # its refined critique wants a review too
+                else:
+                    queue.done(episode_id)
+                self.resuming.discard(episode_id)
+                bus.ack("reviews", group, [d.msg_id])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
 
     def _progress(self) -> Progress:
         return Progress(

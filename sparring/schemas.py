@@ -74,7 +74,48 @@ class PreferencePair(Wire):
     critique: str
     chosen_verdict: Verdict
     rejected_verdict: Verdict
+    # human: a verdict behind this pair came from a person (sparring review);
+    # the trainer counts it `weight` times.
+    source: Literal["ai", "human"] = "ai"
+    weight: float = Field(default=1.0, gt=0)
     created_at: float = Field(default_factory=time.time)
+
+
+class ReviewRequest(Wire):
+    """An episode paused for a person's verdict (the critic was not confident)."""
+
+    episode_id: str
+    run_id: str
+    node: str  # which critique is under review: critique or critique_refined
+    query: str
+    answer: str
+    critique: str
+    verdict: Verdict | None
+    reason: str
+    requested_at: float = Field(default_factory=time.time)
+
+
+class HumanReview(Wire):
+    """A person's verdict and critique for a paused episode (``sparring review``)."""
+
+    episode_id: str
+    node: str
+    harmful: bool
+    helpfulness: int = Field(ge=1, le=10)
+    critique: str = Field(min_length=1)
+    reviewer: str = "human"
+    reviewed_at: float = Field(default_factory=time.time)
+
+    def as_critique(self) -> Critique:
+        return Critique(
+            text=self.critique,
+            verdict=Verdict(harmful=self.harmful, helpfulness=self.helpfulness, confidence=10),
+            critic=ModelRef(role="human", model=self.reviewer, version=0),
+        )
+
+
+def review_id(episode_id: str, node: str) -> str:
+    return f"{episode_id}:{node}"
 
 
 class VersionPublished(Wire):

@@ -13,11 +13,20 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from sparring.agents import Attacker, Binding, Completion, Learner
 from sparring.agents.prompts import PromptSource
 from sparring.bus import Bus
-from sparring.schemas import Critique, Episode, ModelRef, PreferencePair
+from sparring.schemas import (
+    Critique,
+    Episode,
+    HumanReview,
+    ModelRef,
+    PreferencePair,
+    ReviewRequest,
+    review_id,
+)
 from sparring.serving.registry import Registry
 from sparring.training.pairs import refinement_pairs
 
@@ -56,6 +65,10 @@ class LoopContext:
     prompts: PromptSource | None = None
     max_rounds: int = 2
     satisfied_helpfulness: int = 8
+    # pause for a person's verdict when the critic's confidence is below this
+    review_below_confidence: int | None = None
+    review_judge_errors: bool = True
+    human_pair_weight: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,6 +163,61 @@ async def critique(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     return {"critique": c.model_dump(), "visited": ["critique"]}
 
 
+def review_reason(
+    c: dict[str, Any], threshold: int | None, judge_errors: bool = True
+) -> str | None:
+    """Why a person should judge this critique, or None. With review on, a
+    verdict that could not be read goes to the person too (unless
+    ``judge_errors`` is off, when it stays an explicit judge_error outcome)."""
+    v = c.get("verdict")
+    if threshold is None:
+        return None
+    if v is None:
+        return f"judge error: {c.get('judge_error')}" if judge_errors else None
+    if v["confidence"] < threshold:
+        return f"critic confidence {v['confidence']} < {threshold}"
+    return None
+
+
+def make_review(key: Literal["critique", "refined_critique"], node: str) -> Any:
+    """A node that lets the critique under ``key`` stand, or, when the critic was
+    not confident, pauses the episode (a LangGraph interrupt, kept in the
+    checkpoint) until ``sparring review`` supplies a person's verdict."""
+    answer_key = "answer" if key == "critique" else "refined_answer"
+    judged = "critique" if key == "critique" else "critique_refined"
+
+    async def review(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+        ctx = runtime.context
+        c = state[key]  # type: ignore[literal-required]
+        reason = review_reason(c, ctx.review_below_confidence, ctx.review_judge_errors)
+        if reason is None:
+            return {"visited": [node]}
+        request = ReviewRequest(
+            episode_id=state["episode_id"], run_id=ctx.run_id, node=judged, query=state["query"],
+            answer=state[answer_key], critique=c["text"],  # type: ignore[literal-required]
+            verdict=c["verdict"], reason=reason,
+        )  # fmt: skip
+        # Published before the pause and again on resume (same id: stored once).
+        ctx.bus.publish(
+            "review_requests",
+            review_id(state["episode_id"], judged),
+            request.model_dump(mode="json"),
+        )
+        started = time.perf_counter()
+        answer = interrupt(request.model_dump(mode="json"))  # returns the HumanReview on resume
+        human = HumanReview.model_validate(answer)
+        critique = human.as_critique()
+        verdict = critique.verdict.model_dump() if critique.verdict else None
+        _trace(
+            runtime, state, node, None, [], started, reviewer=human.reviewer, reason=reason,
+            output=critique.text, verdict=verdict,
+        )  # fmt: skip
+        return {key: critique.model_dump(), "visited": [node]}  # type: ignore[misc]
+
+    review.__name__ = node
+    return review
+
+
 def after_critique(state: EpisodeState) -> Literal["refine", "emit"]:
     """No refinement from a critique whose verdict could not be read."""
     return "emit" if state["critique"]["verdict"] is None else "refine"
@@ -197,7 +265,7 @@ async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
         started_at=state["started_at"],
         finished_at=time.time(),
     )
-    pairs = refinement_pairs(episode, ctx.pair_margin)
+    pairs = refinement_pairs(episode, ctx.pair_margin, ctx.human_pair_weight)
     ctx.bus.publish("episodes", episode.episode_id, episode.model_dump(mode="json"))
     for pair in pairs:
         ctx.bus.publish("pairs", pair.pair_id, pair.model_dump(mode="json"))

@@ -30,7 +30,10 @@ class TrainResult:
 
 
 def pairs_dataset(pairs: list[PreferencePair]) -> Any:
-    """TRL's conversational preference format; the chat template is applied by TRL."""
+    """TRL's conversational preference format; the chat template is applied by TRL.
+
+    DPOTrainer has no per-example weights, so a pair of weight w (human-reviewed
+    pairs weigh more than AI-judged ones) appears round(w) times."""
     from datasets import Dataset
 
     return Dataset.from_list(
@@ -41,6 +44,7 @@ def pairs_dataset(pairs: list[PreferencePair]) -> Any:
                 "rejected": [{"role": "assistant", "content": p.rejected}],
             }
             for p in pairs
+            for _ in range(max(1, round(p.weight)))
         ]
     )
 

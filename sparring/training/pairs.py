@@ -5,7 +5,9 @@ from __future__ import annotations
 from sparring.schemas import Episode, PreferencePair, stable_id
 
 
-def refinement_pairs(episode: Episode, margin: int) -> list[PreferencePair]:
+def refinement_pairs(
+    episode: Episode, margin: int, human_weight: float = 2.0
+) -> list[PreferencePair]:
     """The refined answer over the original, when the critic prefers it.
 
     Preferred means: the refinement is not judged harmful and either the
@@ -21,6 +23,9 @@ def refinement_pairs(episode: Episode, margin: int) -> list[PreferencePair]:
         return []
     if episode.refined_answer.strip() == episode.answer.strip():
         return []
+    judges = [episode.critique.critic.role]
+    judges += [episode.refined_critique.critic.role] if episode.refined_critique else []
+    human = "human" in judges
     return [
         PreferencePair(
             pair_id=stable_id(episode.episode_id, "refine"),
@@ -34,5 +39,7 @@ def refinement_pairs(episode: Episode, margin: int) -> list[PreferencePair]:
             critique=episode.critique.text,
             chosen_verdict=after,
             rejected_verdict=before,
+            source="human" if human else "ai",
+            weight=human_weight if human else 1.0,
         )
     ]
