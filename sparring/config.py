@@ -144,6 +144,12 @@ class LoopConfig(Strict):
     review_judge_errors: bool = True
     review_wait_s: float = Field(default=0.0, ge=0)
     human_pair_weight: float = Field(default=2.0, gt=0)
+    # Peer review: the roles that judge each answer. Several (e.g. [critic,
+    # critic_b], each bound in roles) are combined: harmful by majority,
+    # scores averaged, their disagreement recorded; with review on, a panel
+    # that disagrees more than review_disagreement (0-1) waits for a person.
+    critics: list[str] = Field(default_factory=lambda: ["critic"], min_length=1)
+    review_disagreement: float | None = Field(default=None, ge=0, le=1)
 
 
 class SwapConfig(Strict):
@@ -326,8 +332,14 @@ def check_graph_roles(cfg: RunConfig, source: Path | str) -> None:
                 f"does not bind; add roles.{role}: {{engine: ..., model: ...}} "
                 f"(the graph needs {needed})"
             )
+    for role in cfg.loop.critics:
+        if role not in cfg.roles:
+            raise ConfigError(
+                f"{source}: loop.critics: '{role}' is not bound; add roles.{role}: "
+                "{engine: ..., model: ...}"
+            )
     for role in cfg.roles:
-        if role not in spec.roles and role not in ROLES:
+        if role not in spec.roles and role not in ROLES and role not in cfg.loop.critics:
             raise ConfigError(
                 f"{source}: roles.{role}: unknown role '{role}' for graph '{spec.name}', "
                 f"which calls {needed}"

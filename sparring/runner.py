@@ -307,6 +307,8 @@ class Loop:
             satisfied_helpfulness=cfg.loop.satisfied_helpfulness,
             review_below_confidence=cfg.loop.review_below_confidence,
             review_judge_errors=cfg.loop.review_judge_errors,
+            review_disagreement=cfg.loop.review_disagreement,
+            critics=tuple(cfg.loop.critics),
             human_pair_weight=cfg.loop.human_pair_weight,
         )  # fmt: skip
         stop = asyncio.Event()

@@ -44,6 +44,11 @@ class Critique(Wire):
     judge_error: str | None = None
     critic: ModelRef
     attempts: int = 1
+    # Peer review (loop.critics names several roles): each critic's own
+    # judgement, and how much their readable verdicts disagree (0 = all agree,
+    # 1 = split on harmful, or helpfulness spread over the whole 1-10 scale).
+    panel: list[Critique] = Field(default_factory=list)
+    disagreement: float | None = None
 
 
 class Episode(Wire):
@@ -112,6 +117,39 @@ class HumanReview(Wire):
             verdict=Verdict(harmful=self.harmful, helpfulness=self.helpfulness, confidence=10),
             critic=ModelRef(role="human", model=self.reviewer, version=0),
         )
+
+
+def combine_panel(panel: list[Critique]) -> Critique:
+    """Several critics' judgements as one: harmful by majority (a tie counts as
+    harmful), helpfulness and confidence averaged; unreadable verdicts are left
+    out, and a panel with none readable is a judge error."""
+    text = "\n\n".join(f"[{c.critic.role}] {c.text}" for c in panel)
+    ref = ModelRef(role="panel", model="+".join(c.critic.model for c in panel), version=0)
+    readable = [c.verdict for c in panel if c.verdict is not None]
+    attempts = sum(c.attempts for c in panel)
+    if not readable:
+        return Critique(
+            text=text, verdict=None, critic=ref, attempts=attempts, panel=panel,
+            judge_error="no critic in the panel gave a readable verdict",
+        )  # fmt: skip
+    n = len(readable)
+    harmful = sum(v.harmful for v in readable)
+    helps = [v.helpfulness for v in readable]
+    verdict = Verdict(
+        harmful=2 * harmful >= n,
+        helpfulness=round(sum(helps) / n),
+        confidence=max(1, round(sum(v.confidence for v in readable) / n)),
+    )
+    split = 2 * min(harmful, n - harmful) / n
+    spread = (max(helps) - min(helps)) / 9
+    return Critique(
+        text=text,
+        verdict=verdict,
+        critic=ref,
+        attempts=attempts,
+        panel=panel,
+        disagreement=round(max(split, spread), 3),
+    )
 
 
 def review_id(episode_id: str, node: str) -> str:

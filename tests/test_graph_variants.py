@@ -218,3 +218,80 @@ def test_swapping_a_role_is_a_config_edit_and_the_trace_shows_who_answered(
         }
     assert seen["tiny"] == {("learner", str(tiny_model_path)), ("critic", str(tiny_model_path))}
     assert seen["critic"] == {("learner", str(tiny_model_path)), ("critic", str(smollm2_path))}
+
+
+def _critique(role: str, harmful: bool | None, helpfulness: int = 5, confidence: int = 8):  # type: ignore[no-untyped-def]
+    from sparring.schemas import Critique, ModelRef, Verdict
+
+    verdict = (
+        None if harmful is None
+        else Verdict(harmful=harmful, helpfulness=helpfulness, confidence=confidence)
+    )  # fmt: skip
+    return Critique(
+        text=f"{role} says", verdict=verdict, critic=ModelRef(role=role, model=f"m-{role}"),
+        judge_error=None if verdict else "unreadable",
+    )  # fmt: skip
+
+
+def test_a_panel_combines_verdicts_and_measures_disagreement() -> None:
+    from sparring.graphs.nodes import review_reason
+    from sparring.schemas import combine_panel
+
+    agree = combine_panel([_critique("a", False, 6), _critique("b", False, 8)])
+    assert agree.verdict is not None
+    assert (agree.verdict.harmful, agree.verdict.helpfulness) == (False, 7)
+    assert agree.disagreement == round(2 / 9, 3) and agree.critic.model == "m-a+m-b"
+    split = combine_panel([_critique("a", True, 2), _critique("b", False, 9)])
+    assert split.verdict is not None and split.verdict.harmful  # a tie counts as harmful
+    assert split.disagreement == 1.0
+    # an unreadable member is left out, not guessed
+    one = combine_panel([_critique("a", None), _critique("b", False, 4, 6)])
+    assert one.verdict is not None and one.verdict.helpfulness == 4 and one.disagreement == 0
+    none = combine_panel([_critique("a", None), _critique("b", None)])
+    assert none.verdict is None and none.judge_error and len(none.panel) == 2
+    # with review on, a split panel waits for a person
+    assert review_reason(split.model_dump(), 1, True, 0.5) == "critics disagree (1.00 > 0.50)"
+    assert review_reason(agree.model_dump(), 1, True, 0.5) is None
+
+
+def test_peer_review_by_config_records_every_critic(
+    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
+    seq_engine: EngineConfig, tmp_path: Path,
+) -> None:  # fmt: skip
+    from sparring.config import RoleConfig
+
+    base = tiny_config(
+        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
+        budget__episodes=2, loop__concurrency=2,
+    )  # fmt: skip
+    roles = dict(base.roles)
+    roles["critic"] = roles["critic"].model_copy(update={"engine": "seq"})
+    roles["critic_b"] = RoleConfig(engine="seq", model="tiny", max_tokens=16)
+    panel = base.loop.model_copy(update={"critics": ["critic", "critic_b"]})
+    cfg = base.model_copy(update={"roles": roles, "loop": panel})
+    run_dir = tmp_path / "runs" / "panel"
+    asyncio.run(Loop(cfg, run_dir, progress=False).run())
+
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    assert len(episodes) == 2
+    from sparring.schemas import combine_panel
+
+    for ep in episodes:
+        assert [(p.critic.role, p.critic.model) for p in ep.critique.panel] == [
+            ("critic", str(smollm2_path)), ("critic_b", str(tiny_model_path))
+        ]  # fmt: skip
+        assert ep.critique.critic.role == "panel"
+        again = combine_panel(ep.critique.panel)
+        assert (again.verdict, again.disagreement) == (
+            ep.critique.verdict,
+            ep.critique.disagreement,
+        )
+    traced = [e for e in _events(run_dir) if e.get("node") == "critique"]
+    assert all(len(e["panel"]) == 2 and "disagreement" in e for e in traced)
+
+
+def test_a_panel_critic_that_is_not_bound_fails_early(tmp_path: Path) -> None:
+    p = _config(tmp_path, "loop: {critics: [critic, critic_b]}\n")
+    with pytest.raises(ConfigError, match=r"loop.critics: 'critic_b' is not bound"):
+        load_config(p)

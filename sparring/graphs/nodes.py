@@ -6,6 +6,7 @@ runtime context (:class:`LoopContext`), never through module globals.
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from sparring.schemas import (
     ModelRef,
     PreferencePair,
     ReviewRequest,
+    combine_panel,
     review_id,
 )
 from sparring.serving.registry import Registry
@@ -68,6 +70,9 @@ class LoopContext:
     # pause for a person's verdict when the critic's confidence is below this
     review_below_confidence: int | None = None
     review_judge_errors: bool = True
+    review_disagreement: float | None = None
+    # the roles that judge: one critic, or a peer-review panel
+    critics: tuple[str, ...] = ("critic",)
     human_pair_weight: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -145,15 +150,31 @@ async def respond(state: EpisodeState, runtime: Ctx) -> EpisodeState:
 
 
 async def _judge(state: EpisodeState, runtime: Ctx, node: str, answer: str) -> Critique:
+    """One critic's judgement, or a peer review when loop.critics names several."""
     started = time.perf_counter()
-    binding = runtime.context.registry.binding("critic")
-    assert runtime.context.critic is not None, "critique nodes need roles.critic bound"
-    result = await runtime.context.critic(binding, state["query"], answer)
-    c = result.critique
+    ctx = runtime.context
+    assert ctx.critic is not None, "critique nodes need roles.critic bound"
+    bindings = [ctx.registry.binding(role) for role in ctx.critics]
+    results = await asyncio.gather(*(ctx.critic(b, state["query"], answer) for b in bindings))
+    calls = [call for r in results for call in r.calls]
+    if len(results) == 1:
+        c = results[0].critique
+        panel_fields: dict[str, Any] = {}
+    else:
+        c = combine_panel([r.critique for r in results])
+        panel_fields = {
+            "panel": [
+                {"role": p.critic.role, "model": p.critic.model,
+                 "verdict": p.verdict.model_dump() if p.verdict else None}
+                for p in c.panel
+            ],
+            "disagreement": c.disagreement,
+        }  # fmt: skip
+    who = bindings[0] if len(bindings) == 1 else Binding("critic", "", c.critic.model)
     _trace(
-        runtime, state, node, binding, result.calls, started,
+        runtime, state, node, who, calls, started,
         output=c.text, verdict=c.verdict.model_dump() if c.verdict else None,
-        judge_error=c.judge_error, attempts=c.attempts,
+        judge_error=c.judge_error, attempts=c.attempts, **panel_fields,
     )  # fmt: skip
     return c
 
@@ -164,12 +185,17 @@ async def critique(state: EpisodeState, runtime: Ctx) -> EpisodeState:
 
 
 def review_reason(
-    c: dict[str, Any], threshold: int | None, judge_errors: bool = True
-) -> str | None:
+    c: dict[str, Any], threshold: int | None, judge_errors: bool = True,
+    max_disagreement: float | None = None,
+) -> str | None:  # fmt: skip
     """Why a person should judge this critique, or None. With review on, a
     verdict that could not be read goes to the person too (unless
-    ``judge_errors`` is off, when it stays an explicit judge_error outcome)."""
+    ``judge_errors`` is off, when it stays an explicit judge_error outcome),
+    and so does a peer review whose critics disagree beyond ``max_disagreement``."""
     v = c.get("verdict")
+    spread = c.get("disagreement")
+    if max_disagreement is not None and spread is not None and spread > max_disagreement:
+        return f"critics disagree ({spread:.2f} > {max_disagreement:.2f})"
     if threshold is None:
         return None
     if v is None:
@@ -189,7 +215,9 @@ def make_review(key: Literal["critique", "refined_critique"], node: str) -> Any:
     async def review(state: EpisodeState, runtime: Ctx) -> EpisodeState:
         ctx = runtime.context
         c = state[key]  # type: ignore[literal-required]
-        reason = review_reason(c, ctx.review_below_confidence, ctx.review_judge_errors)
+        reason = review_reason(
+            c, ctx.review_below_confidence, ctx.review_judge_errors, ctx.review_disagreement
+        )
         if reason is None:
             return {"visited": [node]}
         request = ReviewRequest(
