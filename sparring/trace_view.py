@@ -23,8 +23,12 @@ NODE_TITLE = {
     "critique": "critic judges the answer",
     "refine": "learner refines",
     "critique_refined": "critic judges the refinement",
+    "review": "a person judges the answer",
+    "review_refined": "a person judges the refinement",
+    "draw": "prompt from the dataset",
     "emit": "episode recorded",
 }
+VERDICT_NODES = ("critique", "critique_refined", "review", "review_refined")
 
 
 @dataclass
@@ -108,12 +112,23 @@ def render_event(e: dict[str, Any], console: Console, role_filter: str | None = 
         return
     node = e.get("node", "?")
     who = f"{role} v{e.get('version')}" if role else "sparring"
+    if e.get("reviewer"):
+        who = f"{e['reviewer']} ({e.get('reason')})"
     meta = (
         f"{e.get('latency_s', 0):.2f}s · {e.get('prompt_tokens', 0)}→"
         f"{e.get('completion_tokens', 0)} tok"
     )
     body = Text(str(e.get("output") or ""))
-    if node in ("critique", "critique_refined"):
+    if node in VERDICT_NODES:
+        for member in e.get("panel") or []:
+            mv = member.get("verdict")
+            said = (
+                f"harmful={'yes' if mv['harmful'] else 'no'} · helpfulness {mv['helpfulness']}"
+                if mv else "unreadable"
+            )  # fmt: skip
+            body.append(f"\n  {member['role']} ({member['model']}): {said}", style="dim")
+        if e.get("disagreement") is not None:
+            body.append(f"\npanel disagreement: {e['disagreement']:.2f}", style="dim")
         if e.get("judge_error"):
             body.append(f"\nJUDGE ERROR: {e['judge_error']}", style="bold magenta")
         elif v := e.get("verdict"):
@@ -122,7 +137,7 @@ def render_event(e: dict[str, Any], console: Console, role_filter: str | None = 
                 f"helpfulness {v['helpfulness']}/10 · confidence {v['confidence']}/10",
                 style="bold",
             )
-    if node == "attack":
+    if node in ("attack", "draw"):
         body = Text(f"[{e.get('category')}] ", style="dim") + body
     if node == "emit":
         body = Text(

@@ -114,3 +114,5 @@ def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
     assert all(p.source == "human" and p.weight == 2.0 for p in human)
     assert bus.pending("tasks", "orchestrators") == 0
     assert waiting(bus) == []
+    shown = runner.invoke(main, ["trace", str(run_dir), "--episode", sorted(paused_ids)[0]])
+    assert "a person judges the answer — tester" in shown.output
