@@ -547,8 +547,8 @@ def run_main(
         # summary.json; show what the run got to before the interrupt.
         render_table(loop.rows, out)
         out.print(
-            f"[yellow]interrupted[/]: episodes in flight were dropped (pairs already on "
-            f"the bus are kept). run directory: {run_dir}"
+            f"[yellow]interrupted[/]: everything on the bus is kept, and episodes in flight "
+            f"resume with `sparring run --run-id {run_id}`. run directory: {run_dir}"
         )
         raise SystemExit(130) from None
     render_table(rows, out)
