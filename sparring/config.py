@@ -11,7 +11,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -100,9 +100,11 @@ class RoleConfig(Strict):
     engine: str = "local"
     model: str = "smollm2"
     # base: always the model's base weights. latest: follow the learner's
-    # hot-swapped versions (e.g. the learner critiquing itself); the role must
-    # then be bound to the learner's engine and model, where those versions live.
-    version: Literal["base", "latest"] = "base"
+    # hot-swapped versions (e.g. the learner critiquing itself). A number N:
+    # the learner's version N once it is published (base until then), never
+    # unloaded. latest and N need the role bound to the learner's engine and
+    # model, where those versions live.
+    version: Literal["base", "latest"] | Annotated[int, Field(ge=1)] = "base"
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=96, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
@@ -242,12 +244,12 @@ class RunConfig(Strict):
     def _latest_follows_the_learner(self) -> None:
         learner = self.roles.get(TRAINED_ROLE)
         for name, role in self.roles.items():
-            if role.version != "latest" or name == TRAINED_ROLE or learner is None:
+            if role.version == "base" or name == TRAINED_ROLE or learner is None:
                 continue
             if (role.engine, role.model) != (learner.engine, learner.model):
                 raise ValueError(
-                    f"roles.{name}.version is 'latest', which follows the {TRAINED_ROLE}'s "
-                    f"hot-swapped versions; those live on engine '{learner.engine}' with model "
+                    f"roles.{name}.version is '{role.version}', a {TRAINED_ROLE} version; the "
+                    f"{TRAINED_ROLE}'s versions live on engine '{learner.engine}' with model "
                     f"'{learner.model}', so bind roles.{name} to them"
                 )
 

@@ -30,7 +30,7 @@ from sparring.graphs import build_graph
 from sparring.graphs.nodes import LoopContext
 from sparring.schemas import Episode, PreferencePair
 from sparring.serving.engine import EngineProcess, thread_env, wait_for_engine
-from sparring.serving.loaders import make_loader
+from sparring.serving.loaders import make_loader, model_name_for
 from sparring.serving.models import resolve_model_path
 from sparring.serving.registry import Registry, RoleServing, Swapper, warm
 from sparring.summary import VersionRow, as_json, render_table, summarise
@@ -272,9 +272,14 @@ class Loop:
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
         cfg = self.cfg
+        learner_engine = cfg.engines[cfg.roles["learner"].engine]
         registry = Registry(
             bus, bindings,
             frozenset(r for r, rc in cfg.roles.items() if rc.version == "latest"),
+            pinned={r: rc.version for r, rc in cfg.roles.items() if isinstance(rc.version, int)},
+            version_model=lambda n, path: model_name_for(
+                learner_engine, bindings["learner"].model, "learner", n, path
+            ),
         )  # fmt: skip
         rc = cfg.roles
         attacker = (

@@ -203,3 +203,30 @@ def test_latest_must_be_bound_where_the_versions_live(tmp_path: Path) -> None:
         load_config(p)
     ok = load_config(None, {"roles.critic.engine": "learner", "roles.critic.version": "latest"})
     assert ok.roles["critic"].version == "latest"
+    pinned = load_config(None, {"roles.critic.engine": "learner", "roles.critic.version": 3})
+    assert pinned.roles["critic"].version == 3
+    with pytest.raises(ConfigError, match=r"roles.critic.version"):
+        load_config(None, {"roles.critic.engine": "learner", "roles.critic.version": 0})
+
+
+def test_a_role_pinned_to_a_version_stays_there_and_is_never_unloaded(tmp_path: Path) -> None:
+    """roles.critic.version: 2 (e.g. judge with a frozen earlier learner)."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    url = "http://127.0.0.1:8766/v1"
+    base = {r: Binding(r, url, "/models/base", 0) for r in ("learner", "critic")}
+    registry = Registry(bus, base, pinned={"critic": 2})
+    assert registry.binding("critic") == base["critic"]  # v2 is not out yet
+    swapper = Swapper(
+        bus, registry, OpenAIChat(), Tracer(tmp_path, "pin").log, group="swapper",
+        serving={"learner": RoleServing(PathLoader())}, keep_versions=1, unload_after_s=0,
+    )  # fmt: skip
+    for n in (1, 2, 3, 4):
+        pub = VersionPublished(
+            role="learner", version=n, path=f"/v/learner/v{n}", base_version=n - 1, pair_ids=[]
+        )
+        bus.publish("versions", f"learner-v{n}", pub.model_dump(mode="json"))
+        registry.flip("learner", n, pub.path)
+    assert registry.binding("critic") == Binding("critic", url, "/v/learner/v2", 2)
+    assert registry.binding("learner").version == 4
+    # keep 1 (v4): v1..v3 are out of the window, but the pinned v2 stays loaded
+    assert [v.version for v in swapper.retirable("learner")] == [1, 3]

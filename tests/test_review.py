@@ -39,15 +39,16 @@ def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
         budget__episodes=2, loop__concurrency=2,
         loop__review_below_confidence=11,  # every readable verdict waits for a person
     )  # fmt: skip
-    # Every role greedy on the engine that honours per-request sampling (the
-    # learner and critic are SmolLM2): the same queries, answers and verdicts
-    # every time, so which episodes pause and what they yield is fixed.
+    # Every critique goes to the person (a readable verdict is below confidence
+    # 11; an unreadable one is reviewed too), so every episode pauses twice and
+    # the person's verdicts decide its pair. The learner (SmolLM2, sampled on
+    # the engine that honours per-request sampling) writes a refinement that
+    # differs from its first answer.
     roles = dict(cfg.roles)
     roles["critic"] = roles["critic"].model_copy(update={"engine": "seq", "temperature": 0.0})
     roles["learner"] = roles["learner"].model_copy(
-        update={"model": "critic", "temperature": 0.0, "max_tokens": 24}
+        update={"model": "critic", "temperature": 1.0, "max_tokens": 24}
     )
-    roles["attacker"] = roles["attacker"].model_copy(update={"temperature": 0.0})
     cfg = cfg.model_copy(update={"roles": roles})
     run_dir = tmp_path / "runs" / "hitl"
     asyncio.run(Loop(cfg, run_dir, progress=False).run())

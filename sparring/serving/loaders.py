@@ -108,3 +108,15 @@ def make_loader(engine: EngineConfig, client: httpx.AsyncClient, served_name: st
     if mode == "full":
         return FullLoader(client, served_name)
     return PathLoader()
+
+
+def model_name_for(
+    engine: EngineConfig, served_name: str, role: str, version: int, path: str
+) -> str:
+    """What requests name to reach ``version`` on ``engine`` (as its loader would)."""
+    mode = engine.swap_mode()
+    if mode == "lora":
+        return f"{role}-v{version}"
+    if mode == "full":
+        return served_name
+    return path

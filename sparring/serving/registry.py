@@ -26,12 +26,18 @@ POINTER_KEY = "role:{role}"
 
 class Registry:
     def __init__(
-        self, bus: Bus, base: dict[str, Binding], follow_learner: frozenset[str] = frozenset()
-    ) -> None:
+        self, bus: Bus, base: dict[str, Binding], follow_learner: frozenset[str] = frozenset(),
+        pinned: dict[str, int] | None = None,
+        version_model: Callable[[int, str], str] | None = None,
+    ) -> None:  # fmt: skip
         self._bus = bus
         self._base = base
         # roles bound with version: latest, served from the learner's pointer
         self._follow = follow_learner
+        # roles bound to one learner version: role -> N, and how requests name N
+        self.pinned = dict(pinned or {})
+        self._version_model = version_model or (lambda n, path: path)
+        self._pinned_models: dict[int, str] = {}
         # lease (an episode id) -> the (role, version) it holds until released
         self._leases: dict[str, tuple[str, int]] = {}
 
@@ -47,10 +53,24 @@ class Registry:
     def binding(self, role: str) -> Binding:
         """The role's binding now: the configured base, or the version the pointer names."""
         base = self._base[role]
+        if role in self.pinned:
+            return self._pinned_binding(role, base)
         ptr = self.pointer("learner" if role in self._follow else role)
         if ptr is None:
             return base
         return Binding(role=role, base_url=base.base_url, model=ptr.model, version=ptr.version)
+
+    def _pinned_binding(self, role: str, base: Binding) -> Binding:
+        n = self.pinned[role]
+        if n not in self._pinned_models:
+            published = [
+                VersionPublished.model_validate(d.payload) for d in self._bus.history("versions")
+            ]
+            mine = [v for v in published if v.role == "learner" and v.version == n]
+            if not mine:
+                return base  # version N is not out yet
+            self._pinned_models[n] = self._version_model(n, mine[0].path)
+        return Binding(role, base.base_url, self._pinned_models[n], n)
 
     def flip(self, role: str, version: int, model: str) -> RolePointer:
         ptr = RolePointer(role=role, version=version, model=model)
@@ -227,6 +247,7 @@ class Swapper:
             successor = published.get(n + 1)
             if (
                 n > ptr.version - self._keep
+                or n in self._registry.pinned.values()
                 or (role, n) in self.unloaded
                 or self._registry.in_flight[(role, n)]
                 or successor is None

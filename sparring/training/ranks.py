@@ -43,6 +43,18 @@ class Ranks:
         if self.world_size > 1:
             self._broadcast(message)
 
+    def close(self) -> None:
+        """Leave the process group together; a rank exiting with it still up can
+        abort at interpreter shutdown ("terminate called without an active
+        exception") and fail the whole launch."""
+        if self.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def receive(self) -> tuple[Any, ...]:
         return self._broadcast(None)
 

@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     ranks = Ranks.from_env()
     if not ranks.main:
         # Another process of `accelerate launch`: train what rank 0 hands out.
-        follow(ranks, process_logger("trainer"))
+        try:
+            follow(ranks, process_logger("trainer"))
+        finally:
+            ranks.close()
         return
     stop = threading.Event()
     # SIGTERM: finish the current step and exit; held pairs stay pending on the bus.
@@ -263,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     finally:
         bus.close()
+        ranks.close()
 
 
 if __name__ == "__main__":
