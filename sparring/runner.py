@@ -323,7 +323,6 @@ class Loop:
         )  # fmt: skip
         async with AsyncExitStack() as stack:
             admin_http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))
-            learner_engine = cfg.engines[rc["learner"].engine]
             swapper = Swapper(
                 bus, registry, chat, tracer.log, group="swapper", consumer=self.consumer,
                 serving={"learner": RoleServing(

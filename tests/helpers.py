@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,18 @@ def tiny_config(
         section, _, field = key.partition("__")
         data.setdefault(section, {})[field] = value
     return parse_config(data, "<test>")
+
+
+def trace_events(run_dir: Path) -> list[dict[str, Any]]:
+    """Every event of a run's trace.jsonl, in order."""
+    return [json.loads(x) for x in (run_dir / "trace.jsonl").read_text().splitlines()]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of an env file (as docker compose reads .env)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from sparring.config import ConfigError, load_config
+from tests.helpers import env_file as read_env
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -23,12 +24,7 @@ GPU_SERVICES = ("vllm", "trainer")
 
 
 def env_file(path: Path = ENV_EXAMPLE) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out
+    return read_env(path)
 
 
 def compose_config(*files: str, env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from sparring.config import ConfigError, RunConfig, load_config
+from tests.helpers import env_file
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -10,10 +11,8 @@ CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml")
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_parses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # compose.yaml reads the environment docker compose gives it from .env
-    for line in (path.parent.parent / ".env.example").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            monkeypatch.setenv(key, value)
+    for key, value in env_file(path.parent.parent / ".env.example").items():
+        monkeypatch.setenv(key, value)
     assert isinstance(load_config(path), RunConfig)
 
 

@@ -9,7 +9,7 @@ from sparring.config import EngineConfig
 from sparring.graphs import BUILTIN, build_graph
 from sparring.runner import Loop
 from sparring.schemas import Episode
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, trace_events
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -25,10 +25,6 @@ def test_every_builtin_graph_is_in_langgraph_json() -> None:
     assert spec["graphs"] == {n: f"./sparring/graphs/{n}.py:graph" for n in BUILTIN}
 
 
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
-
-
 def test_episodes_run_on_a_real_engine_and_every_node_traces(
     tiny_model_path: Path, engine: EngineConfig, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
@@ -40,7 +36,7 @@ def test_episodes_run_on_a_real_engine_and_every_node_traces(
     episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
     assert len(episodes) == 4
     assert sum(r.episodes for r in rows) == 4
-    events = _events(run_dir)
+    events = trace_events(run_dir)
     for ep in episodes:
         nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
         expected = ["attack", "respond", "critique"]
@@ -103,7 +99,7 @@ def test_a_restarted_orchestrator_resumes_its_episodes_from_their_checkpoints(
     episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
     assert sorted(e.episode_id for e in episodes) == ["r2-ep00000", "r2-ep00001"]
     assert bus.pending("tasks", "orchestrators") == 0
-    events = _events(run_dir)
+    events = trace_events(run_dir)
     resumed = [e for e in events if e.get("event") == "episode.resumed"]
     assert sorted(e["episode_id"] for e in resumed) == ["r2-ep00000", "r2-ep00001"]
     assert all(e["next"] == ["critique"] for e in resumed)

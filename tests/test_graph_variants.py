@@ -17,11 +17,7 @@ from sparring.config import ConfigError, EngineConfig, load_config
 from sparring.runner import Loop
 from sparring.schemas import Episode, PreferencePair
 from sparring.training.worker import Trainer
-from tests.helpers import tiny_config
-
-
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "trace.jsonl").read_text().splitlines()]
+from tests.helpers import tiny_config, trace_events
 
 
 def test_self_refine_runs_end_to_end_without_an_attacker(
@@ -64,7 +60,7 @@ def test_self_refine_runs_end_to_end_without_an_attacker(
     episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
     assert len(episodes) == 6
     assert len({ep.query for ep in episodes}) == 6  # one pass over the shuffled set
-    events = _events(run_dir)
+    events = trace_events(run_dir)
     for ep in episodes:
         assert ep.attacker.role == "dataset" and ep.attacker.model == str(prompts)
         assert ep.query in prompts.read_text() and ep.category in ("task", "harmful")
@@ -218,7 +214,7 @@ def test_swapping_a_role_is_a_config_edit_and_the_trace_shows_who_answered(
         asyncio.run(Loop(cfg, run_dir, progress=False).run())
         seen[critic_model] = {
             (e["role"], e["model"])
-            for e in _events(run_dir)
+            for e in trace_events(run_dir)
             if e.get("event") == "node" and e.get("role") in ("critic", "learner")
         }
     assert seen["tiny"] == {("learner", str(tiny_model_path)), ("critic", str(tiny_model_path))}
@@ -292,7 +288,7 @@ def test_peer_review_by_config_records_every_critic(
             ep.critique.verdict,
             ep.critique.disagreement,
         )
-    traced = [e for e in _events(run_dir) if e.get("node") == "critique"]
+    traced = [e for e in trace_events(run_dir) if e.get("node") == "critique"]
     assert all(len(e["panel"]) == 2 and "disagreement" in e for e in traced)
 
 

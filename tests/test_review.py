@@ -5,7 +5,6 @@ built from the person's verdict is marked human and weighted."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -21,13 +20,9 @@ from sparring.config import EngineConfig
 from sparring.review import waiting
 from sparring.runner import Loop
 from sparring.schemas import Episode, PreferencePair
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, trace_events
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "trace.jsonl").read_text().splitlines()]
 
 
 def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
@@ -97,7 +92,7 @@ def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
         output = proc.communicate()[0]
     assert proc.returncode == 0, output[-3000:]
 
-    events = _events(run_dir)
+    events = trace_events(run_dir)
     restarted = [e for e in events if e.get("event") == "episode.paused" and e["after_restart"]]
     assert {e["episode_id"] for e in restarted} == paused_ids
     episodes = {d.msg_id: Episode.model_validate(d.payload) for d in bus.history("episodes")}

@@ -48,6 +48,17 @@ def make_pairs(n: int, start: int = 0) -> list[PreferencePair]:
     ]
 
 
+def worker_config(tmp_path: Path, model: Path, redis_url: str | None = None) -> Path:
+    """The run config a `sparring train` process of these tests reads."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"smollm2": {"path": str(model)}},
+        "bus": {"redis_url": redis_url},
+        "trainer": {**CFG.model_dump(), "poll_s": 0.2},
+    }))  # fmt: skip
+    return config
+
+
 def publish(bus, pairs: list[PreferencePair]) -> None:  # type: ignore[no-untyped-def]
     for p in pairs:
         bus.publish("pairs", p.pair_id, p.model_dump(mode="json"))
@@ -149,12 +160,7 @@ def test_sigkilled_trainer_resumes_losing_and_duplicating_nothing(
     backend: str, tiny_model_path: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": {"smollm2": {"path": str(tiny_model_path)}},
-        "bus": {"redis_url": redis_url},
-        "trainer": {**CFG.model_dump(), "poll_s": 0.2},
-    }))  # fmt: skip
+    config = worker_config(tmp_path, tiny_model_path, redis_url)
     run_dir = tmp_path / "run"
     # The worker keeps its run's keys apart on a shared Redis under the run's name.
     bus = make_bus(redis_url, run_dir / "bus.sqlite", namespace=run_dir.name)
@@ -221,11 +227,7 @@ def test_several_processes_train_one_version_together(
     """`sparring train --processes 2`: DDP over two ranks (gloo on a CPU, NCCL on
     GPUs). Rank 0 alone reads the bus and publishes; each version's batches are
     split between the ranks, so it takes half the steps of one process."""
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": {"smollm2": {"path": str(tiny_model_path)}},
-        "trainer": {**CFG.model_dump(), "poll_s": 0.2},
-    }))  # fmt: skip
+    config = worker_config(tmp_path, tiny_model_path)
     run_dir = tmp_path / "run"
     bus = make_bus(None, run_dir / "bus.sqlite")
     publish(bus, make_pairs(8))

@@ -152,7 +152,7 @@ async def wait_for_engine(name: str, cfg: EngineConfig, poll_s: float = 1.0) -> 
     answers /health on every replica, up to ``startup_timeout_s``."""
     import asyncio
 
-    urls = cfg.replica_urls() if cfg.replicas else [cfg.url()]
+    urls = cfg.replica_urls()
     deadline = time.monotonic() + cfg.startup_timeout_s
     while True:
         down = [u for u in urls if not await asyncio.to_thread(healthy, u)]
