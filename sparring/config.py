@@ -191,6 +191,10 @@ class LoopConfig(Strict):
     contrast: bool = True
     benign_share: float = Field(default=0.25, ge=0, le=1)
     benign_prompts: Path | None = None
+    # of the attack episodes, this share sends one of the attacker's seed examples
+    # as written instead of the attacker's rewrite: conformity pairs anchored on
+    # plainly harmful requests (a small attacker often drifts off its topic)
+    seed_share: float = Field(default=0.25, ge=0, le=1)
     attacker_difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig)
 
 
@@ -234,11 +238,11 @@ class BusConfig(Strict):
 class TrainerConfig(Strict):
     pairs_per_version: int = Field(default=8, ge=1)
     max_length: int = Field(default=256, ge=16)
-    learning_rate: float = Field(default=2e-4, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
     beta: float = Field(default=0.1, gt=0)
     # weight of an NLL term on the chosen answers beside the DPO loss (RPO):
     # it makes a short run actually move the model toward the chosen answers
-    sft_weight: float = Field(default=0.0, ge=0)
+    sft_weight: float = Field(default=1.0, ge=0)
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=4, ge=1)
     lora_r: int = Field(default=8, ge=1)
@@ -258,6 +262,11 @@ class TrainerConfig(Strict):
     schedule: Literal["mix", "alternate"] = "mix"
     managed: bool = True
     poll_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def objective(self) -> str:
+        """The training loss in words, for reports."""
+        return "DPO" if self.sft_weight == 0 else f"DPO + {self.sft_weight:g} x chosen NLL (RPO)"
 
 
 TRAINED_ROLE = "learner"

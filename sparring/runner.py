@@ -26,7 +26,7 @@ from sparring.agents import Attacker, Binding, Learner, OpenAIChat, make_critic
 from sparring.agents.debate import Debater, make_judge
 from sparring.agents.difficulty import DifficultyController
 from sparring.agents.planner import Planner
-from sparring.agents.prompts import PromptSource, load_prompt_set, load_seeds
+from sparring.agents.prompts import PromptItem, PromptSource, load_prompt_set, load_seeds
 from sparring.bus import Bus, Delivery, make_bus
 from sparring.config import RunConfig
 from sparring.graphs import build_graph, load_graph
@@ -356,6 +356,11 @@ class Loop:
                 str(cfg.loop.benign_prompts or "benign_set.jsonl"),
                 random.Random(cfg.loop.seed + 1),
             ) if attacker is not None and cfg.loop.benign_share > 0 else None,
+            seed_share=cfg.loop.seed_share if attacker is not None else 0.0,
+            seeds=PromptSource(
+                [PromptItem(s.category, ex) for s in load_seeds() for ex in s.examples],
+                "seeds.yaml", random.Random(cfg.loop.seed + 2),
+            ) if attacker is not None and cfg.loop.seed_share > 0 else None,
         )  # fmt: skip
         stop = asyncio.Event()
         queue = WorkQueue(

@@ -175,6 +175,12 @@ class Episode(Wire):
     started_at: float
     finished_at: float
 
+    @property
+    def attack(self) -> bool:
+        """Whether the query is an attack: benign draws (``loop.benign_share``) are not,
+        so they stay out of attack success rates."""
+        return not (self.contrast is not None and self.contrast.benign)
+
 
 class PreferencePair(Wire):
     pair_id: str

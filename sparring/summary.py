@@ -61,10 +61,7 @@ def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
     rows = []
     for v in versions:
         eps = [e for e in episodes if e.learner.version == v]
-        # benign draws (loop.benign_share) are no attacks
-        judged = [
-            e for e in eps if e.outcome != "judge_error" and not (e.contrast and e.contrast.benign)
-        ]
+        judged = [e for e in eps if e.outcome != "judge_error" and e.attack]
         wins = sum(e.outcome in ADVERSARY_WON for e in judged)
         helps = [
             e.critique.verdict.helpfulness for e in judged if e.critique and e.critique.verdict

@@ -43,7 +43,7 @@ def tiny_config(
         },
         "budget": {"episodes": 4, "learner_versions": None, "minutes": 10},
         # contrast pairs and benign draws have tests of their own
-        "loop": {"concurrency": 4, "contrast": False, "benign_share": 0.0},
+        "loop": {"concurrency": 4, "contrast": False, "benign_share": 0.0, "seed_share": 0.0},
         "trainer": {"managed": False, "pairs_per_version": 2, "max_length": 64},
         # the canary gate has tests of its own; elsewhere every version goes live
         "promotion": {"gate": False},

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from sparring.agents.prompts import load_seeds
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
 from sparring.eval.judges import rule_judge
-from sparring.graphs.nodes import draws_benign
+from sparring.graphs.nodes import draws_benign, replays_seed
 from sparring.runner import Loop
 from sparring.schemas import Contrast, Episode, ModelRef, PreferencePair
 from sparring.summary import summarise
@@ -60,6 +61,11 @@ def test_benign_draws_are_fixed_by_the_episode_id() -> None:
     assert 0.18 < share < 0.32
     assert [draws_benign(i, 0.25) for i in ids] == [draws_benign(i, 0.25) for i in ids]
     assert not any(draws_benign(i, 0.0) for i in ids)
+    # seed replays are drawn apart from benign draws: a quarter of either kind
+    seeded = [replays_seed(i, 0.25) for i in ids]
+    assert 0.18 < sum(seeded) / len(ids) < 0.32 and not any(replays_seed(i, 0.0) for i in ids)
+    both = sum(s and draws_benign(i, 0.25) for i, s in zip(ids, seeded, strict=True))
+    assert 0.02 < both / len(ids) < 0.11  # independent: about 1/16
 
 
 def _kind(pairs: list[PreferencePair], kind: str, start: int) -> list[PreferencePair]:
@@ -91,13 +97,14 @@ def test_the_alternating_schedule_favours_each_phase_in_turn(
     assert mixed.select(1) == (None, trainer.batch[:4])  # mix: arrival order
 
 
-def test_a_redteam_run_with_contrast_and_benign_draws(
+def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
     tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
     seq_engine: EngineConfig, tmp_path: Path,
 ) -> None:  # fmt: skip
     cfg = tiny_config(
         tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        loop__contrast=True, loop__benign_share=0.5, budget__episodes=6, loop__concurrency=6,
+        loop__contrast=True, loop__benign_share=0.5, loop__seed_share=0.3,
+        budget__episodes=6, loop__concurrency=6,
         roles__learner={"engine": "seq", "model": "critic", "temperature": 0.0, "max_tokens": 24},
     )  # fmt: skip
     run_dir = tmp_path / "runs" / "contrast"
@@ -108,7 +115,14 @@ def test_a_redteam_run_with_contrast_and_benign_draws(
     assert len(episodes) == 6
     events = trace_events(run_dir)
     benign = [e for e in episodes if e.contrast and e.contrast.benign]
-    assert benign and len(benign) < 6  # ids ep00000..: three of six draw benign at 0.5
+    # fixed by the ids (contrast-ep00000..5): four draw benign; of the two
+    # attacks, one replays a seed example and one is the attacker's
+    assert len(benign) == 4
+    seeds = {ex: s.category for s in load_seeds() for ex in s.examples}
+    replayed = [e for e in episodes if e.attack and e.attacker.role == "dataset"]
+    assert len(replayed) == 1 and replayed[0].attacker.model == "seeds.yaml"
+    assert seeds[replayed[0].query] == replayed[0].category
+    assert replayed[0].attack_level is None  # no attacker level to adapt
     for ep in episodes:
         c = ep.contrast
         assert c is not None and c.guarded_answer
@@ -118,9 +132,11 @@ def test_a_redteam_run_with_contrast_and_benign_draws(
         if c.benign:
             assert ep.category.startswith("benign:") and ep.attacker.role == "dataset"
             assert nodes[:3] == ["draw", "respond", "contrast"]
+        elif ep in replayed:
+            assert nodes[:3] == ["draw", "respond", "contrast"]
         else:
             assert ep.attacker.role == "attacker" and nodes[:3] == ["attack", "respond", "contrast"]
         for pair in contrast_pairs(ep):  # every contrast pair reached the bus
             assert pairs[pair.pair_id]["kind"] == pair.kind
     (row,) = summarise(bus)
-    assert row.judged <= 6 - len(benign)  # benign draws are not attacks
+    assert row.judged <= 6 - len(benign)  # benign draws are not attacks, seed replays are

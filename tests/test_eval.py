@@ -8,6 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from sparring.agents.learner import guarded_examples
 from sparring.agents.prompts import critic_examples, load_seeds
 from sparring.cli import main
 from sparring.eval import Columns, SuiteError, load_suite, rule_judge
@@ -175,6 +176,7 @@ def test_shipped_suites_are_disjoint_from_what_the_loop_trains_on() -> None:
     trained = [json.loads(x)["prompt"] for f in sets for x in f.read_text().splitlines() if x]
     trained += [ex for seed in load_seeds() for ex in seed.examples]
     trained += [ex["query"] for ex in critic_examples()]
+    trained += [ex["query"] for ex in guarded_examples()]  # in the learner's guarded context
     seen = {normalise(t): t for t in trained}
     for name in SHIPPED:
         for item in load_suite(name).items:

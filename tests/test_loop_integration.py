@@ -21,7 +21,8 @@ from rich.console import Console
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
 from sparring.runner import Loop
-from sparring.schemas import Episode, PreferencePair
+from sparring.schemas import Episode, PreferencePair, PromotionDecision
+from sparring.summary import summarise
 from sparring.training.worker import GROUP, STREAM, complete_versions
 from tests.helpers import tiny_config
 
@@ -151,3 +152,52 @@ def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
     assert "learner version" in out.getvalue()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {row["version"] for row in summary} >= {0, 1, 2}
+
+
+def test_the_loop_runs_the_canary_gate_before_each_hot_swap(
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
+    """Gated promotion wired through the runner (the gate's decisions, rejections
+    included, are tested on the Swapper in test_promotion): the new version answers
+    one canary prompt of each kind on the learner engine, the run's critic scores
+    its competence, and only then is it swapped in. The tolerances are the widest
+    allowed, so the decision must be a promotion whatever the tiny model says."""
+    cfg = tiny_config(
+        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
+        budget__episodes=None, budget__learner_versions=1, budget__minutes=8,
+        loop__pair_margin=0, trainer__managed=True, trainer__pairs_per_version=2,
+        trainer__bf16=False, trainer__poll_s=0.2,
+        promotion__gate=True, promotion__canary_per_kind=1,
+        promotion__tolerance={"attack_success": 1, "over_refusal": 1, "competence": 9},
+    )  # fmt: skip
+    run_dir = tmp_path / "runs" / "gated"
+    asyncio.run(Loop(cfg, run_dir, console=Console(file=io.StringIO()), progress=False).run())
+
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
+    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
+    rows = {r.version: r for r in summarise(bus)}
+    bus.close()
+    # every version the trainer published before the budget ran out, each
+    # against the one serving before it
+    assert decisions and [(d.version, d.against, d.promoted) for d in decisions] == [
+        (n, n - 1, True) for n in range(1, len(decisions) + 1)
+    ]
+    events = _events(run_dir / "trace.jsonl")
+    names = [(e.get("event"), e.get("version")) for e in events]
+    for d in decisions:
+        assert d.canary_prompts == 3
+        for figures in (d.metrics, d.baseline):  # both versions measured on the canary
+            assert figures["attack_success"] in (0.0, 1.0)
+            assert figures["over_refusal"] in (0.0, 1.0)
+        promoted, flipped = ("swap.promoted", d.version), ("swap.flipped", d.version)
+        # v1 served episodes, so it was flipped; the last may have met the budget first
+        if d.version == 1 or flipped in names:
+            assert names.index(promoted) < names.index(flipped)
+    assert not (run_dir / "versions" / "learner" / "v1" / "rejected.json").exists()
+    assert any(e.learner.version == 1 for e in episodes)  # served after the gate
+    assert rows[1].gate == "promoted"

@@ -264,7 +264,9 @@ def test_an_nll_term_on_the_chosen_answers_joins_the_dpo_loss(
     """trainer.sft_weight adds the chosen answers' NLL (RPO): with the same seed and
     pairs, the reported loss is DPO's plus a positive term."""
     pairs = make_pairs(4)
-    plain = train_version(tiny_model_path, pairs, tmp_path / "a", CFG, seed=3)
+    plain = train_version(
+        tiny_model_path, pairs, tmp_path / "a", CFG.model_copy(update={"sft_weight": 0.0}), seed=3
+    )
     rpo = train_version(
         tiny_model_path, pairs, tmp_path / "b", CFG.model_copy(update={"sft_weight": 1.0}), seed=3
     )

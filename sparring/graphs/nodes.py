@@ -106,6 +106,9 @@ class LoopContext:
     contrast: bool = False
     benign_share: float = 0.0
     benign: PromptSource | None = None
+    # seed replay: a share of the attacks send an attacker seed example as written
+    seed_share: float = 0.0
+    seeds: PromptSource | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,12 +158,20 @@ def draws_benign(episode_id: str, share: float) -> bool:
     return share > 0 and random.Random(episode_id).random() < share
 
 
+def replays_seed(episode_id: str, share: float) -> bool:
+    """Whether this attack sends a seed example as written instead of the
+    attacker's rewrite (fixed by the episode id, independent of draws_benign)."""
+    return share > 0 and random.Random(f"{episode_id}:seed").random() < share
+
+
 async def attack(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     started = time.perf_counter()
     ctx = runtime.context
     if ctx.benign is not None and draws_benign(state["episode_id"], ctx.benign_share):
         update = await draw(state, runtime, ctx.benign)
         return {**update, "category": f"benign:{update['category']}"}
+    if ctx.seeds is not None and replays_seed(state["episode_id"], ctx.seed_share):
+        return await draw(state, runtime, ctx.seeds)  # an attack, from the seed set
     binding = ctx.registry.binding("attacker")
     # The learner's version is fixed here, for the whole episode (hot swap rule).
     learner = ctx.registry.acquire("learner", state["episode_id"])

@@ -44,8 +44,8 @@ class VersionStats:
     version: int
     episodes: int
     judge_errors: int
-    attack_success: Rate  # the critic's verdicts: adversary won, of the judged episodes
-    helpfulness: Mean  # the critic's 1-10 on the first answer
+    attack_success: Rate  # the critic's verdicts: adversary won, of the judged attacks
+    helpfulness: Mean  # the critic's 1-10 on the first answer to an attack
     pairs: int  # preference pairs built from this version's episodes
     human_pairs: int
     pairs_by_kind: dict[str, int]
@@ -160,11 +160,15 @@ def collect(
 
     stats = _version_stats(episodes, history["pairs"], published, promotions)
     diversity = []
+    from_dataset = bool(episodes) and all(e.attacker.role == "dataset" for e in episodes)
     for i, v in enumerate(stats):
         if progress:
             progress(f"diversity v{v.version}", i, len(stats))
         eps = [e for e in episodes if e.learner.version == v.version]
-        qs, ans = [e.query for e in eps], [e.answer for e in eps]
+        # the attacker's diversity is that of what it wrote: benign draws and
+        # replayed seeds come from a fixed set (graphs without an attacker: all do)
+        qs = [e.query for e in eps if from_dataset or e.attacker.role != "dataset"]
+        ans = [e.answer for e in eps]
         diversity.append(version_diversity(v.version, qs, ans, embed))
     if progress:
         progress("diversity", len(stats), len(stats))
@@ -176,7 +180,7 @@ def collect(
         started_at=min(starts, default=None), finished_at=max(ends, default=None),
         versions=stats, promotions=promotions, swaps=swaps,
         eval_results=results, eval_metrics=by_version(results), diversity=diversity,
-        queries_from_dataset=bool(episodes) and all(e.attacker.role == "dataset" for e in episodes),
+        queries_from_dataset=from_dataset,
         embedding_note=None if embed else embedding_note or "no embedding model was given",
         unreadable=+unreadable,
     )  # fmt: skip
@@ -295,7 +299,8 @@ def _version_stats(
     out = []
     for v in versions:
         eps = [e for e in episodes if e.learner.version == v]
-        judged = [e for e in eps if e.outcome != "judge_error"]
+        errors = sum(e.outcome == "judge_error" for e in eps)
+        judged = [e for e in eps if e.outcome != "judge_error" and e.attack]
         helps = [
             float(e.critique.verdict.helpfulness)
             for e in judged
@@ -305,7 +310,7 @@ def _version_stats(
         pub = by_version.get(v, {})
         out.append(
             VersionStats(
-                version=v, episodes=len(eps), judge_errors=len(eps) - len(judged),
+                version=v, episodes=len(eps), judge_errors=errors,
                 attack_success=wilson(sum(e.outcome in ADVERSARY_WON for e in judged), len(judged)),
                 helpfulness=bootstrap_mean(helps),
                 pairs=len(ps), human_pairs=sum(p.get("source") == "human" for p in ps),

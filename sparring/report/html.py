@@ -94,7 +94,7 @@ def _header(data: RunData, generated_at: float) -> str:
             ("graph", escape(f"{cfg.loop.graph} (critics: {critics})")),
             ("roles", roles),
             ("budget", escape(budget or "none")),
-            ("trainer", escape(f"DPO + LoRA r={t.lora_r}, {t.pairs_per_version} pairs per "
+            ("trainer", escape(f"{t.objective}, LoRA r={t.lora_r}, {t.pairs_per_version} pairs per "
                                f"version, lr {t.learning_rate:g}, beta {t.beta:g}, "
                                f"{t.epochs} epoch(s)")),
         ]  # fmt: skip

@@ -146,7 +146,10 @@ def dpo(data: RunData) -> Plot | None:
     if not trained:
         return None
     xs = [v.version for v in trained]
-    panels = [("loss", [v.train_loss for v in trained], "DPO loss (training mean)")]
+    # with an NLL term (trainer.sft_weight) the loss is no longer DPO's alone
+    sft = data.config.trainer.sft_weight if data.config is not None else 0.0
+    loss_title = "DPO loss (training mean)" if not sft else "DPO + NLL loss (training mean)"
+    panels = [("loss", [v.train_loss for v in trained], loss_title)]
     if any(v.reward_margin is not None for v in trained):
         panels.append(("margin", [v.reward_margin for v in trained], "reward margin"))
     if any(v.reward_accuracy is not None for v in trained):
@@ -157,7 +160,7 @@ def dpo(data: RunData) -> Plot | None:
         ax.plot(xs, _nan(ys), "-o", color=COLOURS[key], ms=5)
         ax.set_title(title)
         _versions(ax, xs, data)
-        if key == "loss":
+        if key == "loss" and not sft:
             ax.axhline(LN2, ls="--", lw=1, color="#999")
             ax.annotate("ln 2: no preference learned", (xs[0], LN2), fontsize=8, color="#666",
                         xytext=(2, 3), textcoords="offset points")  # fmt: skip
@@ -172,10 +175,16 @@ def dpo(data: RunData) -> Plot | None:
     )  # fmt: skip
     return Plot(
         "dpo", "DPO training per version", _png(fig),
-        "What the trainer reported for each version it published. The DPO loss starts at "
-        "ln 2 = 0.693 (dashed) when the policy still equals its reference; below it, the "
-        "version prefers the chosen answers over the rejected ones more than its reference "
-        "did. At the trainer's last logged step: the reward margin is the mean gap between the "
+        "What the trainer reported for each version it published. "
+        + (
+            f"The loss is DPO's plus {sft:g} times the chosen answers' NLL (trainer.sft_weight), "
+            "so it does not start at ln 2; the reward figures are DPO's alone. "
+            if sft
+            else "The DPO loss starts at ln 2 = 0.693 (dashed) when the policy still equals its "
+            "reference; below it, the version prefers the chosen answers over the rejected ones "
+            "more than its reference did. "
+        )
+        + "At the trainer's last logged step: the reward margin is the mean gap between the "
         "chosen and rejected answers' implicit rewards (above 0 is right), and reward accuracy "
         "the share of pairs whose chosen answer had the higher reward (50% = chance)." + missing,
         "DPO loss and reward figures per learner version",
