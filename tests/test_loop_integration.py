@@ -105,7 +105,11 @@ def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
     for e in events:
         if e.get("node") == "emit":
             by_version[e["learner_version"]] = by_version.get(e["learner_version"], 0) + 1
-    assert by_version.get(0, 0) > 0 and by_version.get(1, 0) > 0 and by_version.get(2, 0) > 0
+    # v0 served, and so did the budget's v2 or a later one. v1 may serve nothing:
+    # pairs pile up while the trainer restarts, and v2 can replace v1 within a
+    # second or two, before any episode starts (the newest version serves).
+    served = {v for v, n in by_version.items() if n}
+    assert 0 in served and max(served) >= 2, by_version
     assert sum(by_version.values()) == len(episodes)
     first_flip = min(e["ts"] for e in flips)
     assert any(
