@@ -117,7 +117,7 @@ def render_table(rows: list[VersionRow], console: Console | None = None) -> None
     )
     for col in (
         "learner", "epi-\nsodes", "judge\nerrors", "attack\nsuccess", "help-\nful",
-        "pairs", "trained\non", "DPO\nloss", "served",
+        "pairs", "trained\non", "train\nloss", "served",
     ):  # fmt: skip
         table.add_column(col, justify="right")
     debate = any(r.judge_accuracy is not None for r in rows)

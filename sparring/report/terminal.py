@@ -24,7 +24,7 @@ def render_summary(data: RunData, console: Console) -> None:
 def _loop_table(data: RunData) -> Table:
     rewards = any(v.reward_margin is not None or v.reward_accuracy is not None
                   for v in data.versions)  # fmt: skip
-    cols = ["learner", "status", "episodes", "attack\nsuccess", "helpful", "pairs", "DPO\nloss"]
+    cols = ["learner", "status", "episodes", "attack\nsuccess", "helpful", "pairs", "train\nloss"]
     if rewards:
         cols += ["reward\nmargin", "reward\naccuracy"]
     table = _table(
