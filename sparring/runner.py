@@ -290,9 +290,11 @@ class Loop:
             levels=dc.levels, start=dc.start_level, low=dc.target_low, high=dc.target_high,
             window=dc.window, min_outcomes=dc.min_outcomes,
         ) if dc.adapt and "attacker" in rc else None  # fmt: skip
+        # one seed list: the attacker rewrites from it, and seed replays send it as written
+        seeds = load_seeds()
         attacker = (
             Attacker(
-                chat, load_seeds(), temperature=rc["attacker"].temperature,
+                chat, seeds, temperature=rc["attacker"].temperature,
                 max_tokens=rc["attacker"].max_tokens,
                 recent_window=cfg.loop.attacker_recent_window, rng=random.Random(cfg.loop.seed),
                 difficulty=difficulty,
@@ -358,7 +360,7 @@ class Loop:
             ) if attacker is not None and cfg.loop.benign_share > 0 else None,
             seed_share=cfg.loop.seed_share if attacker is not None else 0.0,
             seeds=PromptSource(
-                [PromptItem(s.category, ex) for s in load_seeds() for ex in s.examples],
+                [PromptItem(s.category, ex) for s in seeds for ex in s.examples],
                 "seeds.yaml", random.Random(cfg.loop.seed + 2),
             ) if attacker is not None and cfg.loop.seed_share > 0 else None,
         )  # fmt: skip
