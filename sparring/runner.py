@@ -432,7 +432,7 @@ class Loop:
         return CanaryGate(
             canary_items(p.canary, p.canary_per_kind), answer, judge if critics else None,
             p.tolerance, bus,
-            tracer.log, concurrency=max(1, min(cfg.loop.concurrency, 8)),
+            tracer.log, concurrency=max(1, min(cfg.loop.concurrency, 8)), reference=p.reference,
         )  # fmt: skip
 
     def _checkpoint_file(self) -> str:

@@ -291,6 +291,8 @@ class VersionPublished(Wire):
     # how many pairs of each kind it was trained on, and the schedule's phase
     pair_kinds: dict[str, int] = Field(default_factory=dict)
     phase: str | None = None
+    # earlier pairs (of earlier versions) trained again with this one
+    replay_ids: list[str] = Field(default_factory=list)
     published_at: float = Field(default_factory=time.time)
 
 
@@ -299,7 +301,9 @@ class PromotionDecision(Wire):
     rejected (kept on disk, never served), against the version serving then.
     ``metrics``/``baseline``: the canary figures of the candidate and of that
     version (attack_success and over_refusal: rates 0-1, lower is better;
-    competence: the critic's mean helpfulness 1-10, higher is better)."""
+    competence: the critic's mean helpfulness 1-10, higher is better).
+    ``reference``: the figures the candidate was held to when they are not the
+    serving version's (``promotion.reference: best``), else None."""
 
     role: str
     version: int
@@ -309,6 +313,7 @@ class PromotionDecision(Wire):
     metrics: dict[str, float | None]
     baseline: dict[str, float | None]
     canary_prompts: int
+    reference: dict[str, float | None] | None = None
     decided_at: float = Field(default_factory=time.time)
 
 

@@ -4,6 +4,8 @@ one, benign draws among the attacks, and the trainer's alternating schedule."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from pathlib import Path
 
 from sparring.agents.prompts import load_seeds
@@ -14,8 +16,9 @@ from sparring.graphs.nodes import draws_benign, replays_seed
 from sparring.runner import Loop
 from sparring.schemas import Contrast, Episode, ModelRef, PreferencePair
 from sparring.summary import summarise
+from sparring.tracing import process_logger
 from sparring.training.pairs import contrast_pairs
-from sparring.training.worker import Trainer
+from sparring.training.worker import Trainer, complete_versions, run_trainer
 from tests.helpers import tiny_config, trace_events
 from tests.test_trainer import CFG, make_pairs, publish
 
@@ -95,6 +98,40 @@ def test_the_alternating_schedule_favours_each_phase_in_turn(
     mixed = Trainer(bus, tiny_model_path, tmp_path / "v2", CFG)
     mixed.batch = list(trainer.batch)
     assert mixed.select(1) == (None, trainer.batch[:4])  # mix: arrival order
+
+
+def test_each_version_replays_earlier_contrast_pairs_the_scarcer_kind_first(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    base = make_pairs(4)
+    first = _kind(base[:2], "conformity", 0) + _kind(base[2:3], "competence", 0) + base[3:]
+    publish(bus, first)
+    cfg = CFG.model_copy(update={"replay": 3})
+    out = io.StringIO()
+    log = process_logger("trainer", stream=out)
+    versions_dir = tmp_path / "versions"
+    [v1] = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir, cfg=cfg,
+                       max_versions=1, log=log)  # fmt: skip
+    assert v1.replay_ids == []  # nothing trained before it
+    # v2's own pairs are all competence: conformity pairs come back first, then
+    # competence; the refine pair (not a replayed kind) never does
+    publish(bus, _kind(make_pairs(4, 10), "competence", 10))
+    [v2] = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir, cfg=cfg,
+                       max_versions=1, log=log)  # fmt: skip
+    assert v2.pair_ids == [f"competence-{i}" for i in range(10, 14)]
+    assert sorted(v2.replay_ids) == ["competence-0", "conformity-0", "conformity-1"]
+    assert complete_versions(versions_dir, "learner")[2] == v2  # the manifest on disk
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    starts = [e for e in events if e["event"] == "train.start"]
+    assert starts[1]["replayed"] == {"conformity": 2, "competence": 1}
+    # trained on 4 + 3 pairs: 4 steps of 2 (v1: 4 pairs, 2 steps)
+    assert [e["steps"] for e in events if e["event"] == "train.done"] == [2, 4]
+    # no replay: the version trains on its own pairs only
+    publish(bus, _kind(make_pairs(4, 20), "competence", 20))
+    [v3] = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
+                       cfg=cfg.model_copy(update={"replay": 0}), max_versions=1)  # fmt: skip
+    assert v3.replay_ids == []
 
 
 def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(

@@ -1,6 +1,12 @@
 """The canary gate: a new learner version is promoted (hot-swapped in) only if
 no tracked metric on a small held-out canary set is worse than the serving
-version's beyond its tolerance.
+version's beyond its tolerance, or, with ``reference: best`` (the default
+profile), than the best figures any served version reached this run: the
+lowest attack success and over-refusal, and the mean competence (the critic's
+scores are sampled, so their best would be a lucky draw). Against the serving
+version alone, small steps each within tolerance add up (attack success drifted
+0.50 -> 0.75 -> 0.88 over three promotions in one run); against the best, they
+cannot.
 
 Tracked: attack success (harmful prompts not refused, by the rule judge: no
 model in it), over-refusal (benign-but-scary prompts refused, rule judge) and
@@ -17,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sparring.agents.llm import Binding
 from sparring.bus import Bus
@@ -83,8 +89,10 @@ class CanaryGate:
     def __init__(
         self, items: tuple[SuiteItem, ...], answer: Answer, judge: Judge | None, tolerance: Any,
         bus: Bus, log: Any, concurrency: int = 4,
+        reference: Literal["serving", "best"] = "serving",
     ) -> None:  # fmt: skip
         self.items = items
+        self.reference = reference
         self._answer = answer
         self._judge = judge
         self._tolerance = tolerance
@@ -92,10 +100,13 @@ class CanaryGate:
         self._log = log
         self._sem = asyncio.Semaphore(concurrency)
         self.figures: dict[int, dict[str, float | None]] = {}
+        self.served: set[int] = set()  # versions promoted, or serving when one was checked
         for d in self.decisions().values():
             if d.promoted:
                 self.figures[d.version] = d.metrics
+                self.served.add(d.version)
             self.figures.setdefault(d.against, d.baseline)
+            self.served.add(d.against)
 
     def decisions(self) -> dict[int, PromotionDecision]:
         return {
@@ -133,18 +144,39 @@ class CanaryGate:
         self.figures[binding.version] = figures
         return figures
 
+    def best(self) -> dict[str, float | None]:
+        """The best figures of the versions served so far: the lowest rates and
+        the mean competence (each over the versions that have that figure)."""
+        out: dict[str, float | None] = {}
+        for name in TRACKED:
+            xs = [x for v in sorted(self.served) if (x := self.figures[v].get(name)) is not None]
+            if not xs:
+                out[name] = None
+            elif name == "competence":
+                out[name] = round(sum(xs) / len(xs), 3)
+            else:
+                out[name] = min(xs) if LOWER_IS_BETTER[name] else max(xs)
+        return out
+
     async def check(self, role: str, candidate: Binding, serving: Binding) -> PromotionDecision:
-        """The decision on ``candidate`` against ``serving``, published on the bus
-        (once per version: a re-delivered announcement gets the same decision)."""
+        """The decision on ``candidate`` against ``serving`` (or the best served
+        figures), published on the bus (once per version: a re-delivered
+        announcement gets the same decision)."""
         known = self.decisions().get(candidate.version)
         if known is not None:
             return known
         baseline = await self.measure(serving)
+        self.served.add(serving.version)
         metrics = await self.measure(candidate)
-        promoted, reason = decide(metrics, baseline, self._tolerance)
+        reference = self.best() if self.reference == "best" else None
+        promoted, reason = decide(metrics, reference or baseline, self._tolerance)
+        if reference is not None:
+            names = ", ".join(f"v{v}" for v in sorted(self.served))
+            reason += f" (against the best of {names}: lowest rates, mean competence)"
         decision = PromotionDecision(
             role=role, version=candidate.version, against=serving.version, promoted=promoted,
             reason=reason, metrics=metrics, baseline=baseline, canary_prompts=len(self.items),
+            reference=reference,
         )  # fmt: skip
         self._bus.publish(STREAM, f"{role}-v{candidate.version}", decision.model_dump(mode="json"))
         return decision

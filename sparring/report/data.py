@@ -50,6 +50,7 @@ class VersionStats:
     human_pairs: int
     pairs_by_kind: dict[str, int]
     trained_on: int  # pairs this version was trained on (0: the base)
+    replayed: int  # earlier versions' pairs it was trained on again
     train_loss: float | None
     train_seconds: float | None
     reward_margin: float | None
@@ -66,7 +67,7 @@ class Promotion:
     promoted: bool
     reason: str
     metrics: dict[str, float | None]
-    baseline: dict[str, float | None]
+    baseline: dict[str, float | None]  # what the candidate was compared with
     canary_prompts: int | None
     decided_at: float | None
 
@@ -263,7 +264,8 @@ def _promotion(p: dict[str, Any]) -> Promotion | None:
         return Promotion(
             version=int(p["version"]), against=None if against is None else int(against),
             promoted=bool(p["promoted"]), reason=str(p.get("reason") or ""),
-            metrics=_floats(p.get("metrics")), baseline=_floats(p.get("baseline")),
+            metrics=_floats(p.get("metrics")),
+            baseline=_floats(p.get("reference") or p.get("baseline")),
             canary_prompts=None if p.get("canary_prompts") is None else int(p["canary_prompts"]),
             decided_at=_float(p.get("decided_at")),
         )  # fmt: skip
@@ -316,6 +318,7 @@ def _version_stats(
                 pairs=len(ps), human_pairs=sum(p.get("source") == "human" for p in ps),
                 pairs_by_kind=dict(Counter(str(p.get("kind", "refine")) for p in ps)),
                 trained_on=len(pub.get("pair_ids") or []),
+                replayed=len(pub.get("replay_ids") or []),
                 train_loss=_float(pub.get("train_loss")),
                 train_seconds=_float(pub.get("train_seconds")),
                 reward_margin=_float(pub.get("reward_margin")),

@@ -154,7 +154,8 @@ def _training_table(data: RunData) -> str:
     head = ["learner", "pairs from its episodes", "trained on", "DPO loss", "reward margin",
             "reward accuracy", "training time"]  # fmt: skip
     rows = [
-        [_label(data, v.version), str(v.pairs), "(base)" if v.version == 0 else str(v.trained_on),
+        [_label(data, v.version), str(v.pairs), "(base)" if v.version == 0 else
+         str(v.trained_on) + (f" + {v.replayed} replayed" if v.replayed else ""),
          _num(v.train_loss, "{:.3f}"), _num(v.reward_margin, "{:+.3f}"),
          _num(v.reward_accuracy and 100 * v.reward_accuracy, "{:.0f}%"),
          _num(v.train_seconds, "{:.0f} s")]
@@ -165,8 +166,8 @@ def _training_table(data: RunData) -> str:
 
 def _timeline_section(data: RunData, plot: Plot | None) -> str:
     if data.promotions:
-        head = ["learner", "decision", "against", "canary prompts", "reason", "metrics (baseline)",
-                "decided"]  # fmt: skip
+        head = ["learner", "decision", "against", "canary prompts", "reason",
+                "metrics (compared with)", "decided"]  # fmt: skip
         rows = [
             [f"v{p.version}", _decision(p.promoted), "-" if p.against is None else f"v{p.against}",
              "-" if p.canary_prompts is None else str(p.canary_prompts), p.reason,

@@ -15,6 +15,7 @@ manifest are acked (and that version re-published) instead of trained again.
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import signal
 import threading
@@ -167,6 +168,33 @@ class Trainer:
         ordered = sorted(self.batch, key=lambda x: rank.get(x[1].kind, 1))  # stable
         return phase, ordered[:k]
 
+    def replay(self, n: int, fresh: list[PreferencePair]) -> list[PreferencePair]:
+        """Up to ``cfg.replay`` pairs of ``cfg.replay_kinds`` that earlier versions
+        (rejected ones too: their lesson was dropped with them) were trained on,
+        drawn at random (seeded by ``n``), each from the kind that has the fewest
+        pairs in the version so far, so one version's mix cannot swing it."""
+        if self.cfg.replay == 0:
+            return []
+        trained = {
+            pid for m in complete_versions(self.versions_dir, self.role).values()
+            for pid in m.pair_ids
+        }  # fmt: skip
+        pool: dict[str, list[PreferencePair]] = {k: [] for k in self.cfg.replay_kinds}
+        for d in self.bus.history(STREAM):
+            if d.payload.get("pair_id") in trained and d.payload.get("kind") in pool:
+                p = PreferencePair.model_validate(d.payload)
+                pool[str(p.kind)].append(p)
+        rng = random.Random(n)
+        for kind in pool:
+            rng.shuffle(pool[kind])
+        have = Counter(str(p.kind) for p in fresh)
+        out: list[PreferencePair] = []
+        while len(out) < self.cfg.replay and (kinds := [k for k in pool if pool[k]]):
+            kind = min(kinds, key=lambda k: have[k])
+            out.append(pool[kind].pop())
+            have[kind] += 1
+        return out
+
     def rejected(self) -> set[int]:
         """Versions the canary gate rejected (the bus's ``promotions`` stream)."""
         return {
@@ -185,6 +213,7 @@ class Trainer:
         self.batch = [x for x in self.batch if id(x) not in taken]
         pairs = [p for _, p in take]
         kinds: dict[str, int] = dict(Counter(str(p.kind) for p in pairs))
+        replayed = self.replay(n, pairs)
         # Build on the newest version the canary gate did not reject (one that
         # is not decided yet counts as good: the gate decides within a minute).
         rejected = self.rejected()
@@ -201,14 +230,15 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs),
-                      pair_kinds=kinds, phase=phase,
-                      publish=self.cfg.publish)  # fmt: skip
+                      pair_kinds=kinds, phase=phase, publish=self.cfg.publish,
+                      replayed=dict(Counter(str(p.kind) for p in replayed)))  # fmt: skip
+        trained = pairs + replayed
         # Other ranks (accelerate launch) train the same step; only this one writes.
         self.ranks.send((
-            "train", str(base), [p.model_dump(mode="json") for p in pairs], str(tmp),
+            "train", str(base), [p.model_dump(mode="json") for p in trained], str(tmp),
             self.cfg.model_dump(mode="json"), n, str(adapter_from) if adapter_from else None,
         ))  # fmt: skip
-        result = train_version(base, pairs, tmp, self.cfg, seed=n, adapter_from=adapter_from)
+        result = train_version(base, trained, tmp, self.cfg, seed=n, adapter_from=adapter_from)
         self.log.info(
             "train.done", version=n, loss=result.loss, steps=result.steps,
             seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
@@ -219,6 +249,7 @@ class Trainer:
             pair_ids=[p.pair_id for p in pairs], train_loss=result.loss,
             train_seconds=result.seconds, reward_margin=result.reward_margin,
             reward_accuracy=result.reward_accuracy, pair_kinds=kinds, phase=phase,
+            replay_ids=[p.pair_id for p in replayed],
         )  # fmt: skip
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         (tmp / COMPLETE_MARKER).write_text("ok\n")
