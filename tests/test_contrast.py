@@ -107,7 +107,7 @@ def test_each_version_replays_earlier_contrast_pairs_the_scarcer_kind_first(
     base = make_pairs(4)
     first = _kind(base[:2], "conformity", 0) + _kind(base[2:3], "competence", 0) + base[3:]
     publish(bus, first)
-    cfg = CFG.model_copy(update={"replay": 3})
+    cfg = CFG.model_copy(update={"replay": 3, "replay_balance": True})
     out = io.StringIO()
     log = process_logger("trainer", stream=out)
     versions_dir = tmp_path / "versions"
@@ -127,11 +127,18 @@ def test_each_version_replays_earlier_contrast_pairs_the_scarcer_kind_first(
     assert starts[1]["replayed"] == {"conformity": 2, "competence": 1}
     # trained on 4 + 3 pairs: 4 steps of 2 (v1: 4 pairs, 2 steps)
     assert [e["steps"] for e in events if e["event"] == "train.done"] == [2, 4]
-    # no replay: the version trains on its own pairs only
+    # unbalanced: any trained conformity or competence pair, uniformly
     publish(bus, _kind(make_pairs(4, 20), "competence", 20))
+    uniform = cfg.model_copy(update={"replay": 6, "replay_balance": False})
     [v3] = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
+                       cfg=uniform, max_versions=1)  # fmt: skip
+    pool = {"conformity-0", "conformity-1", "competence-0", *v2.pair_ids}
+    assert len(set(v3.replay_ids)) == 6 and set(v3.replay_ids) <= pool
+    # no replay: the version trains on its own pairs only
+    publish(bus, _kind(make_pairs(4, 30), "competence", 30))
+    [v4] = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
                        cfg=cfg.model_copy(update={"replay": 0}), max_versions=1)  # fmt: skip
-    assert v3.replay_ids == []
+    assert v4.replay_ids == []
 
 
 def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(

@@ -171,8 +171,8 @@ class Trainer:
     def replay(self, n: int, fresh: list[PreferencePair]) -> list[PreferencePair]:
         """Up to ``cfg.replay`` pairs of ``cfg.replay_kinds`` that earlier versions
         (rejected ones too: their lesson was dropped with them) were trained on,
-        drawn at random (seeded by ``n``), each from the kind that has the fewest
-        pairs in the version so far, so one version's mix cannot swing it."""
+        drawn at random (seeded by ``n``): uniformly, or with ``replay_balance``
+        each from the kind that has the fewest pairs in the version so far."""
         if self.cfg.replay == 0:
             return []
         trained = {
@@ -185,6 +185,9 @@ class Trainer:
                 p = PreferencePair.model_validate(d.payload)
                 pool[str(p.kind)].append(p)
         rng = random.Random(n)
+        if not self.cfg.replay_balance:
+            everything = [p for kind in pool for p in pool[kind]]
+            return rng.sample(everything, min(self.cfg.replay, len(everything)))
         for kind in pool:
             rng.shuffle(pool[kind])
         have = Counter(str(p.kind) for p in fresh)
