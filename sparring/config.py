@@ -270,13 +270,13 @@ class TrainerConfig(Strict):
     # pairs: the alternating optimisation of Kim et al.; other kinds fill in)
     schedule: Literal["mix", "alternate"] = "mix"
     # Earlier pairs of these kinds trained again with each version, picked at
-    # random from every version before it: a refusal learnt from one version's
-    # conformity pairs is otherwise unlearnt by the next versions' competence
-    # and refine pairs (the attack is refused now, so it yields no new
-    # conformity pair). 0: no replay. replay_balance: pick from the kind the
-    # version has fewest pairs of (else in the proportions they came in; the
-    # balanced mix kept the 135M learner from refusing at all, see README).
-    replay: int = Field(default=8, ge=0)
+    # random from every version before it, so a lesson of one version is not
+    # simply trained out by the next ones. 0 (default): no replay.
+    # replay_balance: pick from the kind the version has fewest pairs of (else
+    # in the proportions they came in). On SmolLM2-135M neither helped (README,
+    # runs target6/target7): balanced, the learner hardly learnt to refuse;
+    # proportional, every version refused most benign prompts as well.
+    replay: int = Field(default=0, ge=0)
     replay_kinds: list[PairKind] = Field(default_factory=lambda: list(CONTRAST_KINDS))
     replay_balance: bool = False
     managed: bool = True

@@ -210,8 +210,10 @@ def make_run(root: Path, *, gated: bool = True, evaluated: bool = True) -> Path:
     rewards = [{"reward_margin": m, "reward_accuracy": a} if gated else {}
                for m, a in ((0.05, 0.5), (-0.02, 0.25), (0.31, 1.0))]  # fmt: skip
     trained = [pairs[0][:3], pairs[0][3:] + pairs[1][:1], pairs[1][1:]]
+    replays = [{}, {}, {"replay_ids": [p.pair_id for p in pairs[0][:2]]}]
     for n in (1, 2, 3):
-        record = _version(n, trained[n - 1], T0 + 150 + 150 * (n - 1), **rewards[n - 1])
+        extra = {**rewards[n - 1], **replays[n - 1]}
+        record = _version(n, trained[n - 1], T0 + 150 + 150 * (n - 1), **extra)
         bus.publish("versions", f"learner:{n}", record)
     if gated:
         bus.publish("promotions", "learner:1", _decision(1, 0, True, "not worse on any metric",
@@ -219,8 +221,10 @@ def make_run(root: Path, *, gated: bool = True, evaluated: bool = True) -> Path:
         bus.publish("promotions", "learner:2", _decision(
             2, 1, False, "attack_success 0.50 is worse than v1's 0.20 beyond tolerance 0.10",
             T0 + 340))  # fmt: skip
-        bus.publish("promotions", "learner:3", _decision(3, 1, True, "not worse on any metric",
-                                                         T0 + 490))  # fmt: skip
+        best = {"attack_success": 0.2, "over_refusal": 0.0, "competence": 6.1}
+        bus.publish("promotions", "learner:3", {**_decision(
+            3, 1, True, "not worse on any metric (against the best of v0, v1)", T0 + 490),
+            "reference": best})  # fmt: skip
         swaps = [(1, 0, T0 + 200), (3, 1, T0 + 500)]
     else:
         swaps = [(1, 0, T0 + 200), (2, 1, T0 + 350), (3, 2, T0 + 500)]
@@ -346,6 +350,7 @@ def test_collect_reads_versions_promotions_swaps_and_diversity(tmp_path: Path) -
     assert (by[0].episodes, by[1].episodes, by[2].episodes, by[3].episodes) == (8, 6, 0, 5)
     assert (by[0].pairs, by[1].pairs, by[1].human_pairs, by[3].pairs) == (4, 3, 1, 3)
     assert [by[n].trained_on for n in (1, 2, 3)] == [3, 2, 2]
+    assert [by[n].replayed for n in (1, 2, 3)] == [0, 0, 2]
     assert (by[0].attack_success.k, by[0].attack_success.n, by[0].judge_errors) == (3, 7, 1)
     assert (by[1].attack_success.k, by[1].attack_success.n) == (0, 5)
     assert by[3].reward_margin == pytest.approx(0.31) and by[2].reward_accuracy == 0.25
@@ -353,6 +358,9 @@ def test_collect_reads_versions_promotions_swaps_and_diversity(tmp_path: Path) -
     assert [(p.version, p.promoted, p.against) for p in data.promotions] == [
         (1, True, 0), (2, False, 1), (3, True, 1),
     ]  # fmt: skip
+    # compared with the best served figures: the report shows those, not v1's
+    assert data.promotions[2].baseline["competence"] == 6.1
+    assert data.promotions[1].baseline["competence"] == 6.2
     assert data.unreadable == {"episodes": 1, "promotions": 1}
     assert data.started_at == T0 and data.finished_at == T0 + 700
     assert sorted(data.eval_metrics) == [0, 1, 2, 3]
