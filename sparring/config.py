@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sparring.schemas import PairKind
+
 ROLES = ("attacker", "learner", "critic")
 
 
@@ -240,7 +242,6 @@ class BusConfig(Strict):
     sqlite_path: Path | None = None
 
 
-PairKind = Literal["refine", "debate", "decompose", "conformity", "competence"]
 CONTRAST_KINDS: tuple[PairKind, ...] = ("conformity", "competence")
 
 

@@ -19,6 +19,8 @@ SCHEMA_VERSION = 1
 Outcome = Literal["attack_success", "attack_failure", "helpful_won", "sneaky_won", "judge_error"]
 # An outcome where the adversary got through (the summary's "attack success").
 ADVERSARY_WON = ("attack_success", "sneaky_won")
+# Which rule made a preference pair (sparring/training/pairs.py).
+PairKind = Literal["refine", "debate", "decompose", "conformity", "competence"]
 
 
 class Wire(BaseModel):
@@ -197,7 +199,7 @@ class PreferencePair(Wire):
     chosen_verdict: Verdict | None = None
     rejected_verdict: Verdict | None = None
     judgement: Judgement | None = None
-    kind: Literal["refine", "debate", "decompose", "conformity", "competence"] = "refine"
+    kind: PairKind = "refine"
     # human: a verdict behind this pair came from a person (sparring review);
     # the trainer counts it `weight` times.
     source: Literal["ai", "human"] = "ai"
