@@ -168,17 +168,17 @@ class Trainer:
         ordered = sorted(self.batch, key=lambda x: rank.get(x[1].kind, 1))  # stable
         return phase, ordered[:k]
 
-    def replay(self, n: int, fresh: list[PreferencePair]) -> list[PreferencePair]:
+    def replay(
+        self, n: int, fresh: list[PreferencePair], done: dict[int, VersionPublished]
+    ) -> list[PreferencePair]:
         """Up to ``cfg.replay`` pairs of ``cfg.replay_kinds`` that earlier versions
         (rejected ones too: their lesson was dropped with them) were trained on,
         drawn at random (seeded by ``n``): uniformly, or with ``replay_balance``
-        each from the kind that has the fewest pairs in the version so far."""
+        each from the kind that has the fewest pairs in the version so far.
+        ``done``: the finished versions, as :func:`complete_versions` reads them."""
         if self.cfg.replay == 0:
             return []
-        trained = {
-            pid for m in complete_versions(self.versions_dir, self.role).values()
-            for pid in m.pair_ids
-        }  # fmt: skip
+        trained = {pid for m in done.values() for pid in m.pair_ids}
         pool: dict[str, list[PreferencePair]] = {k: [] for k in self.cfg.replay_kinds}
         for d in self.bus.history(STREAM):
             if d.payload.get("pair_id") in trained and d.payload.get("kind") in pool:
@@ -216,7 +216,7 @@ class Trainer:
         self.batch = [x for x in self.batch if id(x) not in taken]
         pairs = [p for _, p in take]
         kinds: dict[str, int] = dict(Counter(str(p.kind) for p in pairs))
-        replayed = self.replay(n, pairs)
+        replayed = self.replay(n, pairs, done)
         # Build on the newest version the canary gate did not reject (one that
         # is not decided yet counts as good: the gate decides within a minute).
         rejected = self.rejected()
