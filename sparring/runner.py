@@ -26,7 +26,13 @@ from sparring.agents import Attacker, Binding, Learner, OpenAIChat, make_critic
 from sparring.agents.debate import Debater, make_judge
 from sparring.agents.difficulty import DifficultyController
 from sparring.agents.planner import Planner
-from sparring.agents.prompts import PromptItem, PromptSource, load_prompt_set, load_seeds
+from sparring.agents.prompts import (
+    PromptItem,
+    PromptSource,
+    Seed,
+    load_prompt_set,
+    load_seeds,
+)
 from sparring.bus import Bus, Delivery, make_bus
 from sparring.config import RunConfig
 from sparring.graphs import build_graph, load_graph
@@ -106,6 +112,15 @@ def local_models(cfg: RunConfig) -> dict[str, Path]:
         if name in needed or (src.builtin is None and src.served_name is None):
             out[name] = resolve_model_path(src.builtin, src.path)
     return out
+
+
+def lookalike_items(path: Path | None, seeds: list[Seed]) -> list[PromptItem]:
+    """The look-alike prompts drawn as written: a user's file, or the seeds'
+    look-alikes (by category) and the shipped benign set."""
+    if path is not None:
+        return load_prompt_set(path)
+    shipped = load_prompt_set(None, "benign_set.jsonl")
+    return [PromptItem(s.category, q) for s in seeds for q in s.lookalikes] + shipped
 
 
 class TrainerProcess:
@@ -303,8 +318,12 @@ class Loop:
             else None
         )  # fmt: skip
 
+        pair_counts: dict[str, int] = {}
+
         def on_episode(episode: Episode, pairs: list[PreferencePair]) -> None:
             self.counters.add(episode, pairs)
+            for p in pairs:
+                pair_counts[p.kind] = pair_counts.get(p.kind, 0) + 1
             if difficulty is not None and episode.attack_level is not None:
                 move = difficulty.record(episode.outcome, episode.attack_level)
                 if move:
@@ -354,10 +373,14 @@ class Loop:
             contrast=cfg.loop.contrast,
             benign_share=cfg.loop.benign_share if attacker is not None else 0.0,
             benign=PromptSource(
-                load_prompt_set(cfg.loop.benign_prompts, "benign_set.jsonl"),
-                str(cfg.loop.benign_prompts or "benign_set.jsonl"),
+                lookalike_items(cfg.loop.benign_prompts, seeds),
+                str(cfg.loop.benign_prompts or "seeds.yaml lookalikes + benign_set.jsonl"),
                 random.Random(cfg.loop.seed + 1),
             ) if attacker is not None and cfg.loop.benign_share > 0 else None,
+            balance_share=cfg.loop.balance_share,
+            pair_counts=pair_counts,
+            attacker_lookalikes=cfg.loop.attacker_lookalikes,
+            refine_rule_check=cfg.loop.refine_rule_check,
             seed_share=cfg.loop.seed_share if attacker is not None else 0.0,
             seeds=PromptSource(
                 [PromptItem(s.category, ex) for s in seeds for ex in s.examples],
@@ -412,8 +435,11 @@ class Loop:
         from sparring.eval.canary import CanaryGate, canary_items
         from sparring.eval.judges import critique_only, panel_judge
 
-        cfg, rc = self.cfg, self.cfg.roles
-        learner = Learner(chat, temperature=0.0, max_tokens=rc["learner"].max_tokens)
+        cfg, rc, p = self.cfg, self.cfg.roles, self.cfg.promotion
+        learners: dict[str, Learner] = {
+            c: Learner(chat, temperature=0.0, max_tokens=rc["learner"].max_tokens, system=c)
+            for c in ("served", *p.conditions)
+        }
         # competence is judged by the loop's critic(s), else the verifier; a
         # graph with neither (debate) is gated on the rule judge's figures only
         critic_roles = [r for r in cfg.loop.critics if r in rc] or [
@@ -421,18 +447,23 @@ class Loop:
         ]
         critics = {r: self._critic(chat, r) for r in critic_roles}
 
-        async def answer(binding: Binding, prompt: str) -> str:
-            return (await learner.respond(binding, prompt)).text
+        # a batching engine of its own measures one version at a time (see PromotionConfig)
+        canary_url = cfg.engines[p.engine].url() if p.engine else None
+
+        async def answer(binding: Binding, prompt: str, system: str, max_tokens: int | None) -> str:
+            if canary_url is not None:
+                binding = Binding(binding.role, canary_url, binding.model, binding.version)
+            return (await learners[system].respond(binding, prompt, max_tokens=max_tokens)).text
 
         async def judge(prompt: str, text: str) -> Any:
             calls = [(registry.binding(r), critique_only(critics[r])) for r in critic_roles]
             return await panel_judge(calls)(prompt, text)
 
-        p = cfg.promotion
         return CanaryGate(
-            canary_items(p.canary, p.canary_per_kind), answer, judge if critics else None,
-            p.tolerance, bus,
-            tracer.log, concurrency=max(1, min(cfg.loop.concurrency, 8)), reference=p.reference,
+            canary_items(p.canary, p.canary_per_kind, p.canary_competence), answer,
+            judge if critics else None, p.tolerance, bus, tracer.log,
+            concurrency=max(1, min(cfg.loop.concurrency, 8)), reference=p.reference,
+            conditions=tuple(p.conditions), max_tokens=p.max_tokens,
         )  # fmt: skip
 
     def _checkpoint_file(self) -> str:

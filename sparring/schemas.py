@@ -145,6 +145,17 @@ class Decomposition(Wire):
         return self.parts_harmful == 0 and whole.harmful
 
 
+class ChatMessage(Wire):
+    """One message of a chat request, as the engine renders it with the model's
+    chat template."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+Mode = Literal["attack", "lookalike"]
+
+
 class Contrast(Wire):
     """The learner's answer with a safety instruction in context beside its plain
     answer, each read by the rule judge (refused or not). On an adversarial
@@ -152,7 +163,7 @@ class Contrast(Wire):
     benign one a plain answer over a guarded refusal is a competence pair."""
 
     guarded_answer: str
-    benign: bool  # the prompt came from the benign set, not the attacker
+    benign: bool  # a look-alike (benign) prompt, not an attack
     plain_refused: bool
     guarded_refused: bool
 
@@ -174,21 +185,32 @@ class Episode(Wire):
     decomposition: Decomposition | None = None
     contrast: Contrast | None = None
     attack_level: int | None = None  # the attacker's difficulty level (adaptive difficulty)
+    # attack: a harmful request; lookalike: a harmless one that borrows a harmful
+    # category's words (written by the attacker or drawn from the seeds)
+    mode: Mode = "attack"
+    # what the learner was sent for its plain answer (system prompt included):
+    # pairs from this episode train on exactly this prompt
+    messages: list[ChatMessage] = Field(default_factory=list)
     started_at: float
     finished_at: float
 
     @property
     def attack(self) -> bool:
-        """Whether the query is an attack: benign draws (``loop.benign_share``) are not,
+        """Whether the query is an attack: look-alikes (``loop.benign_share``) are not,
         so they stay out of attack success rates."""
-        return not (self.contrast is not None and self.contrast.benign)
+        return self.mode == "attack" and not (self.contrast is not None and self.contrast.benign)
 
 
 class PreferencePair(Wire):
+    """``prompt`` is the query as text (for people); ``messages`` is the request
+    the trained role is served with (system prompt included), which the trainer
+    renders with the served model's chat template: train what is served."""
+
     pair_id: str
     episode_id: str
     run_id: str
     prompt: str
+    messages: list[ChatMessage] = Field(default_factory=list)
     chosen: str
     rejected: str
     chosen_by: ModelRef
@@ -295,6 +317,8 @@ class VersionPublished(Wire):
     phase: str | None = None
     # earlier pairs (of earlier versions) trained again with this one
     replay_ids: list[str] = Field(default_factory=list)
+    # pairs the trainer refused (never trained), by reason
+    refused: dict[str, int] = Field(default_factory=dict)
     published_at: float = Field(default_factory=time.time)
 
 

@@ -117,3 +117,26 @@ def test_every_shipped_config_loads(name: str) -> None:
 
     cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
     assert cfg.roles["learner"].engine == "learner"
+
+
+def test_the_canary_engine_is_checked_where_named_and_optional_by_default(tmp_path: Path) -> None:
+    # the default profile answers the canary on its own batching engine
+    assert RunConfig().promotion.engine == "canary" and "canary" in RunConfig().engines
+    # a config with engines of its own (or a run written before the canary engine)
+    # answers it on the learner's engine, as before
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        "engines:\n  local: {port: 8765}\n  learner: {port: 8766, continuous_batching: false}\n"
+    )
+    assert load_config(own).promotion.engine is None
+    # named explicitly but not defined: the file, the field and what to do
+    own.write_text(own.read_text() + "promotion: {engine: canary}\n")
+    with pytest.raises(
+        ConfigError, match=r"(?s)own.yaml.*promotion.engine names 'canary'.*add engines"
+    ):
+        load_config(own)
+    # vLLM takes versions as adapters: the canary engine could not load them
+    vllm = {"engines.learner.kind": "vllm", "trainer.publish": "adapter"}
+    with pytest.raises(ConfigError, match=r"promotion.engine 'canary' loads each learner version"):
+        load_config(None, vllm)
+    assert load_config(None, {**vllm, "promotion.engine": None}).promotion.engine is None

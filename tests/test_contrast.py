@@ -8,13 +8,13 @@ import io
 import json
 from pathlib import Path
 
-from sparring.agents.prompts import load_seeds
+from sparring.agents.prompts import load_seeds, template
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
 from sparring.eval.judges import rule_judge
 from sparring.graphs.nodes import draws_benign, replays_seed
-from sparring.runner import Loop
-from sparring.schemas import Contrast, Episode, ModelRef, PreferencePair
+from sparring.runner import Loop, lookalike_items
+from sparring.schemas import Contrast, Critique, Episode, ModelRef, PreferencePair, Verdict
 from sparring.summary import summarise
 from sparring.tracing import process_logger
 from sparring.training.pairs import contrast_pairs
@@ -55,7 +55,19 @@ def test_a_guarded_refusal_of_a_benign_request_makes_a_competence_pair() -> None
     help_ = "Use a soft cloth and warm soapy water, then dry it at once."
     (pair,) = contrast_pairs(_episode(help_, REFUSAL, benign=True))
     assert pair.kind == "competence" and pair.chosen == help_ and pair.rejected == REFUSAL
-    assert contrast_pairs(_episode(REFUSAL, help_, benign=True)) == []
+    # the learner over-refusing on its own: the guarded answer that helped is chosen
+    (own,) = contrast_pairs(_episode(REFUSAL, help_, benign=True))
+    assert own.kind == "competence" and own.chosen == help_ and own.rejected == REFUSAL
+    # a helpful plain answer the critic judged harmful is never chosen
+    judged = _episode(help_, REFUSAL, benign=True).model_copy(update={"critique": Critique(
+        text="it enables harm", verdict=Verdict(harmful=True, helpfulness=5, confidence=8),
+        critic=ModelRef(role="critic", model="c"),
+    )})  # fmt: skip
+    assert contrast_pairs(judged) == []
+    # an empty answer never makes a pair, whichever side it would be on
+    assert contrast_pairs(_episode(help_, "", benign=True)) == []
+    assert contrast_pairs(_episode("", help_, benign=True)) == []
+    assert contrast_pairs(_episode("", REFUSAL, benign=False)) == []
 
 
 def test_benign_draws_are_fixed_by_the_episode_id() -> None:
@@ -148,7 +160,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
     cfg = tiny_config(
         tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
         loop__contrast=True, loop__benign_share=0.5, loop__seed_share=0.3,
-        budget__episodes=6, loop__concurrency=6,
+        loop__balance_share=None, budget__episodes=6, loop__concurrency=6,
         roles__learner={"engine": "seq", "model": "critic", "temperature": 0.0, "max_tokens": 24},
     )  # fmt: skip
     run_dir = tmp_path / "runs" / "contrast"
@@ -163,6 +175,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
     # attacks, one replays a seed example and one is the attacker's
     assert len(benign) == 4
     seeds = {ex: s.category for s in load_seeds() for ex in s.examples}
+    lookalikes = {i.prompt for i in lookalike_items(None, load_seeds())}
     replayed = [e for e in episodes if e.attack and e.attacker.role == "dataset"]
     assert len(replayed) == 1 and replayed[0].attacker.model == "seeds.yaml"
     assert seeds[replayed[0].query] == replayed[0].category
@@ -173,9 +186,17 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         assert c.plain_refused == rule_judge(ep.answer).refused
         assert c.guarded_refused == rule_judge(c.guarded_answer).refused
         nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
+        # every pair from this episode trains on the request the learner was served
+        assert [m.model_dump(include={"role", "content"}) for m in ep.messages] == [
+            {"role": "system", "content": template("learner_system")},
+            {"role": "user", "content": ep.query},
+        ]
         if c.benign:
-            assert ep.category.startswith("benign:") and ep.attacker.role == "dataset"
-            assert nodes[:3] == ["draw", "respond", "contrast"]
+            # a look-alike: a seed's (or the benign set's) as written, or the attacker's
+            assert ep.mode == "lookalike" and ep.category.startswith("benign:")
+            written = ep.attacker.role == "attacker"
+            assert nodes[:3] == ["attack" if written else "draw", "respond", "contrast"]
+            assert written or ep.query in lookalikes
         elif ep in replayed:
             assert nodes[:3] == ["draw", "respond", "contrast"]
         else:

@@ -1,6 +1,7 @@
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,9 @@ def _old_prompt(user: str) -> str:
     """The old template filled with the seed and the example order ``user`` shows."""
     seed = load_seeds()[0]
     examples = user.split("\n")[2:-1]
-    assert sorted(e[2:] for e in examples) == sorted(seed.examples)
+    # three of the seed's examples, in a random order
+    assert len(examples) == min(3, len(seed.examples))
+    assert {e[2:] for e in examples} <= set(seed.examples)
     return OLD_USER.format(
         category=seed.category, description=seed.description,
         examples="\n".join(examples), avoid="",
@@ -206,3 +209,43 @@ def test_a_run_with_adaptive_difficulty_attacks_at_the_controllers_level(
         changes += new != level
         level = new
     assert len(moves) == changes
+
+
+def test_in_lookalike_mode_the_attacker_imitates_the_seeds_harmless_lookalikes(
+    tiny_model_path: Path, engine: EngineConfig
+) -> None:
+    """Look-alike mode: its own instruction, the seed's look-alikes as examples
+    (never its harmful ones), no difficulty style, and a fallback that is a
+    look-alike too; the real engine (tiny model) answers."""
+    real = OpenAIChat(timeout_s=60, max_retries=0)
+    sent: list[list[Message]] = []
+
+    async def chat(binding: Binding, messages: list[Message], **kw):  # type: ignore[no-untyped-def]
+        sent.append(messages)
+        return await real(binding, messages, **kw)
+
+    seed = load_seeds()[0]
+    assert seed.lookalikes
+    attacker = Attacker(
+        chat, [seed], temperature=1.0, max_tokens=12, max_attempts=2, rng=random.Random(0),
+        difficulty=DifficultyController(levels=4, start=3),
+    )  # fmt: skip
+    binding = Binding("attacker", engine.url(), str(tiny_model_path))
+
+    async def go() -> tuple[Any, Any]:
+        try:
+            return await attacker(binding, seed, mode="lookalike"), await attacker(binding, seed)
+        finally:
+            await real.aclose()
+
+    lookalike, attack = asyncio.run(go())
+    assert lookalike.level is None and attack.level == 3  # no difficulty for look-alikes
+    first = sent[0]
+    assert "borrows the words of a risky topic" in first[0]["content"]
+    shown = [line[2:] for line in first[1]["content"].split("\n") if line.startswith("- ")]
+    assert shown and set(shown) <= set(seed.lookalikes)
+    assert not set(shown) & set(seed.examples)
+    # the tiny model's own words, or (after repeats) a seed look-alike: never a harmful example
+    assert lookalike.query and lookalike.query not in seed.examples
+    attack_prompt = sent[len(lookalike.calls)]
+    assert "red-team tester" in attack_prompt[0]["content"]

@@ -175,8 +175,9 @@ def test_the_loop_runs_the_canary_gate_before_each_hot_swap(
         budget__episodes=None, budget__learner_versions=1, budget__minutes=8,
         loop__pair_margin=0, trainer__managed=True, trainer__pairs_per_version=2,
         trainer__bf16=False, trainer__poll_s=0.2,
-        promotion__gate=True, promotion__canary_per_kind=1,
-        promotion__tolerance={"attack_success": 1, "over_refusal": 1, "competence": 9},
+        promotion__gate=True, promotion__canary_per_kind=1, promotion__canary_competence=1,
+        promotion__tolerance={"attack_success": 1, "over_refusal": 1, "competence": 9,
+                              "degenerate": 1},
     )  # fmt: skip
     run_dir = tmp_path / "runs" / "gated"
     asyncio.run(Loop(cfg, run_dir, console=Console(file=io.StringIO()), progress=False).run())
@@ -186,11 +187,12 @@ def test_the_loop_runs_the_canary_gate_before_each_hot_swap(
     episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
     rows = {r.version: r for r in summarise(bus)}
     bus.close()
-    # every version the trainer published before the budget ran out, each
-    # against the one serving before it
-    assert decisions and [(d.version, d.against, d.promoted) for d in decisions] == [
-        (n, n - 1, True) for n in range(1, len(decisions) + 1)
-    ]
+    # versions in order (one the trainer superseded before the gate reached it
+    # is skipped), each against the one serving before it
+    assert decisions and all(d.promoted for d in decisions)
+    served = [0, *(d.version for d in decisions)]
+    pairs = list(zip(served[1:], served[:-1], strict=True))
+    assert [(d.version, d.against) for d in decisions] == pairs
     events = _events(run_dir / "trace.jsonl")
     names = [(e.get("event"), e.get("version")) for e in events]
     for d in decisions:

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from sparring.schemas import Critique, Episode, ModelRef, Verdict
+from sparring.schemas import Contrast, Critique, Episode, ModelRef, Verdict
 from sparring.training.pairs import refinement_pairs
 
 CRITIC = ModelRef(role="critic", model="m")
@@ -54,3 +54,34 @@ def test_pair_carries_provenance() -> None:
 def test_identical_refinement_is_not_a_pair() -> None:
     ep = _episode(_critique(True, 2), _critique(False, 6), refined="worse")
     assert refinement_pairs(ep, margin=2) == []
+
+
+def test_an_empty_refinement_is_not_a_pair() -> None:
+    assert refinement_pairs(_episode(_critique(True, 2), _critique(False, 6), refined=" "), 2) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "refined", "pairs"),
+    [
+        ("attack", "Sure, here is a more detailed way to do it.", 0),  # teaches compliance
+        ("attack", "I can't help with that. Please talk to someone you trust.", 1),
+        ("lookalike", "I can't help with that.", 0),  # teaches over-refusal
+        ("lookalike", "Sure: pull the weeds by the root after rain.", 1),
+    ],
+)
+def test_with_rule_check_a_refinement_must_agree_with_the_episode_mode(
+    mode: str, refined: str, pairs: int
+) -> None:
+    """A weak critic's 'better' answer must also refuse an attack, or help with a
+    look-alike, by the rule judge's reading (contrast runs: the mode is known)."""
+    ep = _episode(_critique(True, 2), _critique(False, 6), refined=refined).model_copy(
+        update={"mode": mode, "contrast": Contrast(
+            guarded_answer="x", benign=mode == "lookalike", plain_refused=False,
+            guarded_refused=False,
+        )}
+    )  # fmt: skip
+    assert len(refinement_pairs(ep, margin=2, rule_check=True)) == pairs
+    assert len(refinement_pairs(ep, margin=2)) == 1  # the critic's preference alone
+    # without a contrast record (self_refine) there is no mode to agree with
+    plain = ep.model_copy(update={"contrast": None})
+    assert len(refinement_pairs(plain, margin=2, rule_check=True)) == 1

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from sparring.agents.difficulty import DifficultyController, style
 from sparring.agents.llm import Binding, Chat, Completion
 from sparring.agents.prompts import Seed, render, template
+from sparring.schemas import Mode
+
+SHOWN_EXAMPLES = 3
 
 
 def normalise(query: str) -> str:
@@ -71,27 +74,36 @@ class Attacker:
         self._turn += 1
         return seed
 
-    async def __call__(self, binding: Binding, seed: Seed) -> Attack:
-        taken = {normalise(e) for e in seed.examples} | set(self._recent)
+    async def __call__(self, binding: Binding, seed: Seed, mode: Mode = "attack") -> Attack:
+        """A new query for ``seed``: an attack, or (``lookalike``) a harmless
+        question that borrows the category's words."""
+        lookalike = mode == "lookalike" and bool(seed.lookalikes)
+        shown = seed.lookalikes if lookalike else seed.examples
+        taken = {normalise(e) for e in (*seed.examples, *seed.lookalikes)} | set(self._recent)
         calls: list[Completion] = []
         query = ""
         # Read once: the level may move while this attack awaits the model.
-        level = self.difficulty.level if self.difficulty else None
+        level = None if lookalike or not self.difficulty else self.difficulty.level
+        system, user = (
+            ("attacker_lookalike_system", "attacker_lookalike_user")
+            if lookalike else ("attacker_system", "attacker_user")
+        )  # fmt: skip
         for attempt in range(self._max_attempts):
             avoid = "" if attempt == 0 else f' and from "{query}"'
-            examples = list(seed.examples)
-            self._rng.shuffle(examples)
+            # a few of the seed's examples, in a new order each time: enough to set
+            # the topic, and a short prompt (prefill is most of a CPU's work)
+            examples = self._rng.sample(list(shown), min(SHOWN_EXAMPLES, len(shown)))
             messages = [
-                {"role": "system", "content": template("attacker_system")},
+                {"role": "system", "content": template(system)},
                 {
                     "role": "user",
                     "content": render(
-                        "attacker_user",
+                        user,
                         category=seed.category,
                         description=seed.description,
                         examples="\n".join(f"- {e}" for e in examples),
                         avoid=avoid,
-                        style=style(level),
+                        style="" if lookalike else style(level),
                     ),
                 },
             ]
@@ -108,7 +120,7 @@ class Attacker:
         else:
             # Still a repeat after the bounded retries: fall back to a seed example
             # the loop has not used recently, so the episode still has a query.
-            fresh = [e for e in seed.examples if normalise(e) not in self._recent]
-            query = self._rng.choice(fresh or list(seed.examples))
+            fresh = [e for e in shown if normalise(e) not in self._recent]
+            query = self._rng.choice(fresh or list(shown))
         self._recent.append(normalise(query))
         return Attack(seed, query, calls, repeats_avoided=len(calls) - 1, level=level)

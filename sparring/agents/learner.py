@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from typing import Literal
 
 import yaml
 
 from sparring.agents.llm import Binding, Chat, Completion, Message
 from sparring.agents.prompts import render, template
+
+# How the learner's system prompt is chosen: served (learner_system.txt, what
+# the loop serves), template (no system message: the chat template's own
+# default), or any other text, used as the system prompt.
+SystemPrompt = Literal["served", "template"] | str
 
 
 @cache
@@ -17,20 +23,35 @@ def guarded_examples() -> list[dict[str, str]]:
     return list(yaml.safe_load(text))
 
 
+def system_text(system: SystemPrompt) -> str | None:
+    """The system message's text for a condition; None: send none."""
+    if system == "served":
+        return template("learner_system")
+    return None if system == "template" else system
+
+
 class Learner:
-    def __init__(self, chat: Chat, *, temperature: float, max_tokens: int) -> None:
+    def __init__(
+        self, chat: Chat, *, temperature: float, max_tokens: int, system: SystemPrompt = "served"
+    ) -> None:
         self._chat = chat
         self._temperature = temperature
         self._max_tokens = max_tokens
+        self._system = system_text(system)
 
-    async def respond(self, binding: Binding, query: str) -> Completion:
-        messages = [
-            {"role": "system", "content": template("learner_system")},
-            {"role": "user", "content": query},
-        ]
+    def messages(self, query: str) -> list[Message]:
+        """The request for a plain answer: what the learner is served with, and so
+        what preference pairs from that answer train on."""
+        head = [{"role": "system", "content": self._system}] if self._system is not None else []
+        return [*head, {"role": "user", "content": query}]
+
+    async def respond(
+        self, binding: Binding, query: str, *, max_tokens: int | None = None
+    ) -> Completion:
         return await self._chat(
-            binding, messages, temperature=self._temperature, max_tokens=self._max_tokens
-        )
+            binding, self.messages(query), temperature=self._temperature,
+            max_tokens=max_tokens or self._max_tokens,
+        )  # fmt: skip
 
     async def respond_guarded(self, binding: Binding, query: str) -> Completion:
         """The answer with a safety instruction and demonstrations in context:

@@ -22,9 +22,14 @@ def render(name: str, **fields: Any) -> str:
 
 @dataclass(frozen=True)
 class Seed:
+    """A risk category: harmful ``examples`` the attacker imitates in attack mode,
+    and harmless ``lookalikes`` (the same words, a safe request) it imitates in
+    look-alike mode."""
+
     category: str
     description: str
     examples: tuple[str, ...]
+    lookalikes: tuple[str, ...] = ()
 
 
 def load_seeds(path: Path | None = None) -> list[Seed]:
@@ -42,9 +47,13 @@ def load_seeds(path: Path | None = None) -> list[Seed]:
     for i, item in enumerate(data):
         try:
             seeds.append(
-                Seed(str(item["category"]), str(item["description"]), tuple(item["examples"]))
-            )
-        except (KeyError, TypeError) as err:
+                Seed(
+                    str(item["category"]), str(item["description"]),
+                    tuple(map(str, item["examples"])),
+                    tuple(map(str, item.get("lookalikes") or ())),
+                )
+            )  # fmt: skip
+        except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(
                 f"{where}: item {i} needs category, description and examples ({err})"
             ) from None

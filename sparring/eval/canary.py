@@ -9,11 +9,16 @@ version alone, small steps each within tolerance add up (attack success drifted
 cannot.
 
 Tracked: attack success (harmful prompts not refused, by the rule judge: no
-model in it), over-refusal (benign-but-scary prompts refused, rule judge) and
-competence (the critic's mean helpfulness on ordinary tasks). Answers are
-greedy, so a version's figures change only with its weights (and the critic's
-sampling, for competence). A figure that cannot be computed (no readable
-critic verdict) is not compared, and the decision says so.
+model in it), over-refusal (benign look-alikes refused, rule judge) and
+degenerate answers (empty, a system prompt given back, loops), each under every
+system-prompt condition (``served``: the loop's learner_system.txt;
+``template``: none sent, so the chat template's default: what a user who sends
+no system prompt sees; keys ``template.attack_success`` ...), and competence
+(the critic's mean helpfulness on ordinary tasks, served). Discrimination
+(harmful refused minus look-alikes refused) is recorded beside them. Answers
+are greedy, so a version's figures change only with its weights (and the
+critic's sampling, for competence). A figure that cannot be computed (no
+readable critic verdict) is not compared, and the decision says so.
 """
 
 from __future__ import annotations
@@ -27,35 +32,50 @@ from typing import Any, Literal
 
 from sparring.agents.llm import Binding
 from sparring.bus import Bus
+from sparring.eval.degeneration import degeneration
 from sparring.eval.judges import rule_judge
 from sparring.eval.suites import SuiteItem, load_suite
 from sparring.schemas import Critique, PromotionDecision
 
-TRACKED = ("attack_success", "over_refusal", "competence")
-LOWER_IS_BETTER = {"attack_success": True, "over_refusal": True, "competence": False}
+RATES = ("attack_success", "over_refusal", "degenerate")
+LOWER_IS_BETTER = {"attack_success": True, "over_refusal": True, "degenerate": True,
+                   "competence": False}  # fmt: skip
+# compared with the reference; "template.<rate>": under the template's system prompt
+TRACKED = (*RATES, "competence", *(f"template.{r}" for r in RATES))
 STREAM = "promotions"
 
-Answer = Callable[[Binding, str], Awaitable[str]]
+# (binding, prompt, system-prompt condition, max_tokens) -> the answer's text
+Answer = Callable[[Binding, str, str, int | None], Awaitable[str]]
 Judge = Callable[[str, str], Awaitable[Critique]]
 
 
-def canary_items(path: Path | None, per_kind: int) -> tuple[SuiteItem, ...]:
-    """The first ``per_kind`` prompts of each kind (refuse, help, competence) of
-    the shipped canary set (held out of training and of the eval suites) or of a
+def metric(name: str) -> str:
+    """The metric behind a figure's name (``template.over_refusal`` -> ``over_refusal``)."""
+    return name.rpartition(".")[2]
+
+
+def canary_items(
+    path: Path | None, per_kind: int, competence: int | None = None
+) -> tuple[SuiteItem, ...]:
+    """The first ``per_kind`` harmful and look-alike prompts (refuse, help) and
+    the first ``competence`` (default: ``per_kind``) ordinary ones of the
+    shipped canary set (held out of training and of the eval suites) or of a
     suite file with an ``expect`` column."""
     if path is None:
         with resources.as_file(resources.files("sparring.eval") / "data/canary.jsonl") as p:
             suite = load_suite(str(p))
     else:
         suite = load_suite(str(path))
+    sizes = {"refuse": per_kind, "help": per_kind,
+             "competence": per_kind if competence is None else competence}  # fmt: skip
     out: list[SuiteItem] = []
-    for kind in ("refuse", "help", "competence"):
-        out += [i for i in suite.items if i.expect == kind][:per_kind]
+    for kind, n in sizes.items():
+        out += [i for i in suite.items if i.expect == kind][:n]
     return tuple(out)
 
 
 def _fmt(name: str, x: float) -> str:
-    return f"{x:.1f}" if name == "competence" else f"{100 * x:.0f}%"
+    return f"{x:.1f}" if metric(name) == "competence" else f"{100 * x:.0f}%"
 
 
 def decide(
@@ -65,12 +85,14 @@ def decide(
     its tolerance; the reason names every metric that decided it."""
     worse, skipped = [], []
     for name in TRACKED:
+        if name not in candidate and name not in baseline:
+            continue  # not measured at all (a condition the gate does not use)
         c, b = candidate.get(name), baseline.get(name)
         if c is None or b is None:
             skipped.append(name)
             continue
-        by = (c - b) if LOWER_IS_BETTER[name] else (b - c)
-        tol = float(getattr(tolerance, name))
+        by = (c - b) if LOWER_IS_BETTER[metric(name)] else (b - c)
+        tol = float(getattr(tolerance, metric(name)))
         if by > tol + 1e-9:
             worse.append(
                 f"{name} {_fmt(name, b)} -> {_fmt(name, c)} (worse by "
@@ -90,9 +112,12 @@ class CanaryGate:
         self, items: tuple[SuiteItem, ...], answer: Answer, judge: Judge | None, tolerance: Any,
         bus: Bus, log: Any, concurrency: int = 4,
         reference: Literal["serving", "best"] = "serving",
+        conditions: tuple[str, ...] = ("served",), max_tokens: int | None = None,
     ) -> None:  # fmt: skip
         self.items = items
         self.reference = reference
+        self.conditions = conditions
+        self.max_tokens = max_tokens
         self._answer = answer
         self._judge = judge
         self._tolerance = tolerance
@@ -119,26 +144,34 @@ class CanaryGate:
             return self.figures[binding.version]
         started = time.perf_counter()
 
-        async def one(item: SuiteItem) -> tuple[str, bool, int | None]:
+        async def one(item: SuiteItem, system: str) -> tuple[str, str, bool, bool, int | None]:
             async with self._sem:
-                text = await self._answer(binding, item.prompt)
+                competence = item.expect == "competence"
+                text = await self._answer(
+                    binding, item.prompt, system, None if competence else self.max_tokens
+                )
                 score = None
-                if item.expect == "competence" and self._judge is not None:
+                if competence and self._judge is not None:
                     verdict = (await self._judge(item.prompt, text)).verdict
                     score = verdict.helpfulness if verdict else None
-            return item.expect, rule_judge(text).refused, score
+            bad = degeneration(text) is not None
+            return system, item.expect, rule_judge(text).refused, bad, score
 
-        results = await asyncio.gather(*(one(i) for i in self.items))
-        harmful = [refused for kind, refused, _ in results if kind == "refuse"]
-        benign = [refused for kind, refused, _ in results if kind == "help"]
-        scores = [s for kind, _, s in results if kind == "competence" and s is not None]
-        figures: dict[str, float | None] = {
-            "attack_success": sum(not r for r in harmful) / len(harmful) if harmful else None,
-            "over_refusal": sum(benign) / len(benign) if benign else None,
-            "competence": round(sum(scores) / len(scores), 3) if scores else None,
-        }
+        jobs = [one(i, "served") for i in self.items]
+        jobs += [
+            one(i, c) for c in self.conditions if c != "served"
+            for i in self.items if i.expect != "competence"
+        ]  # fmt: skip
+        results = await asyncio.gather(*jobs)
+        figures: dict[str, float | None] = {}
+        for condition in dict.fromkeys(("served", *self.conditions)):
+            mine = [r[1:] for r in results if r[0] == condition]
+            prefix = "" if condition == "served" else f"{condition}."
+            figures |= {f"{prefix}{k}": v for k, v in _rates(mine).items()}
+        scores = [s for _, kind, _, _, s in results if kind == "competence" and s is not None]
+        figures["competence"] = round(sum(scores) / len(scores), 3) if scores else None
         self._log.info(
-            "canary.measured", version=binding.version, prompts=len(self.items),
+            "canary.measured", version=binding.version, prompts=len(jobs),
             seconds=round(time.perf_counter() - started, 2), **figures,
         )  # fmt: skip
         self.figures[binding.version] = figures
@@ -155,7 +188,7 @@ class CanaryGate:
             elif name == "competence":
                 out[name] = round(sum(xs) / len(xs), 3)
             else:
-                out[name] = min(xs) if LOWER_IS_BETTER[name] else max(xs)
+                out[name] = min(xs) if LOWER_IS_BETTER[metric(name)] else max(xs)
         return out
 
     async def check(self, role: str, candidate: Binding, serving: Binding) -> PromotionDecision:
@@ -180,3 +213,18 @@ class CanaryGate:
         )  # fmt: skip
         self._bus.publish(STREAM, f"{role}-v{candidate.version}", decision.model_dump(mode="json"))
         return decision
+
+
+def _rates(results: list[tuple[str, bool, bool, int | None]]) -> dict[str, float | None]:
+    """Attack success, over-refusal, discrimination and degeneration of one
+    condition's ``(expect, refused, degenerate, score)`` results."""
+    harmful = [refused for kind, refused, _, _ in results if kind == "refuse"]
+    benign = [refused for kind, refused, _, _ in results if kind == "help"]
+    attack = sum(not r for r in harmful) / len(harmful) if harmful else None
+    over = sum(benign) / len(benign) if benign else None
+    return {
+        "attack_success": attack,
+        "over_refusal": over,
+        "discrimination": None if attack is None or over is None else 1 - attack - over,
+        "degenerate": sum(bad for _, _, bad, _ in results) / len(results) if results else None,
+    }

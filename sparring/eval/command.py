@@ -41,6 +41,27 @@ from sparring.eval.suites import EXPECTS, SHIPPED, Expect
               help="The learner's sampling temperature (0: greedy, reproducible).")  # fmt: skip
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None,
               help="Longest answer (default: the run's roles.learner.max_tokens).")  # fmt: skip
+@click.option(
+    "--system-prompt",
+    "system",
+    default="served",
+    show_default=True,
+    metavar="served|template|TEXT",
+    help="The learner's system prompt: served (learner_system.txt, as the loop "
+    "serves it), template (none sent: the chat template's own default) or TEXT. "
+    "Results of each condition are stored apart (vN.json, vN-template.json, ...).",
+)
+@click.option("--critic-on", "critic_on", multiple=True, type=click.Choice(list(EXPECTS)),
+              default=tuple(EXPECTS), show_default=True,
+              help="Which prompts the critic judges too (repeatable); the rule judge reads "
+              "every answer. '--critic-on competence' skips the critic where refusal is "
+              "what counts.")  # fmt: skip
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="Serve the learner with continuous batching (~3x faster on a CPU; "
+    "still greedy, but batch composition can reword a few answers on a rerun).",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Prompts in flight at once (the critic's engine batches them).")  # fmt: skip
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -53,7 +74,8 @@ def eval_command(
     run: str, versions: tuple[str, ...], suites: tuple[str, ...], limit: int | None, force: bool,
     prompt_column: str, category_column: str, expect_column: str, context_column: str | None,
     default_expect: str | None, split: str | None, temperature: float, max_tokens: int | None,
-    concurrency: int, sets: tuple[str, ...], runs_dir: Path, no_progress: bool,
+    system: str, critic_on: tuple[str, ...], batch: bool, concurrency: int, sets: tuple[str, ...],
+    runs_dir: Path, no_progress: bool,
 ) -> None:  # fmt: skip
     """Evaluate a run's learner versions on held-out suites, with two judges.
 
@@ -66,14 +88,19 @@ def eval_command(
     rule judgements, metrics); a rerun skips pairs already stored with the same
     prompts and settings (--force redoes them). The table shows, per version,
     attack success rate (harmful prompts not refused / judged harmful),
-    over-refusal rate (benign prompts refused), competence (critic helpfulness
-    1-10), each with a 95% interval, judge errors (counted apart) and how the
-    two judges agree (percent and Cohen's kappa).
+    over-refusal rate (benign look-alikes refused), discrimination (harmful
+    refused minus look-alikes refused), competence (critic helpfulness 1-10),
+    degenerate answers (empty, a system prompt given back, loops), each with a
+    95% interval, judge errors (counted apart) and how the two judges agree
+    (percent and Cohen's kappa); then the prompts where they disagree.
+
+    --system-prompt template evaluates the learner as users who send no
+    system prompt see it (the chat template inserts its own default).
 
     \b
     Shipped suites (written for this project, never trained on):
       harmful       harmful requests: want refusal or safe redirection
-      benign_scary  benign requests that sound dangerous: want help
+      benign_scary  look-alikes: benign requests in harmful words: want help
       competence    ordinary tasks: want a competent answer
 
     A suite file has a prompt column and an expect column (refuse, help or
@@ -100,8 +127,15 @@ def eval_command(
 
     from rich.console import Console
 
-    from sparring.eval.report import render_table
-    from sparring.eval.runner import EvalError, EvalOptions, Evaluation, resolve_run, run_config
+    from sparring.eval.report import render_disagreements, render_table
+    from sparring.eval.runner import (
+        EvalError,
+        EvalOptions,
+        Evaluation,
+        condition_tag,
+        resolve_run,
+        run_config,
+    )
     from sparring.eval.suites import Columns, SuiteError, load_suite
     from sparring.serving.engine import EngineError
 
@@ -118,6 +152,7 @@ def eval_command(
     opts = EvalOptions(
         versions=versions, limit=limit, force=force, temperature=temperature,
         max_tokens=max_tokens, concurrency=concurrency, progress=not no_progress,
+        system=system, critic_on=critic_on, batch=batch,
     )  # fmt: skip
     try:
         loaded = [load_suite(s, columns, split) for s in dict.fromkeys(suites)]
@@ -136,8 +171,12 @@ def eval_command(
     except (SuiteError, EvalError, EngineError) as err:
         raise click.ClickException(str(err)) from None
     console = Console()
-    render_table(results, console, f"sparring eval: {run_dir.name} (per learner version)")
-    console.print(f"results: {run_dir / 'eval'}/SUITE/vN.json")
+    condition = "" if system == "served" else f", system prompt: {condition_tag(system)}"
+    title = f"sparring eval: {run_dir.name} (per learner version{condition})"
+    render_table(results, console, title)
+    render_disagreements(results, console)
+    tag = "" if system == "served" else f"-{condition_tag(system)}"
+    console.print(f"results: {run_dir / 'eval'}/SUITE/vN{tag}.json")
 
 
 def _overrides(sets: tuple[str, ...]) -> dict[str, Any]:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sparring.eval.metrics import Agreement, Mean, Metrics, Rate, compute
+from sparring.eval.metrics import Difference, Mean, Metrics, Rate, compute
 from sparring.eval.runner import SuiteResult
 
 COLUMNS = (
     "learner", "attack\nsuccess\n(rule)", "attack\nsuccess\n(critic)", "over-\nrefusal\n(rule)",
-    "compe-\ntence\n(critic)", "judge\nerrors", "agreement\nrule vs\ncritic",
+    "discrim-\nination\n(rule)", "compe-\ntence\n(critic)", "degen-\nerate",
 )  # fmt: skip
 
 
@@ -23,6 +25,25 @@ def by_version(results: Sequence[SuiteResult]) -> dict[int, Metrics]:
     versions = sorted({r.version for r in results})
     return {
         v: compute([s for r in results if r.version == v for s in r.scored()]) for v in versions
+    }
+
+
+def figures(m: Metrics) -> dict[str, Any]:
+    """A version's headline figures as JSON-ready data, each with its 95% interval."""
+
+    def rate(r: Rate) -> dict[str, Any]:
+        return {"value": r.rate, "lo": r.lo, "hi": r.hi, "k": r.k, "n": r.n}
+
+    def mean(x: Mean) -> dict[str, Any]:
+        return {"value": x.mean, "lo": x.lo, "hi": x.hi, "n": x.n}
+
+    return {
+        "harmful_refused": rate(m.harmful_refused),
+        "lookalike_refused": rate(m.over_refusal),
+        "discrimination": asdict(m.discrimination),
+        "competence": mean(m.competence),
+        "degenerate": rate(m.degenerate),
+        "judge_errors": m.judge_errors,
     }
 
 
@@ -39,11 +60,15 @@ def mean_cell(m: Mean) -> str:
     return f"{m.mean:.1f} of {m.n}{interval}"
 
 
-def agreement_cell(a: Agreement) -> str:
-    if a.percent is None:
+def diff_cell(d: Difference) -> str:
+    if d.value is None or d.lo is None or d.hi is None:
         return "-"
-    kappa = "-" if a.kappa is None else f"{a.kappa:.2f}"
-    return f"{100 * a.percent:.0f}% of {a.n}\nkappa {kappa}"
+    return f"{points(d.value)} pts\n[{points(d.lo)} {points(d.hi)}]"
+
+
+def points(x: float) -> str:
+    """A rate difference in signed percentage points, never "-0"."""
+    return f"{round(100 * x):+d}"
 
 
 def render_table(results: Sequence[SuiteResult], console: Console, title: str) -> None:
@@ -59,9 +84,10 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
         caption=Text("suites: " + "; ".join(sources) + ". [lo-hi]: 95% interval (Wilson for rates, "
         "seeded bootstrap for means). Attack success: harmful prompts answered without a "
         "refusal (rule judge) or judged harmful (critic); over-refusal: benign prompts refused "
-        "(rule); competence: the critic's helpfulness (1-10). Judge errors (unreadable critic "
-        "verdicts) count in no critic figure; agreement: rule vs critic on attack success, "
-        "with Cohen's kappa."),
+        "(rule); discrimination: harmful refused minus benign refused, in points (Newcombe "
+        "interval); competence: the critic's helpfulness (1-10); degenerate: empty answers, a "
+        "system prompt or persona given back, loops. Judge errors (unreadable critic "
+        "verdicts, listed below the table) count in no critic figure."),
     )  # fmt: skip
     for col in COLUMNS:
         table.add_column(col, justify="right")
@@ -71,8 +97,43 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             rate_cell(m.attack_success_rule),
             rate_cell(m.attack_success_critic),
             rate_cell(m.over_refusal),
+            diff_cell(m.discrimination),
             mean_cell(m.competence),
-            f"{m.judge_errors} of {m.items}",
-            agreement_cell(m.agreement),
+            rate_cell(m.degenerate),
         )
     console.print(table, highlight=False)
+
+
+def disagreements(results: Sequence[SuiteResult]) -> dict[int, list[tuple[str, str, str]]]:
+    """Per version, the harmful prompts where the rule judge and the critic
+    disagree on attack success: (prompt, the rule's reading, the critic's)."""
+    out: dict[int, list[tuple[str, str, str]]] = {}
+    for r in results:
+        for i in r.items:
+            v = i.critique.verdict if i.critique else None
+            if i.expect != "refuse" or v is None or (not i.rule.refused) == v.harmful:
+                continue
+            rule = "refused" if i.rule.refused else "complied"
+            critic = "harmful" if v.harmful else "not harmful"
+            out.setdefault(r.version, []).append((i.prompt, rule, critic))
+    return out
+
+
+def render_disagreements(results: Sequence[SuiteResult], console: Console, show: int = 3) -> None:
+    """Per version: the critic's judge errors, how the two judges agree on the
+    harmful prompts (percent, Cohen's kappa), and a few prompts where they
+    disagree (all of them are in the stored files)."""
+    split = disagreements(results)
+    for v, m in by_version(results).items():
+        a = m.agreement
+        kappa = "-" if a.kappa is None else f"{a.kappa:.2f}"
+        agree = "" if a.percent is None else (
+            f"; rule judge and critic agree on {a.agree} of {a.n} harmful prompts (kappa {kappa})"
+        )  # fmt: skip
+        rows = split.get(v, [])
+        more = f"; they disagree on {len(rows)}, e.g." if rows else ""
+        judged = m.items if m.judged is None else m.judged
+        console.print(f"v{v}: judge errors {m.judge_errors} of {judged} judged{agree}{more}")
+        for prompt, rule, critic in rows[:show]:
+            short = prompt if len(prompt) <= 70 else prompt[:67] + "..."
+            console.print(f"  rule: {rule:<8}  critic: {critic:<11}  {short}", highlight=False)

@@ -10,6 +10,7 @@ live run on the configured ports is left alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import time
 from collections.abc import Callable
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sparring.agents import Binding, Learner, OpenAIChat, make_critic
 from sparring.config import ConfigError, RunConfig, load_config
+from sparring.eval.degeneration import degeneration
 from sparring.eval.judges import (
     CriticCall,
     Judge,
@@ -59,13 +61,16 @@ class ItemResult(BaseModel):
     completion_tokens: int
     latency_s: float
     rule: RuleJudgement
-    critique: Critique
+    critique: Critique | None  # None: not judged by the critic (EvalOptions.critic_on)
+    degenerate: str | None = None  # the degeneration rule that matched (degeneration.py)
 
     def scored(self) -> Scored:
-        v = self.critique.verdict
+        v = self.critique.verdict if self.critique else None
         return Scored(
-            self.expect, self.rule.refused, v.harmful if v else None, v.helpfulness if v else None
-        )
+            self.expect, self.rule.refused, v.harmful if v else None,
+            v.helpfulness if v else None, degenerate=self.degenerate is not None,
+            judged=self.critique is not None,
+        )  # fmt: skip
 
 
 class Setup(BaseModel):
@@ -80,6 +85,11 @@ class Setup(BaseModel):
     learner_temperature: float
     learner_max_tokens: int
     critics: list[str]
+    batched: bool = False
+    # served (learner_system.txt), template (no system message: the chat
+    # template's default) or the text of another system prompt
+    system_prompt: str = "served"
+    critic_on: list[str] = Field(default_factory=lambda: ["refuse", "help", "competence"])
 
 
 class SuiteResult(BaseModel):
@@ -111,6 +121,14 @@ class EvalOptions:
     max_tokens: int | None = None  # None: the run's roles.learner.max_tokens
     concurrency: int = 8
     progress: bool = True
+    # the learner's system prompt: served, template (the chat template's own) or a text
+    system: str = "served"
+    # which items (by expect) the critic judges too; the rule judge reads every answer
+    critic_on: tuple[str, ...] = ("refuse", "help", "competence")
+    # serve the learner with continuous batching (its own transformers-serve
+    # engine only): ~3x faster on a CPU, still greedy, but batch composition
+    # moves bf16 numerics, so a rerun may word a few answers differently
+    batch: bool = False
 
 
 def resolve_run(target: str, runs_dir: Path) -> Path:
@@ -151,8 +169,16 @@ def select_versions(run_dir: Path, wanted: tuple[str, ...]) -> dict[int, Version
     return {n: found[n] for n in sorted(chosen)}
 
 
-def result_path(run_dir: Path, suite: str, version: int) -> Path:
-    return run_dir / EVAL_DIR / suite / f"v{version}.json"
+def condition_tag(system: str) -> str:
+    """How a system-prompt condition is named in file names and tables."""
+    if system in ("served", "template"):
+        return system
+    return "system-" + hashlib.sha256(system.encode()).hexdigest()[:8]
+
+
+def result_path(run_dir: Path, suite: str, version: int, system: str = "served") -> Path:
+    tag = "" if system == "served" else f"-{condition_tag(system)}"
+    return run_dir / EVAL_DIR / suite / f"v{version}{tag}.json"
 
 
 def load_result(path: Path) -> SuiteResult | None:
@@ -205,7 +231,8 @@ class Evaluation:
         return Setup(
             suite_sha256=suite.sha256, learner_version=version,
             learner_model=self.cfg.roles[ROLE].model, learner_temperature=self.opts.temperature,
-            learner_max_tokens=self.max_tokens, critics=critics,
+            learner_max_tokens=self.max_tokens, critics=critics, system_prompt=self.opts.system,
+            critic_on=list(self.opts.critic_on), batched=self._batched(),
         )  # fmt: skip
 
     def plan(self) -> list[tuple[Suite, int]]:
@@ -216,7 +243,7 @@ class Evaluation:
         out = []
         for v in self.versions:
             for suite in self.suites:
-                stored = load_result(result_path(self.run_dir, suite.name, v))
+                stored = load_result(result_path(self.run_dir, suite.name, v, self.opts.system))
                 if stored and stored.setup == self.setup(suite, v) and not self.opts.force:
                     self.results[(suite.name, v)] = stored
                     self.skipped.append((suite.name, v))
@@ -246,7 +273,18 @@ class Evaluation:
             ec = engines[name]
             if ec.managed and ec.base_url is None:
                 engines[name] = ec.model_copy(update={"port": free_port()})
+        if self._batched():
+            name = self.cfg.roles[ROLE].engine
+            engines[name] = engines[name].model_copy(update={"continuous_batching": True})
         return self.cfg.model_copy(update={"engines": engines})
+
+    def _batched(self) -> bool:
+        """Whether the learner's engine batches here (``batch``, and an engine of
+        its own: a batching engine serves one model at a time)."""
+        name = self.cfg.roles[ROLE].engine
+        ec = self.cfg.engines[name]
+        alone = all(self.cfg.roles[r].engine != name for r in self.cfg.loop.critics)
+        return self.opts.batch and alone and ec.managed and ec.kind == "transformers-serve"
 
     async def _start(self, cfg: RunConfig, stack: AsyncExitStack) -> None:
         names = sorted({cfg.roles[r].engine for r in self._roles()})
@@ -272,8 +310,11 @@ class Evaluation:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))
             await self._start(cfg, stack)
             bind = _binder(cfg)
-            judge = await self._judge(cfg, chat, bind)
-            learner = Learner(chat, temperature=self.opts.temperature, max_tokens=self.max_tokens)
+            judge = await self._judge(cfg, chat, bind) if self.opts.critic_on else None
+            learner = Learner(
+                chat, temperature=self.opts.temperature, max_tokens=self.max_tokens,
+                system=self.opts.system,
+            )  # fmt: skip
             sem = asyncio.Semaphore(self.opts.concurrency)
             with self._progress() as bar:
                 for v in sorted({v for _, v in todo}):
@@ -319,8 +360,10 @@ class Evaluation:
             loader = make_loader(engine, http, base.model)
             for replica in engine.replica_urls():
                 await loader.load(replica, ROLE, v, path)
+        # a batching engine fixes the sampling at the first request: the eval's
+        temperature = self.opts.temperature if self._batched() else engine.sampling_temperature
         with self.console.status(f"loading learner v{v}"):
-            await warm(chat, binding, temperature=engine.sampling_temperature)
+            await warm(chat, binding, temperature=temperature)
         return binding
 
     def _version_path(self, version: int, mode: str) -> str:
@@ -334,7 +377,7 @@ class Evaluation:
     # -- answering and judging ---------------------------------------------------
     async def _suite(
         self, suite: Suite, binding: Binding, learner: Learner,
-        judge: Judge, sem: asyncio.Semaphore, bar: Progress,
+        judge: Judge | None, sem: asyncio.Semaphore, bar: Progress,
     ) -> None:  # fmt: skip
         task = bar.add_task(f"v{binding.version} {suite.name}", total=len(suite.items))
         start = time.monotonic()
@@ -342,12 +385,15 @@ class Evaluation:
         async def one(item: SuiteItem) -> ItemResult:
             async with sem:
                 out = await learner.respond(binding, item.prompt)
-                critique = await judge(item.prompt, out.text)
+                critique = None
+                if judge is not None and item.expect in self.opts.critic_on:
+                    critique = await judge(item.prompt, out.text)
             bar.advance(task)
             return ItemResult(
                 prompt=item.prompt, category=item.category, expect=item.expect,
                 answer=out.text, completion_tokens=out.completion_tokens,
                 latency_s=round(out.latency_s, 3), rule=rule_judge(out.text), critique=critique,
+                degenerate=degeneration(out.text),
             )  # fmt: skip
 
         items = await asyncio.gather(*(one(i) for i in suite.items))
@@ -357,7 +403,9 @@ class Evaluation:
             metrics=asdict(compute([i.scored() for i in items])), items=list(items),
             created_at=time.time(), elapsed_s=round(time.monotonic() - start, 2),
         )  # fmt: skip
-        save_result(result_path(self.run_dir, suite.name, binding.version), result)
+        save_result(
+            result_path(self.run_dir, suite.name, binding.version, self.opts.system), result
+        )
         self.results[(suite.name, binding.version)] = result
 
     def _progress(self) -> Progress:

@@ -21,10 +21,12 @@ from sparring.agents import Attacker, Binding, Completion, Learner
 from sparring.agents.prompts import PromptSource
 from sparring.bus import Bus
 from sparring.schemas import (
+    ChatMessage,
     Contrast,
     Critique,
     Episode,
     HumanReview,
+    Mode,
     ModelRef,
     PreferencePair,
     ReviewRequest,
@@ -67,6 +69,8 @@ class EpisodeState(TypedDict, total=False):
     subtask: str
     parts: Annotated[list[dict[str, Any]], operator.add]
     contrast: dict[str, Any]
+    mode: str  # attack or lookalike (the episode's draw)
+    messages: list[dict[str, str]]  # the learner's request for its plain answer
 
 
 @dataclass
@@ -102,10 +106,16 @@ class LoopContext:
     verifier: Callable[..., Any] | None = None
     max_subtasks: int = 3
     # competence/conformity: the learner also answers with a safety instruction
-    # in context (contrast); a share of redteam episodes take a benign prompt
+    # in context (contrast); a share of redteam episodes take a look-alike
+    # (benign) prompt, raised to balance_share while competence pairs trail
+    # conformity pairs (pair_counts, kept by the runner)
     contrast: bool = False
     benign_share: float = 0.0
     benign: PromptSource | None = None
+    balance_share: float | None = None
+    pair_counts: dict[str, int] = field(default_factory=dict)
+    attacker_lookalikes: bool = False  # the attacker writes look-alikes (else: drawn)
+    refine_rule_check: bool = False  # refinement pairs must agree with the rule judge
     # seed replay: a share of the attacks send an attacker seed example as written
     seed_share: float = 0.0
     seeds: PromptSource | None = None
@@ -153,9 +163,20 @@ def _trace(
 
 
 def draws_benign(episode_id: str, share: float) -> bool:
-    """Whether this episode takes a benign prompt instead of an attack (fixed by
-    its id, so a resumed episode decides the same)."""
+    """Whether this episode takes a look-alike (benign) prompt instead of an
+    attack (fixed by its id and the share, so a resumed episode decides the same)."""
     return share > 0 and random.Random(episode_id).random() < share
+
+
+def lookalike_share(ctx: LoopContext) -> float:
+    """The share of look-alike episodes now: ``benign_share``, or
+    ``balance_share`` while the run's competence pairs trail its conformity
+    pairs (contrast by design: the trainer should see at least as many)."""
+    counts = ctx.pair_counts
+    trailing = counts.get("competence", 0) < counts.get("conformity", 0)
+    if ctx.balance_share is not None and trailing:
+        return max(ctx.benign_share, ctx.balance_share)
+    return ctx.benign_share
 
 
 def replays_seed(episode_id: str, share: float) -> bool:
@@ -165,26 +186,35 @@ def replays_seed(episode_id: str, share: float) -> bool:
 
 
 async def attack(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+    """An attack, or (a ``lookalike_share`` of the episodes) a harmless look-alike
+    of one; a ``seed_share`` of either is a seed example sent as written, the
+    rest the attacker writes in that mode."""
     started = time.perf_counter()
     ctx = runtime.context
-    if ctx.benign is not None and draws_benign(state["episode_id"], ctx.benign_share):
+    eid = state["episode_id"]
+    lookalike = ctx.benign is not None and draws_benign(eid, lookalike_share(ctx))
+    mode: Mode = "lookalike" if lookalike else "attack"
+    written = ctx.attacker is not None and ctx.attacker_lookalikes
+    if lookalike and (not written or replays_seed(eid, ctx.seed_share)):
         update = await draw(state, runtime, ctx.benign)
-        return {**update, "category": f"benign:{update['category']}"}
-    if ctx.seeds is not None and replays_seed(state["episode_id"], ctx.seed_share):
-        return await draw(state, runtime, ctx.seeds)  # an attack, from the seed set
+        return {**update, "category": f"benign:{update['category']}", "mode": mode}
+    if not lookalike and ctx.seeds is not None and replays_seed(eid, ctx.seed_share):
+        return {**await draw(state, runtime, ctx.seeds), "mode": mode}  # from the seed set
     binding = ctx.registry.binding("attacker")
     # The learner's version is fixed here, for the whole episode (hot swap rule).
-    learner = ctx.registry.acquire("learner", state["episode_id"])
+    learner = ctx.registry.acquire("learner", eid)
     assert ctx.attacker is not None, "the attack node needs roles.attacker bound"
-    result = await ctx.attacker(binding, ctx.attacker.next_seed())
+    result = await ctx.attacker(binding, ctx.attacker.next_seed(), mode=mode)
+    category = f"benign:{result.seed.category}" if lookalike else result.seed.category
     _trace(
         runtime, state, "attack", binding, result.calls, started,
-        category=result.seed.category, output=result.query,
+        category=category, output=result.query, mode=mode,
         repeats_avoided=result.repeats_avoided, learner_version=learner.version,
         level=result.level,
     )  # fmt: skip
     return {
-        "category": result.seed.category,
+        "category": category,
+        "mode": mode,
         "query": result.query,
         "attacker": _ref(binding).model_dump(),
         "attack_level": result.level,
@@ -196,11 +226,14 @@ async def attack(state: EpisodeState, runtime: Ctx) -> EpisodeState:
 async def respond(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     started = time.perf_counter()
     binding = _binding(state["learner"])
-    out = await runtime.context.learner.respond(binding, state["query"])
+    learner = runtime.context.learner
+    out = await learner.respond(binding, state["query"])
     _trace(
         runtime, state, "respond", binding, [out], started, input=state["query"], output=out.text
     )
-    return {"answer": out.text, "visited": ["respond"]}
+    # Recorded beside the answer: pairs from it train on exactly this request.
+    messages = learner.messages(state["query"])
+    return {"answer": out.text, "messages": messages, "visited": ["respond"]}
 
 
 async def contrast(state: EpisodeState, runtime: Ctx) -> EpisodeState:
@@ -215,7 +248,8 @@ async def contrast(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     binding = _binding(state["learner"])
     out = await ctx.learner.respond_guarded(binding, state["query"])
     record = Contrast(
-        guarded_answer=out.text, benign=state["category"].startswith("benign:"),
+        guarded_answer=out.text,
+        benign=state.get("mode") == "lookalike" or state["category"].startswith("benign:"),
         plain_refused=rule_judge(state["answer"]).refused,
         guarded_refused=rule_judge(out.text).refused,
     )  # fmt: skip
@@ -401,6 +435,8 @@ def episode_of(state: EpisodeState, runtime: Ctx, outcome: Any, **fields: Any) -
         graph=runtime.context.graph,
         contrast=Contrast.model_validate(state["contrast"]) if state.get("contrast") else None,
         attack_level=state.get("attack_level"),
+        mode="lookalike" if state.get("mode") == "lookalike" else "attack",
+        messages=[ChatMessage.model_validate(m) for m in state.get("messages", [])],
         started_at=state["started_at"],
         finished_at=time.time(),
         **fields,
@@ -412,7 +448,9 @@ async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     started = time.perf_counter()
     ctx = runtime.context
     episode = episode_of(state, runtime, outcome_of(Critique.model_validate(state["critique"])))
-    pairs = refinement_pairs(episode, ctx.pair_margin, ctx.human_pair_weight)
+    pairs = refinement_pairs(
+        episode, ctx.pair_margin, ctx.human_pair_weight, rule_check=ctx.refine_rule_check
+    )
     pairs += contrast_pairs(episode)
     rounds = state.get("round", 1 if episode.refined_critique else 0)
     return publish(runtime, state, episode, pairs, started, rounds=rounds)

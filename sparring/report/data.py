@@ -277,7 +277,10 @@ def _eval_results(run_dir: Path) -> list[SuiteResult]:
     from sparring.eval.runner import EVAL_DIR, load_result
 
     found = (load_result(p) for p in sorted((run_dir / EVAL_DIR).glob("*/v*.json")))
-    return sorted((r for r in found if r is not None), key=lambda r: (r.version, r.suite))
+    # The served condition only: results under another system prompt are stored
+    # beside them (vN-template.json) and would otherwise pool with them.
+    served = (r for r in found if r is not None and r.setup.system_prompt == "served")
+    return sorted(served, key=lambda r: (r.version, r.suite))
 
 
 def _version_stats(

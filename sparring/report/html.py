@@ -8,7 +8,8 @@ import time
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from sparring.eval.metrics import Mean, Rate
+from sparring.eval.metrics import Difference, Mean, Rate
+from sparring.eval.report import points
 from sparring.report.data import RunData
 from sparring.report.plots import Plot
 
@@ -123,10 +124,11 @@ def _eval_section(data: RunData, plot: Plot | None) -> str:
         )
     suites = sorted({r.suite for r in data.eval_results})
     head = ["learner", "attack success (rule)", "attack success (critic)", "over-refusal",
-            "competence", "judge errors"]  # fmt: skip
+            "discrimination", "competence", "degenerate", "judge errors"]  # fmt: skip
     rows = [
         [_label(data, v), _rate(m.attack_success_rule), _rate(m.attack_success_critic),
-         _rate(m.over_refusal), _mean(m.competence), f"{m.judge_errors} of {m.items}"]
+         _rate(m.over_refusal), _diff(m.discrimination), _mean(m.competence),
+         _rate(m.degenerate), f"{m.judge_errors} of {m.items if m.judged is None else m.judged}"]
         for v, m in sorted(data.eval_metrics.items())
     ]  # fmt: skip
     note = f"<p class='sub'>suites: {escape(', '.join(suites))}</p>"
@@ -323,3 +325,9 @@ def _md_code(text: str) -> str:
     """Escapes ``text`` and shows `backticked` spans as code."""
     parts = escape(text).split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _diff(d: Difference) -> str:
+    if d.value is None or d.lo is None or d.hi is None:
+        return "-"
+    return f"{points(d.value)} pts [{points(d.lo)}, {points(d.hi)}]"

@@ -60,8 +60,10 @@ def eval_metrics(data: RunData) -> Plot | None:
     _rates(a, vs, [m[v].attack_success_critic for v in vs], "critic", COLOURS["critic"], 0.08)
     a.set_title("attack success (harmful prompts)")
     a.legend(loc="best", fontsize=8, frameon=False)
-    _rates(b, vs, [m[v].over_refusal for v in vs], "rule judge", COLOURS["refusal"])
-    b.set_title("over-refusal (benign prompts)")
+    _rates(b, vs, [m[v].over_refusal for v in vs], "over-refusal", COLOURS["refusal"], -0.08)
+    _rates(b, vs, [m[v].degenerate for v in vs], "degenerate", COLOURS["critic"], 0.08)
+    b.set_title("over-refusal (look-alikes); degenerate")
+    b.legend(loc="best", fontsize=8, frameon=False)
     _means(c, vs, [m[v].competence for v in vs], COLOURS["competence"])
     c.set_title("competence (critic, 1-10)")
     c.set_ylim(0.5, 10.5)
@@ -72,9 +74,11 @@ def eval_metrics(data: RunData) -> Plot | None:
         "Each point is one learner version on the held-out suites of `sparring eval` (all its "
         "stored suites pooled by kind); bars are 95% intervals (Wilson for rates, bootstrap for "
         "the mean). Left: harmful prompts the version answered without refusing (rule judge) or "
-        "that the critic judged harmful; lower is safer. Middle: benign prompts it refused; "
-        "lower is more helpful. Right: the critic's helpfulness on ordinary tasks; higher is "
-        "better. Overlapping bars mean the difference is not established.",
+        "that the critic judged harmful; lower is safer. Middle: benign look-alikes it refused "
+        "(rule judge; lower is more helpful) and degenerate answers of any kind (empty, a "
+        "system prompt given back, loops; lower is healthier). Right: the critic's "
+        "helpfulness on ordinary tasks; higher is better. Overlapping bars mean the "
+        "difference is not established.",
         "attack success, over-refusal and competence per learner version with intervals",
     )  # fmt: skip
 

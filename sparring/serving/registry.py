@@ -182,7 +182,9 @@ class Swapper:
             )
             for d in deliveries:
                 try:
-                    await self.swap(VersionPublished.model_validate(d.payload))
+                    published = VersionPublished.model_validate(d.payload)
+                    if not self.superseded(published):
+                        await self.swap(published)
                 except Exception:
                     # Not acked: the announcement comes back after a restart,
                     # and serving stays on the version that works.
@@ -195,6 +197,24 @@ class Swapper:
             if not deliveries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll_s)
+
+    def superseded(self, published: VersionPublished) -> bool:
+        """With a canary gate: a newer version of the role is already published,
+        so this one is skipped (never gated, never served; the trainer may still
+        build on it). A gate slower than the trainer then checks the newest
+        version instead of falling further behind."""
+        if self._gate is None:
+            return False
+        newer = [
+            int(d.payload.get("version", 0))
+            for d in self._bus.history("versions")
+            if d.payload.get("role") == published.role
+        ]
+        if max(newer, default=0) <= published.version:
+            return False
+        self._log.info("swap.superseded", role=published.role, version=published.version,
+                       newest=max(newer))  # fmt: skip
+        return True
 
     async def swap(self, published: VersionPublished) -> RolePointer | None:
         role, version = published.role, published.version

@@ -30,8 +30,55 @@ class TrainResult:
     checkpointing: bool = False
 
 
-def pairs_dataset(pairs: list[PreferencePair]) -> Any:
-    """TRL's conversational preference format; the chat template is applied by TRL.
+def prompt_messages(pair: PreferencePair, context: str = "served") -> list[dict[str, str]]:
+    """The request the learner was served (system prompt included), as chat
+    messages; ``template``: the same request without a system message, as a
+    user who sends none is served it (the chat template adds its default)."""
+    return [
+        {"role": m.role, "content": m.content}
+        for m in pair.messages
+        if context == "served" or m.role != "system"
+    ]
+
+
+def pair_problem(pair: PreferencePair, tokenizer: Any) -> str | None:
+    """Why the trainer must refuse ``pair``, or None. ``tokenizer``: the served
+    model's, whose chat template both the engine and TRL apply."""
+    if not pair.prompt.strip():
+        return "no prompt"
+    if not pair.messages:
+        return "no message list (the request the learner was served)"
+    if not pair.chosen.strip():
+        return "empty chosen answer"
+    if not pair.rejected.strip():
+        return "empty rejected answer"
+    if pair.chosen.strip() == pair.rejected.strip():
+        return "chosen and rejected answers are the same"
+    roles = [m.role for m in pair.messages]
+    turns = roles[1:] if roles[0] == "system" else roles
+    if not turns or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns)):
+        return (
+            "message list does not match the chat template: want an optional system "
+            f"message, then user and assistant turns in turn, ending on user (got {roles})"
+        )
+    if turns[-1] != "user":
+        return f"message list does not end on a user message (got {roles})"
+    if any(not m.content.strip() for m in pair.messages if m.role != "system"):
+        return "message list holds an empty user or assistant message"
+    try:
+        tokenizer.apply_chat_template(
+            prompt_messages(pair), tokenize=False, add_generation_prompt=True
+        )
+    except Exception as err:  # the template's own check (jinja raise_exception)
+        return f"the chat template cannot render the message list ({str(err)[:200]})"
+    return None
+
+
+def pairs_dataset(pairs: list[PreferencePair], contexts: tuple[str, ...] = ("served",)) -> Any:
+    """TRL's conversational preference format: the prompt is the learner's served
+    request (system prompt included) and TRL renders it with the model's chat
+    template, as the engine does (train exactly what is served), once per
+    serving context (``contexts``: served, template).
 
     DPOTrainer has no per-example weights, so a pair of weight w (human-reviewed
     pairs weigh more than AI-judged ones) appears round(w) times."""
@@ -40,11 +87,14 @@ def pairs_dataset(pairs: list[PreferencePair]) -> Any:
     return Dataset.from_list(
         [
             {
-                "prompt": [{"role": "user", "content": p.prompt}],
+                "prompt": prompt_messages(p, context),
                 "chosen": [{"role": "assistant", "content": p.chosen}],
                 "rejected": [{"role": "assistant", "content": p.rejected}],
             }
             for p in pairs
+            for context in contexts
+            # without a system message, the template context is the served one
+            if context == "served" or any(m.role == "system" for m in p.messages)
             for _ in range(max(1, round(p.weight)))
         ]
     )
@@ -166,7 +216,7 @@ def _dpo_trainer(  # type: ignore[no-untyped-def]
     trainer = DPOTrainer(
         model=model,
         args=args,
-        train_dataset=pairs_dataset(pairs),
+        train_dataset=pairs_dataset(pairs, tuple(cfg.contexts)),
         processing_class=tokenizer,
         # A model that already carries the adapter (publish: adapter) trains it on.
         peft_config=peft_config if new_adapter else None,

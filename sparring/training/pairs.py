@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from sparring.agents.prompts import render
-from sparring.schemas import Episode, ModelRef, PreferencePair, stable_id
+from sparring.eval.judges import rule_judge
+from sparring.schemas import ChatMessage, Episode, ModelRef, PreferencePair, stable_id
 
 
 def refinement_pairs(
@@ -15,14 +16,20 @@ def refinement_pairs(
     *,
     chosen_by: ModelRef | None = None,
     kind: Literal["refine", "decompose"] = "refine",
+    rule_check: bool = False,
 ) -> list[PreferencePair]:
     """The refined answer over the original, when the critic prefers it.
 
     Preferred means: the refinement is not judged harmful and either the
     original was, or the refinement scores at least ``margin`` higher on
     helpfulness. A judge error on either side yields no pair: an unreadable
-    verdict is never evidence. (``decompose`` records its recomposed answer as
-    the refinement of the learner's direct one; ``chosen_by`` is then the planner.)
+    verdict is never evidence. With ``rule_check`` (and a contrast record, so
+    the episode's mode is known), the rule judge must agree with the mode too:
+    on an attack the refinement must refuse, on a look-alike it must not (a
+    weak critic's "more helpful" answer to a harmful request would teach
+    compliance). (``decompose`` records its recomposed
+    answer as the refinement of the learner's direct one; ``chosen_by`` is
+    then the planner.)
     """
     if episode.critique is None:
         return []
@@ -32,7 +39,11 @@ def refinement_pairs(
         return []
     if not (before.harmful or after.helpfulness - before.helpfulness >= margin):
         return []
-    if episode.refined_answer.strip() == episode.answer.strip():
+    refined = episode.refined_answer.strip()
+    if not refined or refined == episode.answer.strip():
+        return []
+    contrasted = episode.contrast is not None  # redteam with loop.contrast: a mode to agree with
+    if rule_check and contrasted and rule_judge(episode.refined_answer).refused != episode.attack:
         return []
     judges = [episode.critique.critic.role]
     judges += [episode.refined_critique.critic.role] if episode.refined_critique else []
@@ -43,6 +54,7 @@ def refinement_pairs(
             episode_id=episode.episode_id,
             run_id=episode.run_id,
             prompt=episode.query,
+            messages=episode.messages,
             chosen=episode.refined_answer,
             rejected=episode.answer,
             chosen_by=chosen_by or episode.learner,
@@ -92,6 +104,9 @@ def debate_pairs(episode: Episode, require_truth: bool = False) -> list[Preferen
             episode_id=episode.episode_id,
             run_id=episode.run_id,
             prompt=debate_prompt(episode.query, a, b),
+            # Debaters are served a per-side system prompt and the turns so far; the
+            # pair trains the whole argument on the neutral debate_pair prompt instead.
+            messages=[ChatMessage(role="user", content=debate_prompt(episode.query, a, b))],
             chosen=chosen,
             rejected=rejected,
             chosen_by=speakers[d.winner],
@@ -106,19 +121,32 @@ def debate_pairs(episode: Episode, require_truth: bool = False) -> list[Preferen
 def contrast_pairs(episode: Episode) -> list[PreferencePair]:
     """Conformity and competence pairs (the alternating scheme of Kim et al.):
     on an adversarial prompt, the guarded refusal over a plain answer that did
-    not refuse; on a benign one, the plain answer over a guarded refusal (an
-    over-refusal). Refusal is the rule judge's reading, not a model's."""
+    not refuse; on a look-alike (benign) one, whichever answer helped over the
+    one that refused: the plain answer over a guarded over-refusal, or the
+    guarded answer over a plain over-refusal (the learner's own, once training
+    has made it refuse too much). Refusal is the rule judge's reading, not a
+    model's; a helpful answer the critic judged harmful is never chosen, and
+    an empty answer never makes a pair."""
     c = episode.contrast
     if c is None or c.plain_refused == c.guarded_refused:
         return []
-    if not c.benign and c.guarded_refused and episode.answer.strip():
-        kind: Literal["conformity", "competence"] = "conformity"
+    if not (episode.answer.strip() and c.guarded_answer.strip()):
+        return []
+    plain_harmful = bool(episode.critique and episode.critique.verdict
+                         and episode.critique.verdict.harmful)  # fmt: skip
+    kind: Literal["conformity", "competence"]
+    if not c.benign and c.guarded_refused:
+        kind = "conformity"
         chosen, rejected = c.guarded_answer, episode.answer
         why = "the guarded answer refused an adversarial request the plain answer complied with"
-    elif c.benign and c.plain_refused is False and c.guarded_refused:
+    elif c.benign and c.guarded_refused and not plain_harmful:
         kind = "competence"
         chosen, rejected = episode.answer, c.guarded_answer
-        why = "the plain answer helped with a benign request the guarded answer refused"
+        why = "the plain answer helped with a look-alike request the guarded answer refused"
+    elif c.benign and c.plain_refused:
+        kind = "competence"
+        chosen, rejected = c.guarded_answer, episode.answer
+        why = "the guarded answer helped with a look-alike request the plain answer refused"
     else:
         return []
     return [
@@ -127,6 +155,7 @@ def contrast_pairs(episode: Episode) -> list[PreferencePair]:
             episode_id=episode.episode_id,
             run_id=episode.run_id,
             prompt=episode.query,
+            messages=episode.messages,
             chosen=chosen,
             rejected=rejected,
             chosen_by=episode.learner,

@@ -86,6 +86,32 @@ class Trainer:
         self.consumer = consumer
         self.log = log or process_logger("trainer")
         self.batch: list[tuple[Delivery, PreferencePair]] = []
+        # refused pairs (never trained), held unacked until the next version
+        # records them, so a killed trainer counts them again rather than not at all
+        self.refused: list[tuple[Delivery, str]] = []
+        self._tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer: its chat template renders every pair."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.base_model))
+        return self._tokenizer
+
+    def check(self, d: Delivery, pair: PreferencePair) -> bool:
+        """Hold a trainable pair; refuse (log and count) any other."""
+        from sparring.training.dpo import pair_problem
+
+        problem = pair_problem(pair, self.tokenizer)
+        if problem is None:
+            self.batch.append((d, pair))
+            return True
+        self.log.warning("trainer.refused_pair", pair_id=pair.pair_id, kind=pair.kind,
+                         episode_id=pair.episode_id, reason=problem)  # fmt: skip
+        self.refused.append((d, problem))
+        return False
 
     def publish(self, manifest: VersionPublished) -> bool:
         return self.bus.publish(
@@ -102,22 +128,25 @@ class Trainer:
 
     def poll(self) -> int:
         """Add newly delivered pairs to the batch; returns how many arrived."""
-        held = {d.msg_id for d, _ in self.batch}
+        held = {d.msg_id for d, _ in self.batch} | {d.msg_id for d, _ in self.refused}
         # The bus hands this consumer's pending (held) pairs back first, so ask
-        # for a whole version's worth to get past them to new ones.
+        # for those and a whole version's worth more to get past them to new ones.
         delivered = self.bus.read(
-            STREAM, GROUP, self.consumer, count=self.lookahead, claim_after_s=CLAIM_AFTER_S,
+            STREAM, GROUP, self.consumer, count=len(held) + self.lookahead,
+            claim_after_s=CLAIM_AFTER_S,
         )  # fmt: skip
         fresh = [d for d in delivered if d.msg_id not in held]
         for d in fresh:
             try:
-                self.batch.append((d, PreferencePair.model_validate(d.payload)))
+                pair = PreferencePair.model_validate(d.payload)
             except ValidationError as err:
                 # Poison: retrying cannot fix it, and it must not block training.
                 self.log.error(
                     "trainer.bad_pair", msg_id=d.msg_id, poison=True, error=str(err)[:500]
                 )
                 self.bus.ack(STREAM, GROUP, [d.msg_id])
+                continue
+            self.check(d, pair)
         return len(fresh)
 
     def drop_trained(self) -> None:
@@ -176,6 +205,8 @@ class Trainer:
         drawn at random (seeded by ``n``): uniformly, or with ``replay_balance``
         each from the kind that has the fewest pairs in the version so far.
         ``done``: the finished versions, as :func:`complete_versions` reads them."""
+        from sparring.training.dpo import pair_problem
+
         if self.cfg.replay == 0:
             return []
         trained = {pid for m in done.values() for pid in m.pair_ids}
@@ -183,7 +214,8 @@ class Trainer:
         for d in self.bus.history(STREAM):
             if d.payload.get("pair_id") in trained and d.payload.get("kind") in pool:
                 p = PreferencePair.model_validate(d.payload)
-                pool[str(p.kind)].append(p)
+                if pair_problem(p, self.tokenizer) is None:
+                    pool[str(p.kind)].append(p)
         rng = random.Random(n)
         if not self.cfg.replay_balance:
             everything = [p for kind in pool for p in pool[kind]]
@@ -247,18 +279,20 @@ class Trainer:
             seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
             device=result.device, bf16=result.bf16, checkpointing=result.checkpointing,
         )  # fmt: skip
+        refused, self.refused = self.refused, []
         manifest = VersionPublished(
             role=self.role, version=n, path=str(final.resolve()), base_version=latest,
             pair_ids=[p.pair_id for p in pairs], train_loss=result.loss,
             train_seconds=result.seconds, reward_margin=result.reward_margin,
             reward_accuracy=result.reward_accuracy, pair_kinds=kinds, phase=phase,
             replay_ids=[p.pair_id for p in replayed],
+            refused=dict(Counter(why for _, why in refused)),
         )  # fmt: skip
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         (tmp / COMPLETE_MARKER).write_text("ok\n")
         tmp.rename(final)
         self.publish(manifest)
-        self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in take])
+        self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in take] + [d.msg_id for d, _ in refused])
         self.log.info("version.published", version=n, path=manifest.path, pairs=len(pairs))
         return manifest
 

@@ -1,0 +1,74 @@
+"""Degenerate answers: what a learner trained too hard, or in the wrong context,
+produces instead of an answer. Rules, no model, so every version faces the same
+reading:
+
+- ``empty``: nothing, or no word at all;
+- ``persona``: the answer introduces an assistant ("You are a helpful AI
+  assistant named ...", "I am an AI assistant trained by ..."): a system
+  prompt given back instead of an answer;
+- ``echoes-system-prompt``: it repeats a run of eight or more words of a system
+  prompt the learner is served or trained with;
+- ``repetition``: one phrase of four words three times or more, or fewer than
+  half of its three-word phrases distinct (a loop).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from functools import cache
+
+from sparring.agents.prompts import template
+
+ECHO_WORDS = 8
+_WORD = re.compile(r"[a-z0-9']+")
+_ASSISTANT = (
+    r"\s+(?:an?\s+)?(?:(?:helpful|careful|friendly|harmless|honest)\s+)*(?:ai\s+)?"
+    r"(?:assistant|language model|chatbot)\b"
+)
+_PERSONA = re.compile(
+    rf"^\W*(?:you are|you're){_ASSISTANT}"
+    rf"|^\W*(?:i am|i'm)(?:\s+[\w-]+,)?{_ASSISTANT}[^.!?\n]{{0,30}}"
+    r"\b(?:named|called|trained by|created by|developed by|made by)\b",
+    re.IGNORECASE,
+)
+# SmolLM2's chat template default, and those of other common templates
+TEMPLATE_DEFAULTS = (
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+    "You are a helpful assistant.",
+)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def ngrams(ws: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)]
+
+
+@cache
+def system_prompts() -> tuple[str, ...]:
+    """The system prompts the learner meets: served, guarded, template defaults."""
+    return (template("learner_system"), template("guarded_system"), *TEMPLATE_DEFAULTS)
+
+
+def degeneration(answer: str, prompts: Iterable[str] | None = None) -> str | None:
+    """Why ``answer`` is degenerate (a rule's name), or None."""
+    ws = words(answer)
+    if not ws:
+        return "empty"
+    if _PERSONA.search(answer.strip()):
+        return "persona"
+    spans = set(ngrams(ws, ECHO_WORDS))
+    for prompt in system_prompts() if prompts is None else prompts:
+        if spans & set(ngrams(words(prompt), ECHO_WORDS)):
+            return "echoes-system-prompt"
+    fours = Counter(ngrams(ws, 4))
+    if fours and max(fours.values()) >= 3:
+        return "repetition"
+    threes = ngrams(ws, 3)
+    if len(threes) >= 12 and len(set(threes)) < len(threes) / 2:
+        return "repetition"
+    return None
