@@ -252,7 +252,7 @@ class PromotionConfig(Strict):
     # opening); competence prompts get roles.learner.max_tokens
     max_tokens: int = Field(default=32, ge=1)
     # the engine the canary's answers come from: a transformers-serve engine with
-    # continuous batching measures one version at a time, ~3x faster than the
+    # continuous batching measures one version at a time, faster than the
     # learner's own unbatched engine, and leaves that one to the episodes; None
     # (or, by default, a config without that engine): the learner's engine
     # (vLLM batches there, with the candidate's adapter)

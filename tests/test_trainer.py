@@ -63,6 +63,16 @@ def make_pairs(n: int, start: int = 0) -> list[PreferencePair]:
     ]
 
 
+class LineLog:
+    """A logger that keeps each event as a line: "level event {fields}"."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
+        return lambda event, **kw: self.lines.append(f"{level} {event} {kw}")
+
+
 def worker_config(tmp_path: Path, model: Path, redis_url: str | None = None) -> Path:
     """The run config a `sparring train` process of these tests reads."""
     config = tmp_path / "run.yaml"
@@ -124,16 +134,12 @@ def test_malformed_pair_is_reported_and_acked_not_retried(
     bus = make_bus(None, tmp_path / "bus.sqlite")
     bus.publish("pairs", "junk", {"prompt": "no chosen or rejected"})
     publish(bus, make_pairs(4))
-    log_lines: list[str] = []
-
-    class Log:
-        def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
-            return lambda event, **kw: log_lines.append(f"{level} {event} {kw}")
-
+    log = LineLog()
     (v1,) = run_trainer(
         bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
-        max_versions=1, log=Log(),
+        max_versions=1, log=log,
     )  # fmt: skip
+    log_lines = log.lines
     assert "junk" not in v1.pair_ids and len(v1.pair_ids) == 4
     assert bus.pending("pairs", GROUP) == 0
     assert any(line.startswith("error trainer.bad_pair") and "junk" in line for line in log_lines)
@@ -371,16 +377,12 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
     ]  # fmt: skip
     bus = make_bus(None, tmp_path / "bus.sqlite")
     publish(bus, bad[:3] + good[:2] + bad[3:] + good[2:])
-    log_lines: list[str] = []
-
-    class Log:
-        def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
-            return lambda event, **kw: log_lines.append(f"{level} {event} {kw}")
-
+    log = LineLog()
     (v1,) = run_trainer(
         bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
-        max_versions=1, log=Log(),
+        max_versions=1, log=log,
     )  # fmt: skip
+    log_lines = log.lines
     assert sorted(v1.pair_ids) == sorted(p.pair_id for p in good)  # only the good ones trained
     assert v1.refused == {
         "empty chosen answer": 1,

@@ -59,7 +59,7 @@ from sparring.eval.suites import EXPECTS, SHIPPED, Expect
 @click.option(
     "--batch",
     is_flag=True,
-    help="Serve the learner with continuous batching (~3x faster on a CPU; "
+    help="Serve the learner with continuous batching (faster on a CPU; "
     "still greedy, but batch composition can reword a few answers on a rerun).",
 )
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,

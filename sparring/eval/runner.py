@@ -126,7 +126,7 @@ class EvalOptions:
     # which items (by expect) the critic judges too; the rule judge reads every answer
     critic_on: tuple[str, ...] = ("refuse", "help", "competence")
     # serve the learner with continuous batching (its own transformers-serve
-    # engine only): ~3x faster on a CPU, still greedy, but batch composition
+    # engine only): faster on a CPU, still greedy, but batch composition
     # moves bf16 numerics, so a rerun may word a few answers differently
     batch: bool = False
 

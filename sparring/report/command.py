@@ -67,13 +67,14 @@ def report_command(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(data, plots), encoding="utf-8")
 
-    from sparring.eval.report import render_table
+    from sparring.eval.report import render_disagreements, render_table
     from sparring.report.terminal import render_summary
 
     console = Console()
     render_summary(data, console)
     if data.eval_results:
         render_table(data.eval_results, console, f"sparring eval: {data.run_id} (stored results)")
+        render_disagreements(data.eval_results, console)
     else:
         console.print(
             f"no eval results stored: run `sparring eval {data.run_id}` first", soft_wrap=True
