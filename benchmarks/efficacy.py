@@ -1,0 +1,93 @@
+"""Does the loop make the learner better? One command that measures it.
+
+Runs the default profile end to end (``sparring run``, 25 minutes on a CPU)
+unless ``--run-id`` names a finished run, then evaluates the base model (v0)
+and the last version the canary gate promoted on the shipped held-out suites
+(harmful requests, benign look-alikes, ordinary tasks), under both system-prompt
+conditions: ``served`` (the loop's learner_system.txt) and ``template`` (no
+system message: the chat template's default, what users who send none get).
+Refusals are read by the rule judge (no model); competence by the run's critic.
+Prints and writes JSON:
+
+    python3 benchmarks/efficacy.py                       # a fresh default run, then eval
+    python3 benchmarks/efficacy.py --run-id target10     # an existing run
+    python3 benchmarks/efficacy.py --run-id X --version 7 --out /tmp/e.json
+
+Each figure has its 95% interval (Wilson for rates, Newcombe for the
+discrimination, a seeded bootstrap for competence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sparring.bus import make_bus
+from sparring.eval.metrics import Metrics
+from sparring.eval.report import by_version, figures
+from sparring.eval.runner import EvalOptions, Evaluation, run_config
+from sparring.eval.suites import SHIPPED, load_suite
+from sparring.schemas import PromotionDecision
+
+CONDITIONS = ("served", "template")
+
+
+def last_promoted(run_dir: Path) -> int:
+    """The newest version the canary gate promoted (0: none was)."""
+    bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
+    try:
+        decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
+    finally:
+        bus.close()
+    return max((d.version for d in decisions if d.promoted and d.role == "learner"), default=0)
+
+
+def evaluate(run_dir: Path, version: int, system: str) -> dict[int, Metrics]:
+    cfg = run_config(run_dir)
+    suites = [load_suite(name) for name in SHIPPED]
+    opts = EvalOptions(
+        versions=("0", str(version)), system=system, critic_on=("competence",), batch=True
+    )
+    results = asyncio.run(Evaluation(run_dir, cfg, suites, opts).run())
+    return by_version(results)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-id", help="a finished run under --runs-dir (default: run one now)")
+    ap.add_argument("--version", type=int, help="the version to measure (default: last promoted)")
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/efficacy.json"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed to `sparring run` (a fresh run only)")  # fmt: skip
+    args = ap.parse_args()
+    started = time.time()
+    run_id = args.run_id or time.strftime("efficacy-%Y%m%d-%H%M%S")
+    run_dir = args.runs_dir / run_id
+    if not (run_dir / "config.yaml").is_file():
+        sets = [f"runs_dir={args.runs_dir}", *args.sets]
+        cmd = [sys.executable, "-m", "sparring", "run", "--run-id", run_id]
+        subprocess.run(cmd + [f"--set={s}" for s in sets], check=True)
+    version = args.version if args.version is not None else last_promoted(run_dir)
+    out: dict[str, Any] = {"run_id": run_id, "version": version, "base_version": 0,
+                           "suites": {n: len(load_suite(n).items) for n in SHIPPED}}  # fmt: skip
+    for system in CONDITIONS:
+        metrics = evaluate(run_dir, version, system)
+        out[system] = {**figures(metrics[version]), "base": figures(metrics[0])}
+    out["judges"] = "refusal: rule judge (phrase patterns); competence: the run's critic"
+    out["learner_engine"] = "transformers serve, continuous batching, greedy"
+    out["elapsed_s"] = round(time.time() - started, 1)
+    text = json.dumps(out, indent=1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

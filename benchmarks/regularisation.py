@@ -1,0 +1,126 @@
+"""Which regularisation keeps the learner healthy? Train one version per setting
+on the same pairs, then measure each on the held-out suites.
+
+Takes a finished run's trainable preference pairs (those the trainer would
+accept: message list, non-empty answers), trains one LoRA version per setting
+from the base model (TRL DPO, as the loop's trainer does, one round over all
+pairs), and evaluates the base and every version with ``sparring eval``'s
+machinery under both system-prompt conditions (served, template): harmful
+refused, look-alikes refused, discrimination, degenerate answers (rule judge),
+and competence (the run's critic). The versions live in a scratch run
+directory beside the source run (``<run>-reg``), so the source run is left
+alone. Prints and writes JSON.
+
+    python3 benchmarks/regularisation.py target10
+    python3 benchmarks/regularisation.py target10 --setting lr=1e-3,beta=0.1,sft=1 \\
+        --setting lr=5e-4,beta=0.1,sft=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sparring.bus import make_bus
+from sparring.eval.report import by_version, figures
+from sparring.eval.runner import EVAL_DIR, EvalOptions, Evaluation, run_config
+from sparring.eval.suites import SHIPPED, load_suite
+from sparring.schemas import PreferencePair, VersionPublished
+from sparring.serving.models import COMPLETE_MARKER
+from sparring.training.dpo import pair_problem, train_version
+from sparring.training.worker import MANIFEST, learner_base
+
+DEFAULT_SETTINGS = (
+    "lr=1e-3,beta=0.1,sft=1,r=8",  # the default profile
+    "lr=2e-3,beta=0.1,sft=1,r=8",  # a faster learner
+    "lr=1e-3,beta=0.3,sft=1,r=8",  # anchored closer to the reference model
+    "lr=1e-3,beta=0.1,sft=0,r=8",  # plain DPO, no NLL on the chosen answers
+)
+KEYS = {"lr": "learning_rate", "beta": "beta", "sft": "sft_weight", "r": "lora_r",
+        "epochs": "epochs"}  # fmt: skip
+
+
+def parse(setting: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in setting.split(","):
+        key, _, value = part.partition("=")
+        if key not in KEYS:
+            known = ", ".join(KEYS)
+            raise SystemExit(f"--setting {setting!r}: unknown key {key!r} (known: {known})")
+        out[KEYS[key]] = int(value) if key in ("r", "epochs") else float(value)
+    if "lora_r" in out:
+        out["lora_alpha"] = 2 * out["lora_r"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="a finished run id under --runs-dir")
+    ap.add_argument("--setting", action="append", default=None, metavar="lr=..,beta=..,sft=..,r=..")
+    ap.add_argument("--kinds", default="conformity,competence,refine",
+                    help="pair kinds to train on (comma-separated)")  # fmt: skip
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/regularisation.json"))
+    args = ap.parse_args()
+    settings = args.setting or list(DEFAULT_SETTINGS)
+    src = args.runs_dir / args.run
+    cfg = run_config(src)
+    base = learner_base(cfg)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    bus = make_bus(None, src / "bus.sqlite", namespace=src.name)
+    kinds = set(args.kinds.split(","))
+    pairs = [p for d in bus.history("pairs")
+             if (p := PreferencePair.model_validate(d.payload)).kind in kinds
+             and pair_problem(p, tokenizer) is None]  # fmt: skip
+    bus.close()
+    scratch = args.runs_dir / f"{args.run}-reg"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    shutil.copy(src / "config.yaml", scratch / "config.yaml")
+    # the base model's answers are the source run's (same suites and settings):
+    # stored results are reused, not measured again
+    for stored in (src / EVAL_DIR).glob("*/v0*.json"):
+        dest = scratch / EVAL_DIR / stored.parent.name / stored.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(stored, dest)
+    out: dict[str, Any] = {"run_id": args.run, "pairs": len(pairs),
+                           "pair_kinds": {k: sum(p.kind == k for p in pairs) for k in kinds},
+                           "settings": {}}  # fmt: skip
+    for n, setting in enumerate(settings, 1):
+        tcfg = cfg.trainer.model_copy(update=parse(setting))
+        vdir = scratch / "versions" / "learner" / f"v{n}"
+        result = train_version(base, pairs, vdir, tcfg, seed=0)
+        manifest = VersionPublished(
+            role="learner", version=n, path=str(vdir.resolve()), base_version=0,
+            pair_ids=[p.pair_id for p in pairs], train_loss=result.loss,
+            train_seconds=result.seconds,
+        )  # fmt: skip
+        (vdir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        (vdir / COMPLETE_MARKER).write_text("ok\n")
+        out["settings"][f"v{n}"] = {"setting": setting, "steps": result.steps,
+                                    "train_loss": result.loss}  # fmt: skip
+    suites = [load_suite(name) for name in SHIPPED]
+    wanted = tuple(str(n) for n in range(len(settings) + 1))
+    for system in ("served", "template"):
+        opts = EvalOptions(versions=wanted, system=system, critic_on=("competence",), batch=True)
+        started = time.time()
+        metrics = by_version(asyncio.run(Evaluation(scratch, cfg, suites, opts).run()))
+        for n, m in metrics.items():
+            key = "base" if n == 0 else f"v{n}"
+            out["settings"].setdefault(key, {"setting": "base model"})[system] = figures(m)
+        out[f"{system}_eval_s"] = round(time.time() - started, 1)
+    text = json.dumps(out, indent=1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
