@@ -60,6 +60,7 @@ class Counters:
     pairs: int = 0
     judge_errors: int = 0
     by_version: dict[int, int] = field(default_factory=dict)
+    pair_kinds: dict[str, int] = field(default_factory=dict)
 
     def add(self, episode: Episode, pairs: list[PreferencePair]) -> None:
         self.episodes += 1
@@ -67,6 +68,8 @@ class Counters:
         self.judge_errors += episode.outcome == "judge_error"
         v = episode.learner.version
         self.by_version[v] = self.by_version.get(v, 0) + 1
+        for p in pairs:
+            self.pair_kinds[p.kind] = self.pair_kinds.get(p.kind, 0) + 1
 
 
 def new_run_id(name: str) -> str:
@@ -318,12 +321,8 @@ class Loop:
             else None
         )  # fmt: skip
 
-        pair_counts: dict[str, int] = {}
-
         def on_episode(episode: Episode, pairs: list[PreferencePair]) -> None:
             self.counters.add(episode, pairs)
-            for p in pairs:
-                pair_counts[p.kind] = pair_counts.get(p.kind, 0) + 1
             if difficulty is not None and episode.attack_level is not None:
                 move = difficulty.record(episode.outcome, episode.attack_level)
                 if move:
@@ -378,7 +377,7 @@ class Loop:
                 random.Random(cfg.loop.seed + 1),
             ) if attacker is not None and cfg.loop.benign_share > 0 else None,
             balance_share=cfg.loop.balance_share,
-            pair_counts=pair_counts,
+            pair_counts=self.counters.pair_kinds,
             attacker_lookalikes=cfg.loop.attacker_lookalikes,
             refine_rule_check=cfg.loop.refine_rule_check,
             seed_share=cfg.loop.seed_share if attacker is not None else 0.0,

@@ -134,6 +134,7 @@ def eval_command(
         Evaluation,
         condition_tag,
         resolve_run,
+        result_name,
         run_config,
     )
     from sparring.eval.suites import Columns, SuiteError, load_suite
@@ -175,8 +176,7 @@ def eval_command(
     title = f"sparring eval: {run_dir.name} (per learner version{condition})"
     render_table(results, console, title)
     render_disagreements(results, console)
-    tag = "" if system == "served" else f"-{condition_tag(system)}"
-    console.print(f"results: {run_dir / 'eval'}/SUITE/vN{tag}.json")
+    console.print(f"results: {run_dir / 'eval'}/SUITE/{result_name('N', system)}")
 
 
 def _overrides(sets: tuple[str, ...]) -> dict[str, Any]:

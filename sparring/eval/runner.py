@@ -176,9 +176,14 @@ def condition_tag(system: str) -> str:
     return "system-" + hashlib.sha256(system.encode()).hexdigest()[:8]
 
 
-def result_path(run_dir: Path, suite: str, version: int, system: str = "served") -> Path:
+def result_name(version: int | str, system: str = "served") -> str:
+    """``vN.json`` under the served system prompt, ``vN-<condition>.json`` otherwise."""
     tag = "" if system == "served" else f"-{condition_tag(system)}"
-    return run_dir / EVAL_DIR / suite / f"v{version}{tag}.json"
+    return f"v{version}{tag}.json"
+
+
+def result_path(run_dir: Path, suite: str, version: int, system: str = "served") -> Path:
+    return run_dir / EVAL_DIR / suite / result_name(version, system)
 
 
 def load_result(path: Path) -> SuiteResult | None:
