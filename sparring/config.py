@@ -89,6 +89,14 @@ class EngineConfig(Strict):
     #   full: vLLM reloads full weights in place (see docs/gpu.md).
     # auto: lora for vllm engines, path otherwise.
     swap: SwapMode | Literal["auto"] = "auto"
+    # vllm engines sparring starts: runtime LoRA capacity (a version whose
+    # adapter rank exceeds max_lora_rank is refused before the load), context
+    # length, the KV cache on a CPU (GiB), and any further server flags.
+    max_lora_rank: int = Field(default=16, ge=1)
+    max_loras: int = Field(default=4, ge=1)
+    max_model_len: int = Field(default=2048, ge=64)
+    kv_cache_gib: int = Field(default=2, ge=1)  # vLLM reads whole GiB
+    extra_args: list[str] = Field(default_factory=list)
 
     def url(self) -> str:
         return self.base_url or f"http://{self.host}:{self.port}/v1"
@@ -114,6 +122,10 @@ class RoleConfig(Strict):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(default=96, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
+    # A LoRA adapter folder on the role's base model (PEFT's save_pretrained):
+    # loaded on the role's vllm engine when the run starts, as "<role>-adapter",
+    # and what the role's requests name. Roles on one server each keep their own.
+    adapter: Path | None = None
 
 
 class BudgetConfig(Strict):
@@ -285,6 +297,10 @@ class TrainerConfig(Strict):
     pairs_per_version: int = Field(default=8, ge=1)
     max_length: int = Field(default=256, ge=16)
     learning_rate: float = Field(default=1e-3, gt=0)
+    # How the learning rate moves within a version's steps. constant (default):
+    # a version is a handful of steps of one long run, so decaying to zero
+    # within each (TRL's linear default) halves what every version learns.
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     beta: float = Field(default=0.1, gt=0)
     # weight of an NLL term on the chosen answers beside the DPO loss (RPO):
     # it makes a short run actually move the model toward the chosen answers
@@ -302,6 +318,12 @@ class TrainerConfig(Strict):
     # adapter: one LoRA on the base model, trained on further each version and
     #   saved alone (what vLLM's runtime LoRA loading serves).
     publish: Literal["merged", "adapter"] = "merged"
+    # continue (default): one LoRA on the base model, trained on further by each
+    #   version; a merged version is the base plus that adapter, rounded to the
+    #   served dtype once. fresh: a new LoRA on the previous merged version each
+    #   time (publish: merged only). In bf16, fresh loses part of every small
+    #   update to rounding at each merge (measured in docs/efficacy.md).
+    lineage: Literal["continue", "fresh"] = "continue"
     # Which pairs a version trains on: mix (in the order they came) or
     # alternate (odd versions favour conformity pairs, even ones competence
     # pairs: the alternating optimisation of Kim et al.; other kinds fill in)
@@ -324,6 +346,15 @@ class TrainerConfig(Strict):
     contexts: list[Condition] = Field(default_factory=lambda: list(CONDITIONS), min_length=1)
     managed: bool = True
     poll_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lineage_fits_publish(self) -> TrainerConfig:
+        if self.lineage == "fresh" and self.publish == "adapter":
+            raise ValueError(
+                "trainer.lineage: fresh needs trainer.publish: merged (an adapter "
+                "published alone must be relative to the base model); use lineage: continue"
+            )
+        return self
 
     @property
     def objective(self) -> str:
@@ -380,6 +411,8 @@ class RunConfig(Strict):
                     f"but models defines only {sorted(self.models)}"
                 )
         self._one_model_per_batching_engine()
+        self._one_base_per_vllm_engine()
+        self._adapters_need_vllm()
         self._publish_matches_swap()
         self._latest_follows_the_learner()
         self._gate_needs_two_versions_loaded()
@@ -401,6 +434,15 @@ class RunConfig(Strict):
         if name is None or not self.promotion.gate or learner is None:
             return
         mode = self.engines[learner.engine].swap_mode()
+        if (
+            name in self.engines
+            and mode != "path"
+            and "engine" not in self.promotion.model_fields_set
+        ):
+            # The default canary engine loads versions by folder; a learner on
+            # vLLM answers the canary beside the serving adapter, on its own server.
+            self.promotion.engine = None
+            return
         if name in self.engines and mode != "path":
             raise ValueError(
                 f"promotion.engine '{name}' loads each {TRAINED_ROLE} version by its folder, but "
@@ -444,12 +486,68 @@ class RunConfig(Strict):
             return  # reported by check_graph_roles, with the file's name
         ename = self.roles[TRAINED_ROLE].engine
         mode = self.engines[ename].swap_mode()
-        want = "adapter" if mode == "lora" else "merged"
+        if mode == "lora":
+            # Both write vN/adapter relative to the base model (a continued lineage).
+            if self.trainer.publish == "adapter" or self.trainer.lineage == "continue":
+                self._lora_rank_fits(ename)
+                return
+            raise ValueError(
+                f"engines.{ename} takes new {TRAINED_ROLE} versions as LoRA adapters on the "
+                "base model, but trainer.lineage: fresh stacks each adapter on the previous "
+                "version: use trainer.lineage: continue"
+            )
+        want = "merged"
         if self.trainer.publish != want:
             raise ValueError(
                 f"trainer.publish is '{self.trainer.publish}', but engines.{ename} takes new "
                 f"{TRAINED_ROLE} versions by '{mode}' swap, which needs trainer.publish: {want}"
             )
+
+    def _lora_rank_fits(self, ename: str) -> None:
+        engine = self.engines[ename]
+        if engine.managed and self.trainer.lora_r > engine.max_lora_rank:
+            raise ValueError(
+                f"trainer.lora_r is {self.trainer.lora_r}, but engines.{ename} is started with "
+                f"max_lora_rank {engine.max_lora_rank}: vLLM refuses adapters of a larger rank; "
+                f"raise engines.{ename}.max_lora_rank or lower trainer.lora_r"
+            )
+
+    def _adapters_need_vllm(self) -> None:
+        for name, role in self.roles.items():
+            if role.adapter is None:
+                continue
+            engine = self.engines[role.engine]
+            if engine.kind != "vllm":
+                raise ValueError(
+                    f"roles.{name}.adapter needs an engine that loads LoRA adapters at run "
+                    f"time, but engines.{role.engine} is {engine.kind}: bind roles.{name} "
+                    "to a vllm engine, or merge the adapter into a model folder and name it "
+                    "under models"
+                )
+            if name == TRAINED_ROLE:
+                raise ValueError(
+                    f"roles.{name}.adapter: the {name}'s versions are trained from its base "
+                    "model, so it would be served one thing and trained on another; merge "
+                    "the adapter into a model folder and name it under models"
+                )
+            if role.version != "base":
+                raise ValueError(
+                    f"roles.{name} has both an adapter and version '{role.version}' "
+                    "(a learner version): choose one"
+                )
+
+    def _one_base_per_vllm_engine(self) -> None:
+        """vLLM serves one base model per server (adapters ride on it)."""
+        for ename, engine in self.engines.items():
+            if engine.kind != "vllm" or not engine.managed:
+                continue
+            users = {r: rc.model for r, rc in self.roles.items() if rc.engine == ename}
+            if len(set(users.values())) > 1:
+                raise ValueError(
+                    f"engines.{ename} (vllm) serves one base model, but roles {sorted(users)} "
+                    f"bind different models {sorted(set(users.values()))}: give each model "
+                    "its own engine"
+                )
 
     def _one_model_per_batching_engine(self) -> None:
         """transformers serve with continuous batching serves one model at a time."""

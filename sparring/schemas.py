@@ -319,6 +319,10 @@ class VersionPublished(Wire):
     replay_ids: list[str] = Field(default_factory=list)
     # pairs the trainer refused (never trained), by reason
     refused: dict[str, int] = Field(default_factory=dict)
+    # what the version's adapter/ is relative to: "base" (the base model: the
+    # continued lineage, or publish: adapter) or "previous" (the previous
+    # version's merged weights); None: written before this was recorded
+    adapter_base: Literal["base", "previous"] | None = None
     published_at: float = Field(default_factory=time.time)
 
 

@@ -135,8 +135,43 @@ def test_the_canary_engine_is_checked_where_named_and_optional_by_default(tmp_pa
         ConfigError, match=r"(?s)own.yaml.*promotion.engine names 'canary'.*add engines"
     ):
         load_config(own)
-    # vLLM takes versions as adapters: the canary engine could not load them
+    # vLLM takes versions as adapters, which the canary engine could not load: by
+    # default the canary is answered beside the serving adapter on vLLM itself;
+    # named explicitly, the file says what to change
     vllm = {"engines.learner.kind": "vllm", "trainer.publish": "adapter"}
+    assert load_config(None, vllm).promotion.engine is None
     with pytest.raises(ConfigError, match=r"promotion.engine 'canary' loads each learner version"):
-        load_config(None, vllm)
-    assert load_config(None, {**vllm, "promotion.engine": None}).promotion.engine is None
+        load_config(None, {**vllm, "promotion.engine": "canary"})
+
+
+def test_vllm_engines_check_what_they_can_serve(tmp_path: Path) -> None:
+    vllm = {"engines.learner.kind": "vllm"}
+    # merged versions of a continued lineage carry a base-relative adapter too
+    assert load_config(None, vllm).engines["learner"].swap_mode() == "lora"
+    with pytest.raises(ConfigError, match=r"trainer.lineage: fresh stacks each adapter"):
+        load_config(None, {**vllm, "trainer.lineage": "fresh"})
+    with pytest.raises(ConfigError, match=r"trainer.lora_r is 32, but engines.learner is started "
+                       r"with max_lora_rank 16"):  # fmt: skip
+        load_config(None, {**vllm, "trainer.lora_r": 32})
+    # one base model per vLLM server
+    two = tmp_path / "two.yaml"
+    two.write_text(
+        "models:\n  smollm2: {builtin: smollm2}\n  other: {path: /tmp/other}\n"
+        "engines:\n  v: {kind: vllm}\n"
+        "roles:\n  attacker: {engine: v, model: other}\n  learner: {engine: v}\n"
+        "  critic: {engine: v}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"(?s)two.yaml.*engines.v \(vllm\) serves one base model"
+    ):
+        load_config(two)
+
+
+def test_role_adapters_need_a_vllm_engine_and_never_the_learner() -> None:
+    with pytest.raises(ConfigError, match=r"roles.critic.adapter needs an engine that loads LoRA"):
+        load_config(None, {"roles.critic.adapter": "/tmp/critic-lora"})
+    vllm = {"engines.local.kind": "vllm", "engines.learner.kind": "vllm"}
+    cfg = load_config(None, {**vllm, "roles.critic.adapter": "/tmp/critic-lora"})
+    assert cfg.roles["critic"].adapter == Path("/tmp/critic-lora")
+    with pytest.raises(ConfigError, match=r"roles.learner.adapter: the learner's versions"):
+        load_config(None, {**vllm, "roles.learner.adapter": "/tmp/l"})

@@ -108,6 +108,11 @@ def test_train_version_changes_weights_and_writes_servable_folder(
     assert changed, "DPO + merge left every weight unchanged"
     assert all(t.dtype == before[k].dtype for k, t in after.items())  # saved as trained
     AutoModelForCausalLM.from_pretrained(tmp_path / "v1")  # the folder an engine would load
+    # lr_schedule constant (the default): the last step learns at the full rate
+    assert result.last_learning_rate == pytest.approx(cfg.learning_rate)
+    linear = train_version(tiny_model_path, make_pairs(4), tmp_path / "lin",
+                           cfg.model_copy(update={"lr_schedule": "linear"}))  # fmt: skip
+    assert linear.last_learning_rate is not None and linear.last_learning_rate < cfg.learning_rate
 
 
 def test_worker_trains_versions_from_bus_with_provenance(
@@ -239,6 +244,67 @@ def test_adapter_publishing_trains_one_adapter_on_across_versions(
     # v2 loads on the base model alone, as vLLM would load it.
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     PeftModel.from_pretrained(base, str(v2 / "adapter"))
+
+
+def test_merged_versions_continue_one_adapter_on_the_base(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """lineage: continue (the default): v2 trains v1's adapter on, on the base
+    model, and its merged weights are the base plus v2's adapter, rounded once;
+    not v1's rounded weights plus a second small LoRA rounded again."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(8))
+    versions = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
+        max_versions=2,
+    )  # fmt: skip
+    assert [v.adapter_base for v in versions] == ["base", "base"]
+    v1, v2 = (Path(v.path) for v in versions)
+    config = json.loads((v2 / "adapter" / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == tiny_model_path
+    a1 = load_file(v1 / "adapter" / "adapter_model.safetensors")
+    a2 = load_file(v2 / "adapter" / "adapter_model.safetensors")
+    assert any(not (a1[k] == a2[k]).all() for k in a1), "v2 did not train the adapter on"
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)  # CFG: fp32
+    merged = PeftModel.from_pretrained(base, str(v2 / "adapter")).merge_and_unload()
+    served = load_file(v2 / "model.safetensors")
+    expected = merged.state_dict()
+    assert all(torch.equal(served[k], expected[k]) for k in served)
+
+
+def test_fresh_lineage_stacks_a_new_lora_on_the_previous_merged_version(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """lineage: fresh, and a run whose versions were written before lineages were
+    recorded (an older sparring): v2 is a new LoRA on v1's merged weights."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(4))
+    versions_dir = tmp_path / "versions"
+    fresh = CFG.model_copy(update={"lineage": "fresh"})
+    (v1,) = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
+                        cfg=fresh, max_versions=1)  # fmt: skip
+    assert v1.adapter_base == "previous"
+    # Rewrite v1's manifest as an older sparring wrote it: no adapter_base.
+    manifest = Path(v1.path) / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items()
+                                    if k != "adapter_base"}))  # fmt: skip
+    publish(bus, make_pairs(4, start=4))
+    log = LineLog()
+    (v2,) = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
+                        cfg=CFG, max_versions=1, log=log)  # fmt: skip
+    assert v2.adapter_base == "previous" and v2.base_version == 1
+    config = json.loads((Path(v2.path) / "adapter" / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == Path(v1.path)
+    assert any(line.startswith("warning trainer.lineage_fresh") for line in log.lines)
+
+
+def test_fresh_lineage_cannot_publish_adapters_alone() -> None:
+    with pytest.raises(ValueError, match="lineage: fresh needs trainer.publish: merged"):
+        TrainerConfig(lineage="fresh", publish="adapter")
 
 
 @pytest.mark.slow

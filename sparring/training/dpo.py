@@ -25,6 +25,8 @@ class TrainResult:
     seconds: float
     reward_margin: float | None
     reward_accuracy: float | None = None
+    # the learning rate of the last logged step (the schedule's end point)
+    last_learning_rate: float | None = None
     device: str = "cpu"
     bf16: bool = False
     checkpointing: bool = False
@@ -111,12 +113,11 @@ def train_version(
 ) -> TrainResult:
     """Train a LoRA on ``pairs`` from the model ``base`` (a folder or hub id).
 
-    ``publish: merged``: a fresh LoRA on ``base`` (the previous version's merged
-    folder); writes the adapter to ``out_dir/adapter`` and the merged model plus
-    tokenizer (what transformers serve and vLLM's full reload serve) to ``out_dir``.
-    ``publish: adapter``: ``base`` is the base model and training continues the
-    adapter in ``adapter_from`` (the previous version's); only the adapter is
-    written, to ``out_dir/adapter`` (what vLLM loads with load_lora_adapter).
+    ``adapter_from``: the adapter (on ``base``) to train on; None: a new LoRA.
+    The adapter is written to ``out_dir/adapter`` (what vLLM loads with
+    load_lora_adapter); with ``publish: merged`` also ``base`` with the adapter
+    merged in, plus the tokenizer (what transformers serve and vLLM's full
+    reload serve), to ``out_dir``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -156,6 +157,7 @@ def train_version(
             tokenizer.save_pretrained(str(out_dir))
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
     accuracies = [h["rewards/accuracies"] for h in history if "rewards/accuracies" in h]
+    rates = [h["learning_rate"] for h in history if "learning_rate" in h]
     loss = output.training_loss
     return TrainResult(
         loss=float(loss) if loss is not None and math.isfinite(loss) else None,
@@ -163,6 +165,7 @@ def train_version(
         seconds=time.perf_counter() - start,
         reward_margin=float(margins[-1]) if margins else None,
         reward_accuracy=float(accuracies[-1]) if accuracies else None,
+        last_learning_rate=float(rates[-1]) if rates else None,
         device="cuda" if cuda else "cpu",
         bf16=bool(bf16),
         checkpointing=checkpointing,
@@ -190,6 +193,7 @@ def _dpo_trainer(  # type: ignore[no-untyped-def]
         loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
         # trl's default 1e-6 moves nothing in a short run; the config says what to use.
         learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_schedule,
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         max_length=cfg.max_length,
@@ -218,7 +222,7 @@ def _dpo_trainer(  # type: ignore[no-untyped-def]
         args=args,
         train_dataset=pairs_dataset(pairs, tuple(cfg.contexts)),
         processing_class=tokenizer,
-        # A model that already carries the adapter (publish: adapter) trains it on.
+        # A model that already carries the adapter (a continued lineage) trains it on.
         peft_config=peft_config if new_adapter else None,
     )
     # The worker logs structured events; HF's printer would interleave dicts.

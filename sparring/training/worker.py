@@ -22,7 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -238,6 +238,37 @@ class Trainer:
             if d.payload.get("role") == self.role and not d.payload.get("promoted")
         }
 
+    def lineage(
+        self, latest: int, done: dict[int, VersionPublished]
+    ) -> tuple[Path | str, Path | None, Literal["base", "previous"]]:
+        """What the next version trains from, ``latest`` being the newest version
+        not rejected (0: none): (model weights, the adapter to train on or None
+        for a new one, what the new version's adapter is relative to).
+
+        continue (or publish: adapter): the base model carrying ``latest``'s
+        adapter, trained on further. fresh: a new LoRA on ``latest``'s merged
+        weights. A run whose earlier versions were written fresh (an older
+        sparring) stays fresh: their adapters are not relative to the base."""
+        if not latest:
+            return self.base_model, None, "base" if self._continues else "previous"
+        previous = version_dir(self.versions_dir, self.role, latest)
+        if self.cfg.publish == "adapter" or (
+            self.cfg.lineage == "continue" and done[latest].adapter_base == "base"
+        ):
+            return self.base_model, previous / ADAPTER_SUBDIR, "base"
+        if self.cfg.lineage == "continue":
+            self.log.warning(
+                "trainer.lineage_fresh", version=latest,
+                reason="this version's adapter is relative to the version before it, "
+                "not to the base model (written by an older sparring): new LoRAs are "
+                "stacked on merged versions for the rest of this run",
+            )  # fmt: skip
+        return previous, None, "previous"
+
+    @property
+    def _continues(self) -> bool:
+        return self.cfg.publish == "adapter" or self.cfg.lineage == "continue"
+
     def train_next(self) -> VersionPublished:
         from sparring.training.dpo import train_version
 
@@ -253,19 +284,14 @@ class Trainer:
         # is not decided yet counts as good: the gate decides within a minute).
         rejected = self.rejected()
         latest = max((v for v in done if v not in rejected), default=0)
-        previous = version_dir(self.versions_dir, self.role, latest) if latest else None
-        if self.cfg.publish == "adapter":
-            # One adapter on the base model, trained on further each version.
-            base: Path | str = self.base_model
-            adapter_from = previous / ADAPTER_SUBDIR if previous else None
-        else:
-            base, adapter_from = previous or self.base_model, None
+        base, adapter_from, adapter_base = self.lineage(latest, done)
         final = version_dir(self.versions_dir, self.role, n)
         tmp = final.with_name(f".v{n}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs),
                       pair_kinds=kinds, phase=phase, publish=self.cfg.publish,
+                      adapter_base=adapter_base,
                       replayed=dict(Counter(str(p.kind) for p in replayed)))  # fmt: skip
         trained = pairs + replayed
         # Other ranks (accelerate launch) train the same step; only this one writes.
@@ -277,7 +303,8 @@ class Trainer:
         self.log.info(
             "train.done", version=n, loss=result.loss, steps=result.steps,
             seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
-            device=result.device, bf16=result.bf16, checkpointing=result.checkpointing,
+            learning_rate=result.last_learning_rate, device=result.device, bf16=result.bf16,
+            checkpointing=result.checkpointing,
         )  # fmt: skip
         refused, self.refused = self.refused, []
         manifest = VersionPublished(
@@ -286,7 +313,7 @@ class Trainer:
             train_seconds=result.seconds, reward_margin=result.reward_margin,
             reward_accuracy=result.reward_accuracy, pair_kinds=kinds, phase=phase,
             replay_ids=[p.pair_id for p in replayed],
-            refused=dict(Counter(why for _, why in refused)),
+            refused=dict(Counter(why for _, why in refused)), adapter_base=adapter_base,
         )  # fmt: skip
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         (tmp / COMPLETE_MARKER).write_text("ok\n")
