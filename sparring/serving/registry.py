@@ -20,7 +20,7 @@ from typing import Any
 from sparring.agents.llm import Binding, Chat
 from sparring.bus import Bus
 from sparring.schemas import RolePointer, VersionPublished
-from sparring.serving.loaders import PathLoader, VersionLoader
+from sparring.serving.loaders import LoadRefused, PathLoader, VersionLoader
 
 POINTER_KEY = "role:{role}"
 
@@ -151,10 +151,17 @@ class Swapper:
         on_flip: Callable[[RolePointer], None] | None = None,
         temperature: float = 1.0,
         gate: Any = None,
+        retry_s: float = 60.0,
     ) -> None:
         """``gate``: a :class:`sparring.eval.canary.CanaryGate`; with one, a
-        loaded version is flipped to only if the gate promotes it."""
+        loaded version is flipped to only if the gate promotes it. ``retry_s``:
+        how long a version whose load failed waits before the next try (it is
+        reported once, not at every try)."""
         self._bus = bus
+        self._retry_s = retry_s
+        # announcement msg_id -> monotonic time of its next try, after a failure
+        self._retry_at: dict[str, float] = {}
+        self._reported: set[tuple[str, int]] = set()
         self._gate = gate
         self._temperature = temperature
         self._registry = registry
@@ -177,24 +184,34 @@ class Swapper:
     async def run(self, stop: asyncio.Event, poll_s: float = 0.5, collect_s: float = 10.0) -> None:
         next_collect = 0.0
         while not stop.is_set():
+            # Pending (failed, waiting) announcements come back first: read past them.
             deliveries = await asyncio.to_thread(
-                self._bus.read, "versions", self._group, self._consumer, 4, 0, 3600.0
-            )
+                self._bus.read, "versions", self._group, self._consumer,
+                4 + len(self._retry_at), 0, 3600.0,
+            )  # fmt: skip
+            tried = 0
             for d in deliveries:
+                if self._retry_at.get(d.msg_id, 0.0) > time.monotonic():
+                    continue
+                tried += 1
                 try:
                     published = VersionPublished.model_validate(d.payload)
                     if not self.superseded(published):
                         await self.swap(published)
+                except LoadRefused:
+                    pass  # never loadable: acked below, reported by swap()
                 except Exception:
-                    # Not acked: the announcement comes back after a restart,
-                    # and serving stays on the version that works.
+                    # Not acked: tried again after retry_s (and after a restart);
+                    # serving stays on the version that works.
+                    self._retry_at[d.msg_id] = time.monotonic() + self._retry_s
                     continue
+                self._retry_at.pop(d.msg_id, None)
                 self._bus.ack("versions", self._group, [d.msg_id])
             if time.monotonic() >= next_collect:
                 next_collect = time.monotonic() + collect_s
                 with contextlib.suppress(Exception):
                     await self.collect()  # logged inside; retried next round
-            if not deliveries:
+            if not tried:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll_s)
 
@@ -235,9 +252,14 @@ class Swapper:
                     self._chat, Binding(role, url, model, version), temperature=self._temperature
                 )
         except Exception as err:
-            self._log.error(
-                "swap.failed", role=role, version=version, replica=url, error=str(err)[:500]
-            )
+            if (role, version) not in self._reported:  # once per version, not per try
+                self._reported.add((role, version))
+                self._log.error(
+                    "swap.refused" if isinstance(err, LoadRefused) else "swap.failed",
+                    role=role, version=version, replica=url, error=str(err)[:500],
+                    retry_in_s=None if isinstance(err, LoadRefused) else self._retry_s,
+                    serving_version=base.version,
+                )  # fmt: skip
             raise
         if self._gate is not None and not await self._promoted(
             published, Binding(role, replicas[0], model, version), base, loader, replicas

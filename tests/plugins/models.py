@@ -18,3 +18,11 @@ def smollm2_path() -> Path:
 def tiny_model_path(smollm2_path: Path) -> Path:
     """A 2-layer randomly initialised Llama with SmolLM2's tokenizer (~6 MB)."""
     return build_tiny_model(cache_dir() / "models" / "tiny-test", tokenizer_from=smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_model_path(smollm2_path: Path) -> Path:
+    """The tiny model with a head size vLLM's CPU attention has kernels for (64)."""
+    return build_tiny_model(
+        cache_dir() / "models" / "tiny-vllm", tokenizer_from=smollm2_path, head_dim=64
+    )
