@@ -680,6 +680,11 @@ def _forget(tasks: dict[str, asyncio.Task[Any]], key: str) -> Any:
     return lambda _task: tasks.pop(key, None)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM -> SIGINT: asyncio.run cancels the run's task, whose clean-up runs."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def run_main(
     cfg: RunConfig, *, runs_dir: Path | None = None, run_id: str | None = None,
     progress: bool = True, trace_stdout: bool = False, console: Console | None = None,
@@ -692,6 +697,9 @@ def run_main(
         console=console, consumer=consumer,
     )  # fmt: skip
     out = console or Console()
+    # SIGTERM (kill, systemd, docker stop) ends the run as Ctrl+C does, so the
+    # engines and the trainer, each in a session of its own, are stopped too.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         rows = asyncio.run(loop.run())
     except KeyboardInterrupt:
@@ -703,6 +711,8 @@ def run_main(
             f"resume with `sparring run --run-id {run_id}`. run directory: {run_dir}"
         )
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     render_table(rows, out)
     out.print(f"run directory: {run_dir}   trace: sparring trace {run_dir}")
     return run_dir, rows
