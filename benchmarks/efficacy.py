@@ -64,6 +64,12 @@ def main() -> None:
     ap.add_argument("--version", type=int, help="the version to measure (default: last promoted)")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/efficacy.json"))
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="passed to `sparring run` (a fresh run only; default: the default profile)",
+    )
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="passed to `sparring run` (a fresh run only)")  # fmt: skip
     args = ap.parse_args()
@@ -73,6 +79,8 @@ def main() -> None:
     if not (run_dir / "config.yaml").is_file():
         sets = [f"runs_dir={args.runs_dir}", *args.sets]
         cmd = [sys.executable, "-m", "sparring", "run", "--run-id", run_id]
+        if args.config:
+            cmd += ["--config", str(args.config)]
         subprocess.run(cmd + [f"--set={s}" for s in sets], check=True)
     version = args.version if args.version is not None else last_promoted(run_dir)
     out: dict[str, Any] = {"run_id": run_id, "version": version, "base_version": 0,
@@ -81,7 +89,9 @@ def main() -> None:
         metrics = evaluate(run_dir, version, system)
         out[system] = {**figures(metrics[version]), "base": figures(metrics[0])}
     out["judges"] = "refusal: rule judge (phrase patterns); competence: the run's critic"
-    out["learner_engine"] = "transformers serve, continuous batching, greedy"
+    cfg = run_config(run_dir)
+    engine = cfg.engines[cfg.roles["learner"].engine]
+    out["learner_engine"] = f"{engine.kind} ({engine.swap_mode()} swap), greedy, batched"
     out["elapsed_s"] = round(time.time() - started, 1)
     text = json.dumps(out, indent=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
