@@ -127,8 +127,11 @@ def render_disagreements(results: Sequence[SuiteResult], console: Console, show:
     for v, m in by_version(results).items():
         a = m.agreement
         kappa = "-" if a.kappa is None else f"{a.kappa:.2f}"
-        agree = "" if a.percent is None else (
-            f"; rule judge and critic agree on {a.agree} of {a.n} harmful prompts (kappa {kappa})"
+        agree = (
+            "; the critic judged no harmful prompt, so no agreement is measured (kappa -)"
+            if a.percent is None
+            else f"; rule judge and critic agree on {a.agree} of {a.n} harmful prompts "
+            f"(kappa {kappa})"
         )  # fmt: skip
         rows = split.get(v, [])
         more = f"; they disagree on {len(rows)}, e.g." if rows else ""
