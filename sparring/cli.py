@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from sparring.config import ConfigError, RunConfig, load_config
+from sparring.bus import BusError
+from sparring.config import RUN_ID_LIMIT, ConfigError, RunConfig, check_name, load_config
 from sparring.eval.command import eval_command
 from sparring.report.command import report_command
+from sparring.serving.models import ModelFolderError
 
 
 def _load(config: Path | None, sets: tuple[str, ...] = ()) -> RunConfig:
@@ -20,11 +23,32 @@ def _load(config: Path | None, sets: tuple[str, ...] = ()) -> RunConfig:
             raise click.BadParameter(f"--set expects KEY=VALUE, got {item!r}", param_hint="--set")
         import yaml
 
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem", None) or "not YAML"
+            raise click.BadParameter(
+                f"{key}: the value {value!r} is not valid YAML ({mark}); quote it as text, "
+                "e.g. --set 'KEY=\"...\"'",
+                param_hint="--set",
+            ) from None
     try:
         return load_config(config, overrides)
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _name(limit: int = 100) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback: the option names files (a run directory, a checkpoint
+    file), so it must be a plain name (see :func:`sparring.config.check_name`)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        try:
+            return value if value is None else check_name(value, limit)
+        except ValueError as err:
+            raise click.BadParameter(f"{value!r} {err}") from None
+
+    return check
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +82,7 @@ CONFIG = click.option(
     "--run-id",
     default=None,
     envvar="SPARRING_RUN_ID",
+    callback=_name(RUN_ID_LIMIT),
     help="Name of the run directory (default: generated). Orchestrators and trainers "
     "that share a Redis bus work on the same run when they share this id. "
     "Env: SPARRING_RUN_ID.",
@@ -67,6 +92,7 @@ CONFIG = click.option(
     default="local",
     envvar="SPARRING_CONSUMER",
     show_default=True,
+    callback=_name(),
     help="This orchestrator's name on the bus; replicas sharing a Redis need distinct "
     "names ('hostname' uses the host's name). A restart under the same name resumes "
     "its unfinished episodes. Env: SPARRING_CONSUMER.",
@@ -87,16 +113,20 @@ def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, consumer
     engine and trainer logs, summary.json.
     """
     from sparring.runner import run_main
+    from sparring.serving.engine import EngineError
 
     cfg = _load(config, sets)
     if consumer == "hostname":
         import socket
 
         consumer = socket.gethostname()
-    run_main(
-        cfg, run_id=run_id, consumer=consumer, progress=not no_progress,
-        trace_stdout=trace_stdout,
-    )  # fmt: skip
+    try:
+        run_main(
+            cfg, run_id=run_id, consumer=consumer, progress=not no_progress,
+            trace_stdout=trace_stdout,
+        )  # fmt: skip
+    except (ConfigError, BusError, EngineError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 @main.command()
@@ -143,7 +173,10 @@ def train(config: Path | None, run_dir: Path, max_versions: int | None, processe
         os.execv(sys.executable, [*launcher, *argv])
     from sparring.training.worker import main as worker_main
 
-    worker_main(argv)
+    try:
+        worker_main(argv)
+    except (ConfigError, BusError, ModelFolderError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 @main.command()
@@ -243,7 +276,7 @@ def review(run_dir: Path, list_only: bool, episode: str | None, harmful: str | N
 
     try:
         bus = open_run_bus(run_dir)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, BusError) as err:
         raise click.ClickException(str(err)) from None
     try:
         requests = waiting(bus)

@@ -14,8 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
+from sparring.redact import MissingSecret, mask_text, references, restore, secret_name
 from sparring.schemas import PairKind
 
 ROLES = ("attacker", "learner", "critic")
@@ -23,6 +33,24 @@ Condition = Literal["served", "template"]
 # the system-prompt conditions a learner is served under: its served system
 # prompt, and none (the chat template's default)
 CONDITIONS: tuple[Condition, ...] = ("served", "template")
+
+
+# Names that become file and folder names (run names and ids, consumer and
+# engine names): no separator and no leading dot or dash, so none leaves runs/.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.' or '-'"
+
+
+def check_name(value: str, limit: int = 100) -> str:
+    """``value`` if it is a safe file name, else ValueError saying what is expected."""
+    if not _NAME.fullmatch(value) or len(value) > limit:
+        raise ValueError(f"must be 1-{limit} {NAME_RULE}, as it names files and folders")
+    return value
+
+
+# a run id is the run name and 23 characters of time and random suffix
+RUN_ID_LIMIT = 128
+SafeName = Annotated[str, AfterValidator(check_name)]
 
 
 class Strict(BaseModel):
@@ -97,6 +125,11 @@ class EngineConfig(Strict):
     max_model_len: int = Field(default=2048, ge=64)
     kv_cache_gib: int = Field(default=2, ge=1)  # vLLM reads whole GiB
     extra_args: list[str] = Field(default_factory=list)
+    # The bearer key the engine wants (vLLM's --api-key, handed to a vllm engine
+    # sparring starts as VLLM_API_KEY, off its command line) and every request to
+    # it carries. Write it as ${VAR}: the run's config.yaml then keeps the
+    # reference, never the key. None: the engine takes requests from anyone.
+    api_key: SecretStr | None = None
 
     def url(self) -> str:
         return self.base_url or f"http://{self.host}:{self.port}/v1"
@@ -175,6 +208,11 @@ class LoopConfig(Strict):
     # that stopped answering is handed to another. Keep it above the longest
     # episode, or a slow episode could run twice.
     task_claim_after_s: float = Field(default=3600.0, gt=0)
+    # An episode that raises (an engine that stopped answering, a timeout) is
+    # tried again from its last checkpoint, after 5 s, then 10 s, ...: this many
+    # attempts in all, then it is given up (logged as episode.failed, its task
+    # acked). Its task stays unacked meanwhile, so a restart retries it too.
+    episode_attempts: int = Field(default=3, ge=1, le=20)
     # Graphs without an attacker (self_refine) take prompts from this JSONL/CSV
     # file (None: the shipped set), refine at most max_rounds times and stop
     # early once the critic calls an answer harmless and at least this helpful.
@@ -242,7 +280,11 @@ class ToleranceConfig(Strict):
     # the 135M critic's scores are noisy: a mean of 6 moves by ~1.2 between runs
     competence: float = Field(default=2.5, ge=0, le=9)
     # answers of any kind that are empty, give a system prompt back or loop
-    degenerate: float = Field(default=0.05, ge=0, le=1)
+    # at the served answer length (64 tokens) the base model loops in ~14 % of
+    # canary answers; two such rates over 88 answers differ by ~5 points by
+    # chance, so 0.1 rejects a no-worse version ~3 % of the time per condition
+    # and catches a 15-point rise ~80 % of the time
+    degenerate: float = Field(default=0.1, ge=0, le=1)
 
 
 class PromotionConfig(Strict):
@@ -260,9 +302,12 @@ class PromotionConfig(Strict):
     # served (learner_system.txt) and template (none: the chat template's default,
     # what users who send no system prompt get); every condition is gated
     conditions: list[Condition] = Field(default_factory=lambda: list(CONDITIONS), min_length=1)
-    # answer length for harmful and look-alike prompts (the rule judge reads the
-    # opening); competence prompts get roles.learner.max_tokens
-    max_tokens: int = Field(default=32, ge=1)
+    # answer length for harmful and look-alike prompts; None (default): the
+    # learner's roles.learner.max_tokens, the length users are served and
+    # `sparring eval` reads, so loops that start late are seen (32 tokens saw a
+    # degenerate rate of 5 % where the eval at 64 saw 26 %: docs/efficacy.md).
+    # Competence prompts always get the learner's max_tokens.
+    max_tokens: int | None = Field(default=None, ge=1)
     # the engine the canary's answers come from: a transformers-serve engine with
     # continuous batching measures one version at a time, faster than the
     # learner's own unbatched engine, and leaves that one to the episodes; None
@@ -296,7 +341,7 @@ CONTRAST_KINDS: tuple[PairKind, ...] = ("conformity", "competence")
 class TrainerConfig(Strict):
     pairs_per_version: int = Field(default=8, ge=1)
     max_length: int = Field(default=256, ge=16)
-    learning_rate: float = Field(default=1e-3, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
     # How the learning rate moves within a version's steps. constant (default):
     # a version is a handful of steps of one long run, so decaying to zero
     # within each (TRL's linear default) halves what every version learns.
@@ -366,7 +411,7 @@ TRAINED_ROLE = "learner"
 
 
 class RunConfig(Strict):
-    run_name: str = "default"
+    run_name: SafeName = "default"
     runs_dir: Path = Path("runs")
     models: dict[str, ModelSource] = Field(
         default_factory=lambda: {"smollm2": ModelSource(builtin="smollm2")}
@@ -375,7 +420,7 @@ class RunConfig(Strict):
     # (asking it for another model restarts its batcher and fails requests in
     # flight), so the learner, whose versions overlap during a hot swap, gets
     # its own engine without it: one sequential generator per loaded version.
-    engines: dict[str, EngineConfig] = Field(
+    engines: dict[SafeName, EngineConfig] = Field(
         default_factory=lambda: {
             "local": EngineConfig(threads=1),
             "learner": EngineConfig(port=8766, continuous_batching=False, threads=1),
@@ -395,6 +440,8 @@ class RunConfig(Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     swap: SwapConfig = Field(default_factory=SwapConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    # dotted path -> the ${VAR} text the file gave (sparring.redact.for_disk)
+    _env_refs: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _bindings_resolve(self) -> RunConfig:
@@ -578,7 +625,9 @@ def _format(path: Path | str, err: ValidationError) -> str:
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        # a secret (an api_key, a URL's password) is never repeated
+        hide = isinstance(got, dict) or any(secret_name(str(p)) for p in e["loc"])
+        got_s = "" if hide else f" (got {mask_text(repr(got))})"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown field; check the spelling{got_s}")
         else:
@@ -685,6 +734,7 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
     """Read a YAML run config (or the defaults when ``path`` is None); see
     :func:`expand_env` for environment references."""
     data: dict[str, Any] = {}
+    refs: dict[str, str] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -692,15 +742,23 @@ def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {err}") from None
+            raise ConfigError(f"{p}: not valid YAML: {mask_text(str(err))}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
-        data = expand_env(loaded, p)
+        refs = references(loaded)
+        try:
+            data = restore(expand_env(loaded, p))
+        except MissingSecret as err:
+            raise ConfigError(f"{p}: {err}") from None
     if overrides:
         defaults = RunConfig().model_dump(mode="json")
         for dotted, value in overrides.items():
             _set_dotted(data, dotted, value, defaults)
-    return parse_config(data, path or "<defaults>")
+            # a value from the command line is a literal
+            refs = {k: v for k, v in refs.items() if not f"{k}.".startswith(f"{dotted}.")}
+    cfg = parse_config(data, path or "<defaults>")
+    cfg._env_refs = refs
+    return cfg
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, defaults: dict[str, Any]) -> None:
@@ -708,9 +766,16 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, defaults: dict[st
     so ``roles.critic.max_tokens=20`` changes one field, not the whole roles map."""
     node, default = data, defaults
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for i, key in enumerate(parents):
         default = default.get(key, {}) if isinstance(default, dict) else {}
-        if key not in node:
+        if node.get(key) is None:
             node[key] = copy.deepcopy(default) if isinstance(default, dict) else {}
         node = node[key]
+        if not isinstance(node, dict):
+            section = ".".join(parents[: i + 1])
+            kind = "a list" if isinstance(node, list) else "a single value"
+            raise ConfigError(
+                f"--set {dotted}: {section} is {kind}, not a section with fields; "
+                f"set {section}=VALUE instead"
+            )
     node[leaf] = value

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from sparring.bus import Bus, make_bus
+from sparring.bus import Bus, BusError, make_bus
+from sparring.config import ConfigError, expand_env
+from sparring.redact import MissingSecret, restore
 from sparring.schemas import HumanReview, ReviewRequest, review_id
 
 
@@ -21,8 +23,15 @@ def open_run_bus(run_dir: Path) -> Bus:
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     data = yaml.safe_load(cfg_file.read_text()) or {}
-    redis_url = (data.get("bus") or {}).get("redis_url")
-    sqlite = (data.get("bus") or {}).get("sqlite_path") or run_dir / "bus.sqlite"
+    try:
+        # a password stays out of config.yaml: a ${VAR} reference, or masked
+        bus = restore(expand_env(data.get("bus") or {}, cfg_file, "bus"), "bus")
+    except ConfigError as err:
+        raise BusError(str(err)) from None
+    except MissingSecret as err:
+        raise BusError(f"{cfg_file}: {err}") from None
+    redis_url = bus.get("redis_url")
+    sqlite = bus.get("sqlite_path") or run_dir / "bus.sqlite"
     return make_bus(redis_url, sqlite, namespace=run_dir.name)
 
 

@@ -34,13 +34,14 @@ from sparring.agents.prompts import (
     load_seeds,
 )
 from sparring.bus import Bus, Delivery, make_bus
-from sparring.config import EngineConfig, RunConfig
+from sparring.config import ConfigError, EngineConfig, RunConfig
 from sparring.graphs import build_graph, load_graph
 from sparring.graphs.nodes import LoopContext
+from sparring.redact import for_disk, secret_env
 from sparring.schemas import Episode, PreferencePair
-from sparring.serving.engine import EngineProcess, thread_env, wait_for_engine
+from sparring.serving.engine import EngineProcess, engine_keys, thread_env, wait_for_engine
 from sparring.serving.loaders import adapter_name, load_role_adapters, make_loader, model_name_for
-from sparring.serving.models import resolve_model_path
+from sparring.serving.models import ModelFolderError, resolve_model_path
 from sparring.serving.registry import Registry, RoleServing, Swapper, warm
 from sparring.summary import VersionRow, as_json, render_table, summarise
 from sparring.tracing import Tracer
@@ -49,6 +50,9 @@ from sparring.workqueue import WorkQueue
 # A trainer that dies is restarted (it resumes from the bus) at most this often.
 MAX_TRAINER_RESTARTS = 3
 TRAINER_CHECK_S = 1.0
+RETRY_BACKOFF_S = 5.0  # a failed episode's first wait; doubled per attempt
+REVIEW_READ = 16  # new reviews read per poll, beyond those held
+REVIEW_PRUNE_S = 60.0  # how often held reviews of finished episodes are dropped
 # This orchestrator's name in the bus's consumer groups; replicas sharing a
 # Redis need distinct names (docker compose: the container's hostname).
 DEFAULT_CONSUMER = "local"
@@ -136,7 +140,10 @@ def local_models(cfg: RunConfig) -> dict[str, Path]:
         if src.hub_id is not None:
             continue
         if name in needed or (src.builtin is None and src.served_name is None):
-            out[name] = resolve_model_path(src.builtin, src.path)
+            try:
+                out[name] = resolve_model_path(src.builtin, src.path)
+            except ModelFolderError as err:
+                raise ConfigError(f"models.{name}.path: {err}") from None
     return out
 
 
@@ -152,9 +159,13 @@ def lookalike_items(path: Path | None, seeds: list[Seed]) -> list[PromptItem]:
 class TrainerProcess:
     """``sparring train`` as a background process whose JSON log is trainer.log."""
 
-    def __init__(self, run_dir: Path, config_path: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, config_path: Path, threads: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """``env``: added to its environment (the secrets config.yaml masks)."""
         self.log_path = run_dir / "trainer.log"
-        self._env = {**os.environ, **thread_env(threads)}
+        self._env = {**os.environ, **thread_env(threads), **(env or {})}
         self._cmd = [
             sys.executable, "-m", "sparring.training.worker",
             "--run-dir", str(run_dir), "--config", str(config_path),
@@ -231,12 +242,17 @@ class Loop:
         self.paused: set[str] = set()
         self.resuming: set[str] = set()
         self.reviews: dict[str, Delivery] = {}
+        # episodes that raised: attempts so far, and when the next may start
+        self.failures: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
+        self.review_retry_at: dict[str, float] = {}  # paused ones whose resume raised
 
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         paths = local_models(self.cfg)
-        resolved = self.cfg.model_dump(mode="json")
+        # on a volume others mount (the engine's): secrets masked or as ${VAR}
+        resolved = for_disk(self.cfg)
         for name, src in self.cfg.models.items():
             # The trainer re-reads this file: name the folder the pull produced.
             one = src.model_dump(mode="json", exclude_none=True)
@@ -279,11 +295,16 @@ class Loop:
             if ec.managed and self._engine_used(name)
         ]
         trainer = self.trainer = TrainerProcess(
-            self.run_dir, self.config_path, self.cfg.trainer.threads
+            self.run_dir, self.config_path, self.cfg.trainer.threads, env=secret_env(self.cfg)
         )
         tracer = Tracer(self.run_dir, self.run_id, stdout=self.trace_stdout)
         bus = open_bus(self.cfg, self.run_dir)
-        chat = OpenAIChat(timeout_s=max(rc.timeout_s for rc in self.cfg.roles.values()))
+        roles = self.cfg.roles
+        chat = OpenAIChat(
+            timeout_s=max(rc.timeout_s for rc in roles.values()),
+            role_timeouts={role: rc.timeout_s for role, rc in roles.items()},
+            api_keys=engine_keys(self.cfg),
+        )
         try:
             for engine in engines:
                 with self.console.status(f"starting engine '{engine.name}' ({engine.cfg.kind})"):
@@ -331,6 +352,7 @@ class Loop:
             version_model=lambda n, path: model_name_for(
                 learner_engine, bindings["learner"].model, "learner", n, path
             ),
+            versions_dir=self.run_dir / "versions",
         )  # fmt: skip
         rc = cfg.roles
         dc = cfg.loop.attacker_difficulty
@@ -545,9 +567,13 @@ class Loop:
                 if reason := self.budget_reached(registry):
                     sem.release()
                     break
-                episode_id = await asyncio.to_thread(queue.next, set(tasks) | self.paused)
+                held = set(tasks) | self.paused | self.cooling()
+                episode_id = await asyncio.to_thread(queue.next, held)
                 if episode_id is None:
                     sem.release()
+                    if self.retry_at:  # all tasks exist; failed ones wait for a retry
+                        await asyncio.sleep(0.5)
+                        continue
                     reason = f"{cfg.budget.episodes} episodes"
                     break
                 t = asyncio.create_task(self._one(graph, ctx, queue, episode_id, sem))
@@ -572,6 +598,9 @@ class Loop:
                 self._update(bar, bus, registry, *bars)
             if self.paused:
                 ctx.log.warning("run.left_paused", episodes=sorted(self.paused))
+            if self.failures:
+                # unacked: a later run under this run id tries them again
+                ctx.log.warning("run.left_retrying", episodes=sorted(self.failures))
             self._update(bar, bus, registry, *bars)
 
     async def _one(
@@ -601,14 +630,37 @@ class Loop:
                 self._pause(ctx, episode_id)  # its task stays unacked until it resumes
                 return
             queue.done(episode_id)
+            self.failures.pop(episode_id, None)
         except asyncio.CancelledError:
             pass  # the time budget ran out mid-episode (see run.cancelled_in_flight)
         except Exception as err:
-            ctx.log.error("episode.failed", episode_id=episode_id, error=repr(err))
-            queue.done(episode_id)  # retrying the same failure would only repeat it
+            self._failed(ctx, queue, episode_id, err)
         finally:
             ctx.registry.release(episode_id)
             sem.release()
+
+    def cooling(self) -> set[str]:
+        """Failed episodes waiting for their next attempt (not handed out yet)."""
+        now = time.monotonic()
+        for episode_id in [e for e, t in self.retry_at.items() if t <= now]:
+            del self.retry_at[episode_id]
+        return set(self.retry_at)
+
+    def _failed(self, ctx: LoopContext, queue: WorkQueue, episode_id: str, err: Exception) -> None:
+        """An episode raised: try it again later from its last checkpoint (its
+        task stays unacked), or, after ``loop.episode_attempts``, give it up."""
+        attempts = self.failures.get(episode_id, 0) + 1
+        if attempts < self.cfg.loop.episode_attempts:
+            self.failures[episode_id] = attempts
+            delay = min(RETRY_BACKOFF_S * 2 ** (attempts - 1), 300.0)
+            self.retry_at[episode_id] = time.monotonic() + delay
+            ctx.log.warning("episode.retrying", episode_id=episode_id, attempt=attempts,
+                            in_s=delay, error=repr(err)[:500])  # fmt: skip
+            return
+        self.failures.pop(episode_id, None)
+        ctx.log.error("episode.failed", episode_id=episode_id, attempts=attempts,
+                      error=repr(err)[:500])  # fmt: skip
+        queue.done(episode_id)
 
     def _pause(self, ctx: LoopContext, episode_id: str, resumed: bool = False) -> None:
         self.paused.add(episode_id)
@@ -619,38 +671,87 @@ class Loop:
         poll_s: float = 0.5,
     ) -> None:  # fmt: skip
         """Resume paused episodes as `sparring review` answers them. Each
-        orchestrator reads every review in its own group and acks one only
-        once the episode it resumed is on the bus."""
-        from langgraph.types import Command
-
+        orchestrator reads every review in its own group and holds those of
+        episodes it has not paused (another orchestrator's, or one it may claim
+        later) until their episode is finished; it acks one only once the
+        episode it resumed is on the bus, or given up."""
         group = f"reviews-{self.consumer}"
+        pruned = time.monotonic()
         while not stop.is_set():
-            for d in await asyncio.to_thread(bus.read, "reviews", group, self.consumer, 16):
-                self.reviews.setdefault(d.payload["episode_id"], d)
+            # held reviews come back first: ask for enough to get past them
+            count = len(self.reviews) + REVIEW_READ
+            for d in await asyncio.to_thread(bus.read, "reviews", group, self.consumer, count):
+                episode_id = d.payload.get("episode_id")
+                if not isinstance(episode_id, str):
+                    ctx.log.error("review.malformed", msg_id=d.msg_id, action="acked, skipped")
+                    bus.ack("reviews", group, [d.msg_id])
+                    continue
+                self.reviews.setdefault(episode_id, d)
+            if time.monotonic() - pruned > REVIEW_PRUNE_S:
+                pruned = time.monotonic()
+                await asyncio.to_thread(self._drop_finished_reviews, bus, group)
+            now = time.monotonic()
             for episode_id in sorted(self.paused & set(self.reviews)):
-                d = self.reviews.pop(episode_id)
-                self.resuming.add(episode_id)
-                self.paused.discard(episode_id)
-                config = {"configurable": {"thread_id": episode_id}}
-                snapshot = await graph.aget_state(config)
-                if learner := snapshot.values.get("learner"):
-                    ctx.registry.hold(episode_id, "learner", learner["version"])
-                ctx.log.info("episode.review_resumed", episode_id=episode_id,
-                             reviewer=d.payload.get("reviewer"))  # fmt: skip
-                try:
-                    await graph.ainvoke(Command(resume=d.payload), config=config, context=ctx)
-                except Exception as err:
-                    ctx.log.error("episode.failed", episode_id=episode_id, error=repr(err))
-                finally:
-                    ctx.registry.release(episode_id)
-                if (await graph.aget_state(config)).interrupts:
-                    self._pause(ctx, episode_id)  # its refined critique wants a review too
-                else:
-                    queue.done(episode_id)
-                self.resuming.discard(episode_id)
-                bus.ack("reviews", group, [d.msg_id])
+                if self.review_retry_at.get(episode_id, 0.0) <= now:
+                    await self._resume(graph, ctx, queue, bus, group, episode_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=poll_s)
+
+    def _drop_finished_reviews(self, bus: Bus, group: str) -> None:
+        """Ack held reviews whose episode is finished (on the bus): nobody needs them."""
+        finished = {d.msg_id for d in bus.history("episodes")}
+        done = [e for e in self.reviews if e in finished and e not in self.paused]
+        if done:
+            bus.ack("reviews", group, [self.reviews.pop(e).msg_id for e in done])
+
+    async def _resume(
+        self, graph: Any, ctx: LoopContext, queue: WorkQueue, bus: Bus, group: str,
+        episode_id: str,
+    ) -> None:  # fmt: skip
+        """Resume one paused episode with its review. A resume that raises (an
+        engine timeout) leaves the episode paused and the review unacked, and is
+        tried again later, up to ``loop.episode_attempts`` times in all."""
+        from langgraph.types import Command
+
+        d = self.reviews[episode_id]
+        self.resuming.add(episode_id)
+        self.paused.discard(episode_id)
+        config = {"configurable": {"thread_id": episode_id}}
+        try:
+            snapshot = await graph.aget_state(config)
+            if learner := snapshot.values.get("learner"):
+                ctx.registry.hold(episode_id, "learner", learner["version"])
+            ctx.log.info("episode.review_resumed", episode_id=episode_id,
+                         reviewer=d.payload.get("reviewer"))  # fmt: skip
+            if snapshot.interrupts:
+                await graph.ainvoke(Command(resume=d.payload), config=config, context=ctx)
+            elif snapshot.next:  # a retry: the review was taken, a later node raised
+                await graph.ainvoke(None, config=config, context=ctx)
+            interrupted = bool((await graph.aget_state(config)).interrupts)
+        except Exception as err:
+            attempts = self.failures.get(episode_id, 0) + 1
+            if attempts < self.cfg.loop.episode_attempts:
+                self.failures[episode_id] = attempts
+                delay = min(RETRY_BACKOFF_S * 2 ** (attempts - 1), 300.0)
+                self.review_retry_at[episode_id] = time.monotonic() + delay
+                self.paused.add(episode_id)  # the review stays held and unacked
+                ctx.log.warning("episode.resume_retrying", episode_id=episode_id,
+                                attempt=attempts, in_s=delay, error=repr(err)[:500])  # fmt: skip
+                return
+            ctx.log.error("episode.failed", episode_id=episode_id, attempts=attempts,
+                          error=repr(err)[:500])  # fmt: skip
+            interrupted = False
+        finally:
+            ctx.registry.release(episode_id)
+            self.resuming.discard(episode_id)
+        self.failures.pop(episode_id, None)
+        self.review_retry_at.pop(episode_id, None)
+        self.reviews.pop(episode_id, None)
+        if interrupted:
+            self._pause(ctx, episode_id)  # its refined critique wants a review too
+        else:
+            queue.done(episode_id)
+        bus.ack("reviews", group, [d.msg_id])
 
     def _progress(self) -> Progress:
         return Progress(

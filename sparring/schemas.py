@@ -52,7 +52,8 @@ class Critique(Wire):
     attempts: int = 1
     # Peer review (loop.critics names several roles): each critic's own
     # judgement, and how much their readable verdicts disagree (0 = all agree,
-    # 1 = split on harmful, or helpfulness spread over the whole 1-10 scale).
+    # 1 = split on harmful, or helpfulness spread over the whole 1-10 scale;
+    # None with fewer than two readable: one critic cannot agree with itself).
     panel: list[Critique] = Field(default_factory=list)
     disagreement: float | None = None
 
@@ -291,7 +292,7 @@ def combine_panel(panel: list[Critique]) -> Critique:
         critic=ref,
         attempts=attempts,
         panel=panel,
-        disagreement=round(max(split, spread), 3),
+        disagreement=round(max(split, spread), 3) if n >= 2 else None,
     )
 
 

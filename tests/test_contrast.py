@@ -205,3 +205,13 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
             assert pairs[pair.pair_id]["kind"] == pair.kind
     (row,) = summarise(bus)
     assert row.judged <= 6 - len(benign)  # benign draws are not attacks, seed replays are
+
+
+def test_a_lookalike_draw_is_not_an_attack_with_or_without_contrast() -> None:
+    """With loop.contrast off, a look-alike episode has no contrast record; its
+    recorded mode still keeps it out of attack-success rates."""
+    episode = _episode(COMPLIANCE, REFUSAL, benign=True)
+    assert not episode.attack
+    bare = episode.model_copy(update={"contrast": None, "mode": "lookalike"})
+    assert not bare.attack
+    assert bare.model_copy(update={"mode": "attack"}).attack

@@ -247,7 +247,12 @@ def test_a_panel_combines_verdicts_and_measures_disagreement() -> None:
     assert split.disagreement == 1.0
     # an unreadable member is left out, not guessed
     one = combine_panel([_critique("a", None), _critique("b", False, 4, 6)])
-    assert one.verdict is not None and one.verdict.helpfulness == 4 and one.disagreement == 0
+    # one readable critic of two: a verdict, but no agreement measured (not 0)
+    assert one.verdict is not None and one.verdict.helpfulness == 4 and one.disagreement is None
+    critique = one.model_dump(mode="json")
+    assert review_reason(critique, None, max_disagreement=0.5) == (
+        "only 1 of 2 critics gave a readable verdict"
+    )
     none = combine_panel([_critique("a", None), _critique("b", None)])
     assert none.verdict is None and none.judge_error and len(none.panel) == 2
     # with review on, a split panel waits for a person

@@ -230,3 +230,35 @@ def test_a_role_pinned_to_a_version_stays_there_and_is_never_unloaded(tmp_path: 
     assert registry.binding("learner").version == 4
     # keep 1 (v4): v1..v3 are out of the window, but the pinned v2 stays loaded
     assert [v.version for v in swapper.retirable("learner")] == [1, 3]
+
+
+def test_a_malformed_announcement_is_reported_once_and_acked_a_newer_one_held(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """Garbage on the versions stream cannot become loadable by retrying: it is
+    reported once and acked. An announcement of a newer schema is not garbage:
+    it stays unacked for a swapper that can read it, reported once."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    registry = Registry(bus, {"learner": Binding("learner", "http://127.0.0.1:9", "m", 0)})
+    swapper = Swapper(
+        bus, registry, OpenAIChat(timeout_s=5, max_retries=0), Tracer(tmp_path, "t").log,
+        group="swapper", retry_s=0.2,
+    )  # fmt: skip
+    bus.publish("versions", "junk", {"role": "learner", "version": "three"})
+    newer = VersionPublished(role="learner", version=1, path=str(tiny_model_path),
+                             base_version=0, pair_ids=[]).model_dump(mode="json")  # fmt: skip
+    bus.publish("versions", "newer", {**newer, "schema_version": 2, "signed_by": "x"})
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(swapper.run(stop, poll_s=0.05))
+        await asyncio.sleep(1.5)  # several polls and retry periods
+        stop.set()
+        await task
+
+    asyncio.run(go())
+    events = (tmp_path / "trace.jsonl").read_text()
+    assert events.count('"swap.bad_announcement"') == 1
+    assert events.count('"swap.newer_schema"') == 1
+    assert bus.pending("versions", "swapper") == 1  # the newer one, held
+    assert registry.binding("learner").version == 0

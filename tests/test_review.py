@@ -57,6 +57,13 @@ def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
     assert not paused_ids & emitted  # paused, not finished
     assert bus.pending("tasks", "orchestrators") == len(paused_ids)  # nothing acked
 
+    # Reviews of other orchestrators' episodes arrive first: more than one read's
+    # worth, held (not acked, not lost), and they must not hide this run's own.
+    for n in range(20):
+        bus.publish("reviews", f"elsewhere-{n}:critique", {
+            "episode_id": f"elsewhere-{n}", "node": "critique", "harmful": False,
+            "helpfulness": 5, "critique": "Someone else's episode.", "reviewer": "other",
+        })  # fmt: skip
     # The orchestrator process starts again on the same run and waits for reviews.
     config = tmp_path / "hitl.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

@@ -19,7 +19,7 @@ from sparring.bus import make_bus
 from sparring.config import TrainerConfig
 from sparring.schemas import ChatMessage, ModelRef, PreferencePair, Verdict
 from sparring.training.dpo import train_version
-from sparring.training.worker import GROUP, complete_versions, run_trainer
+from sparring.training.worker import GROUP, Trainer, complete_versions, run_trainer
 
 # bf16=False: with the tiny model's hidden size of 64, bf16 matmuls against the
 # 49k-token LM head run ~10x slower than fp32 on this CPU. The first test keeps
@@ -133,11 +133,17 @@ def test_worker_trains_versions_from_bus_with_provenance(
     assert set(complete_versions(tmp_path / "versions", "learner")) == {1, 2}
 
 
-def test_malformed_pair_is_reported_and_acked_not_retried(
+def test_malformed_pair_is_counted_and_acked_a_newer_ones_left_for_a_newer_trainer(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
+    """A pair this trainer cannot read is poison: logged, counted in the version
+    record, acked with it, never retried. A pair of a newer schema (new fields
+    this trainer does not know) is not poison: it stays unacked for a trainer
+    that can read it, and does not hold up training."""
     bus = make_bus(None, tmp_path / "bus.sqlite")
     bus.publish("pairs", "junk", {"prompt": "no chosen or rejected"})
+    newer = make_pairs(1, start=100)[0].model_dump(mode="json")
+    bus.publish("pairs", "newer", {**newer, "schema_version": 2, "new_field": "x"})
     publish(bus, make_pairs(4))
     log = LineLog()
     (v1,) = run_trainer(
@@ -146,8 +152,10 @@ def test_malformed_pair_is_reported_and_acked_not_retried(
     )  # fmt: skip
     log_lines = log.lines
     assert "junk" not in v1.pair_ids and len(v1.pair_ids) == 4
-    assert bus.pending("pairs", GROUP) == 0
+    assert v1.refused == {"not a valid pair (pair_id: Field required)": 1}
+    assert bus.pending("pairs", GROUP) == 1  # the newer pair, and only it
     assert any(line.startswith("error trainer.bad_pair") and "junk" in line for line in log_lines)
+    assert any("trainer.newer_schema" in line and "newer" in line for line in log_lines)
 
 
 def test_killed_after_rename_before_ack_republishes_without_retraining(
@@ -465,3 +473,34 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
     assert bus.pending("pairs", GROUP) == 0  # acked with the version: never retried
     manifest = complete_versions(tmp_path / "versions", "learner")[1]
     assert manifest.refused == v1.refused
+
+
+def test_a_version_whose_training_diverges_is_never_published(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """A learning rate far too high drives the real DPO steps to non-finite
+    weights: nothing is written or published, the pairs are refused (logged,
+    counted in the next version's record, acked with it), and training goes on."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(4))
+    log = LineLog()
+    versions = tmp_path / "versions"
+    wild = CFG.model_copy(update={"learning_rate": 1e30, "epochs": 3})
+    trainer = Trainer(bus, tiny_model_path, versions, wild, log=log)
+    trainer.poll()
+    assert trainer.ready()
+    assert trainer.train_next() is None
+    assert complete_versions(versions, "learner") == {}
+    assert not list((versions / "learner").glob("*"))  # no partial folder left either
+    assert bus.history("versions") == []
+    assert any("train.diverged" in line for line in log.lines)
+    assert bus.pending("pairs", GROUP) == 4  # held until a version records them
+
+    trainer.cfg = CFG
+    publish(bus, make_pairs(4, start=4))
+    trainer.poll()
+    v1 = trainer.train_next()
+    assert v1 is not None and v1.version == 1
+    assert sorted(v1.pair_ids) == [f"pair-{i}" for i in range(4, 8)]
+    assert v1.refused == {"training diverged (loss or weights not finite)": 4}
+    assert bus.pending("pairs", GROUP) == 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparring.agents.llm import Binding, Chat, Completion, Message, ask_parsed
-from sparring.agents.prompts import critic_examples, render, template
+from sparring.agents.prompts import Data, critic_examples, render, template
 from sparring.schemas import Critique, ModelRef, Verdict
 
 _YES = {"yes", "y", "true"}
@@ -42,11 +42,14 @@ def critique_messages(query: str, answer: str, shots: int = 2) -> list[Message]:
         messages.append(
             {
                 "role": "user",
-                "content": render("critic_user", query=ex["query"], answer=ex["answer"]),
+                "content": render(
+                    "critic_user", tag="example", query=Data(ex["query"]), answer=Data(ex["answer"])
+                ),
             }
         )
         messages.append({"role": "assistant", "content": ex["critique"]})
-    messages.append({"role": "user", "content": render("critic_user", query=query, answer=answer)})
+    user = render("critic_user", query=Data(query), answer=Data(answer))
+    messages.append({"role": "user", "content": user})
     return messages
 
 
@@ -67,11 +70,12 @@ def verdict_messages(
     messages: list[Message] = [{"role": "system", "content": system}]
     for ex in critic_examples()[:shots]:
         user = render(
-            "verdict_user", query=ex["query"], answer=ex["answer"], critique=ex["critique"]
-        )
+            "verdict_user", tag="example", query=Data(ex["query"]), answer=Data(ex["answer"]),
+            critique=Data(ex["critique"]),
+        )  # fmt: skip
         messages.append({"role": "user", "content": user})
         messages.append({"role": "assistant", "content": str(ex[field_name])})
-    user = render("verdict_user", query=query, answer=answer, critique=critique)
+    user = render("verdict_user", query=Data(query), answer=Data(answer), critique=Data(critique))
     messages.append({"role": "user", "content": user})
     return messages
 

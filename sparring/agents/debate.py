@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,7 +20,7 @@ import yaml
 
 from sparring.agents.critic import VerdictParseError, parse_field
 from sparring.agents.llm import Binding, Chat, Completion, Message, ask_parsed
-from sparring.agents.prompts import render, template
+from sparring.agents.prompts import FENCE, Data, neutralise, render, template
 from sparring.schemas import Judgement, ModelRef
 
 CHOICE_MAX_TOKENS = 4
@@ -31,9 +32,13 @@ def debate_examples() -> list[dict[str, Any]]:
     return list(yaml.safe_load(text))
 
 
-def transcript(turns: list[tuple[str, str]]) -> str:
-    """``[(label, text)]`` as the debate so far, one argument per line."""
-    return "\n".join(f"[{label}] {text}" for label, text in turns) or "(no arguments yet)"
+def transcript(turns: list[tuple[str, str]], tag: str = "debate") -> str:
+    """``[(label, text)]`` as the debate so far: each argument under its label,
+    fenced (``tag``: the prompt's fence tag), so no argument can forge a label."""
+    fenced = (
+        f"[{label}]\n" + FENCE.format(tag=tag, text=neutralise(text)) for label, text in turns
+    )
+    return "\n".join(fenced) or "(no arguments yet)"
 
 
 class Debater:
@@ -50,14 +55,15 @@ class Debater:
         self, binding: Binding, question: str, position: str, opponent_said: str | None
     ) -> Completion:
         user = (
-            render("debate_open", question=question, position=position)
+            render("debate_open", question=Data(question), position=Data(position))
             if opponent_said is None
             else render(
-                "debate_reply", question=question, position=position, opponent_said=opponent_said
+                "debate_reply", question=Data(question), position=Data(position),
+                opponent_said=Data(opponent_said),
             )
-        )
+        )  # fmt: skip
         messages = [
-            {"role": "system", "content": render("debater_system", position=position)},
+            {"role": "system", "content": render("debater_system", position=Data(position))},
             {"role": "user", "content": user},
         ]
         return await self._chat(
@@ -98,16 +104,18 @@ def choice_messages(
                 "role": "user",
                 "content": render(
                     "judge_choice_user",
-                    question=ex["question"],
-                    a=ex["a"],
-                    b=ex["b"],
-                    judgement=ex["judgement"],
+                    tag="example",
+                    question=Data(ex["question"]),
+                    a=Data(ex["a"]),
+                    b=Data(ex["b"]),
+                    judgement=Data(ex["judgement"]),
                     ask=ask,
-                ),
+                ),  # fmt: skip
             }
         )
         messages.append({"role": "assistant", "content": str(ex[name])})
-    user = render("judge_choice_user", question=question, a=a, b=b, judgement=judgement, ask=ask)
+    user = render("judge_choice_user", question=Data(question), a=Data(a), b=Data(b),
+                  judgement=Data(judgement), ask=ask)  # fmt: skip
     messages.append({"role": "user", "content": user})
     return messages
 
@@ -147,8 +155,13 @@ def make_judge(chat: Chat, *, temperature: float, max_tokens: int, retries: int,
             {
                 "role": "user",
                 "content": render(
-                    "judge_user", question=question, a=a, b=b, transcript=transcript(so_far)
-                ),
+                    "judge_user",
+                    tag=(tag := secrets.token_hex(4)),
+                    question=Data(question),
+                    a=Data(a),
+                    b=Data(b),
+                    transcript=transcript(so_far, tag),
+                ),  # fmt: skip
             },
         ]
         first = await chat(binding, messages, temperature=temperature, max_tokens=max_tokens)

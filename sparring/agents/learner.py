@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 
 from sparring.agents.llm import Binding, Chat, Completion, Message
-from sparring.agents.prompts import render, template
+from sparring.agents.prompts import Data, render, template
 
 # How the learner's system prompt is chosen: served (learner_system.txt, what
 # the loop serves), template (no system message: the chat template's own
@@ -71,7 +71,9 @@ class Learner:
             {"role": "system", "content": template("learner_system")},
             {
                 "role": "user",
-                "content": render("refine_user", query=query, answer=answer, critique=critique),
+                "content": render(
+                    "refine_user", query=Data(query), answer=Data(answer), critique=Data(critique)
+                ),
             },
         ]
         return await self._chat(

@@ -29,6 +29,14 @@ class Completion:
     completion_tokens: int
     latency_s: float
     binding: Binding
+    # why generation stopped: "stop" (the model ended), "length" (max_tokens
+    # reached), or what else the engine said; None where no engine was asked
+    finish_reason: str | None = None
+
+
+class NoTextError(RuntimeError):
+    """The engine answered without any text (no choice, or ``content: null``):
+    an engine fault, not an empty answer, so it is never judged or paired."""
 
 
 class Chat(Protocol):
@@ -64,20 +72,26 @@ class OpenAIChat:
 
     def __init__(
         self, timeout_s: float = 120.0, max_retries: int = 2,
-        http_client: Any = None,
+        http_client: Any = None, role_timeouts: dict[str, float] | None = None,
+        api_keys: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         """``http_client``: the AsyncClient the openai package should use (its own
-        httpx flavour), e.g. with a test transport; default: its own."""
+        httpx flavour), e.g. with a test transport; default: its own.
+        ``role_timeouts``: seconds per request by the binding's role (the
+        roles' ``timeout_s``); other roles get ``timeout_s``. ``api_keys``: the
+        bearer key by engine address (serving.engine.engine_keys)."""
         self._timeout_s = timeout_s
+        self._role_timeouts = dict(role_timeouts or {})
         self._max_retries = max_retries
         self._http_client = http_client
         self._clients: dict[str, AsyncOpenAI] = {}
+        self._api_keys = dict(api_keys or {})
 
     def _client(self, base_url: str) -> AsyncOpenAI:
         if base_url not in self._clients:
             self._clients[base_url] = AsyncOpenAI(
                 base_url=base_url,
-                api_key="sparring-local",
+                api_key=self._api_keys.get(base_url.rstrip("/"), "sparring-local"),
                 timeout=self._timeout_s,
                 max_retries=self._max_retries,
                 http_client=self._http_client,
@@ -93,15 +107,24 @@ class OpenAIChat:
             messages=messages,  # type: ignore[arg-type]
             temperature=temperature,
             max_tokens=max_tokens,
+            timeout=self._role_timeouts.get(binding.role, self._timeout_s),
         )
         latency = time.perf_counter() - start
         usage = resp.usage
+        choice = resp.choices[0] if resp.choices else None
+        if choice is None or choice.message.content is None:
+            why = choice.finish_reason if choice else "no choices"
+            raise NoTextError(
+                f"{binding.role}: the engine at {binding.base_url} ({binding.model}) "
+                f"returned no text (finish_reason={why})"
+            )
         return Completion(
-            text=(resp.choices[0].message.content or "").strip(),
+            text=choice.message.content.strip(),
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=latency,
             binding=binding,
+            finish_reason=choice.finish_reason,
         )
 
     async def aclose(self) -> None:

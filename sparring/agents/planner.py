@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from sparring.agents.llm import Binding, Chat, Completion, Message, ask_parsed
-from sparring.agents.prompts import render, template
+from sparring.agents.prompts import Data, neutralise, render, template
 
 
 class PlanParseError(ValueError):
@@ -60,9 +60,10 @@ class Planner:
             {"role": "system", "content": render("planner_system", n=max_parts)}
         ]
         for ex in plan_examples():
-            messages.append({"role": "user", "content": render("plan_user", task=ex["task"])})
+            user = render("plan_user", tag="example", task=Data(ex["task"]))
+            messages.append({"role": "user", "content": user})
             messages.append({"role": "assistant", "content": ex["plan"]})
-        messages.append({"role": "user", "content": render("plan_user", task=task)})
+        messages.append({"role": "user", "content": render("plan_user", task=Data(task))})
         parts, calls, problem = await ask_parsed(
             self._chat, binding, messages,
             # a reply cut off at the token limit has its last line cut too
@@ -75,10 +76,13 @@ class Planner:
     async def recompose(
         self, binding: Binding, task: str, parts: list[tuple[str, str]]
     ) -> Completion:
-        listed = "\n".join(f"- {sub}: {ans}" for sub, ans in parts)
+        listed = "\n".join(f"- {neutralise(sub)}: {neutralise(ans)}" for sub, ans in parts)
         messages: list[Message] = [
             {"role": "system", "content": template("recompose_system")},
-            {"role": "user", "content": render("recompose_user", task=task, parts=listed)},
+            {
+                "role": "user",
+                "content": render("recompose_user", task=Data(task), parts=Data(listed)),
+            },
         ]
         return await self._chat(
             binding, messages, temperature=self._temperature, max_tokens=self._max_tokens

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparring.bus.base import STREAMS, Bus, Delivery
+from sparring.bus.base import STREAMS, Bus, BusError, Delivery
 
-__all__ = ["STREAMS", "Bus", "Delivery", "make_bus"]
+__all__ = ["STREAMS", "Bus", "BusError", "Delivery", "make_bus"]
 
 
 def make_bus(redis_url: str | None, sqlite_path: str | Path, namespace: str = "") -> Bus:

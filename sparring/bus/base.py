@@ -14,6 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 STREAMS = ("episodes", "pairs", "versions")
 
 
+class BusError(RuntimeError):
+    """A bus that cannot be opened; the message names it and what to do."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     stream: str

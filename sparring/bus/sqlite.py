@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sparring.bus.base import Delivery
+from sparring.bus.base import BusError, Delivery
 
 # How long a connection waits for another process's write lock before failing.
 _BUSY_TIMEOUT_MS = 30_000
@@ -67,6 +67,11 @@ class SqliteBus:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise BusError(
+                f"{self.path}: a folder, not a SQLite file; bus.sqlite_path names the bus's "
+                f"file, e.g. {self.path / 'bus.sqlite'}"
+            )
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so each
         # transaction's lock mode (IMMEDIATE) is explicit.
@@ -76,6 +81,19 @@ class SqliteBus:
             isolation_level=None,
             check_same_thread=False,
         )
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            if "locked" in str(err):
+                raise  # another process holds it: not the file's fault
+            # SQLite refuses a damaged file before writing to it: it stays as it was.
+            raise BusError(
+                f"{self.path}: not a readable SQLite bus ({err}); it was left untouched: "
+                "restore it from a copy, or move it aside to start this run's bus afresh"
+            ) from None
+
+    def _open(self) -> None:
         self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         self._set_wal()
         # NORMAL in WAL mode survives a killed process; only power loss can

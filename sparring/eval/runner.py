@@ -38,7 +38,7 @@ from sparring.eval.judges import (
 from sparring.eval.metrics import Scored, compute
 from sparring.eval.suites import Suite, SuiteItem
 from sparring.schemas import Critique, VersionPublished
-from sparring.serving.engine import wait_for_engine
+from sparring.serving.engine import engine_keys, wait_for_engine
 from sparring.serving.loaders import load_role_adapters, make_loader, model_name_for
 from sparring.serving.registry import warm
 from sparring.training.worker import complete_versions, version_dir
@@ -312,7 +312,10 @@ class Evaluation:
 
     async def _evaluate(self, todo: list[tuple[Suite, int]]) -> None:
         cfg = self._own_engines()
-        chat = OpenAIChat(timeout_s=max(cfg.roles[r].timeout_s for r in self._roles()))
+        chat = OpenAIChat(
+            timeout_s=max(cfg.roles[r].timeout_s for r in self._roles()),
+            api_keys=engine_keys(cfg),
+        )
         async with AsyncExitStack() as stack:
             stack.push_async_callback(chat.aclose)
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))

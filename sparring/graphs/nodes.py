@@ -316,6 +316,11 @@ def review_reason(
     spread = c.get("disagreement")
     if max_disagreement is not None and spread is not None and spread > max_disagreement:
         return f"critics disagree ({spread:.2f} > {max_disagreement:.2f})"
+    panel = c.get("panel") or []
+    readable = sum(p.get("verdict") is not None for p in panel)
+    if max_disagreement is not None and len(panel) > 1 and readable < 2 and v is not None:
+        # one readable critic is not a peer review: its agreement is unknown
+        return f"only {readable} of {len(panel)} critics gave a readable verdict"
     if threshold is None:
         return None
     if v is None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from sparring.bus import BusError
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -57,7 +59,10 @@ def report_command(
     except ReportError as e:
         raise click.ClickException(str(e)) from None
     embed, note = _embedder(no_embeddings, err)
-    data = _collect(run_dir, embed, note, err, no_progress)
+    try:
+        data = _collect(run_dir, embed, note, err, no_progress)
+    except BusError as e:
+        raise click.ClickException(str(e)) from None
     from sparring.report.html import render
     from sparring.report.plots import figures
 

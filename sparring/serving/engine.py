@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from sparring.config import EngineConfig
+from sparring.config import EngineConfig, RunConfig
 from sparring.serving.hardware import resolve_dtype
 
 # Where scripts/setup.sh puts vLLM's virtual environments: the CPU build
@@ -129,6 +129,8 @@ def vllm_env(cfg: EngineConfig) -> dict[str, str]:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
+    if key := engine_key(cfg):
+        env["VLLM_API_KEY"] = key  # as --api-key, but not on the command line (ps)
     if cfg.swap_mode() == "full":
         env["VLLM_SERVER_DEV_MODE"] = "1"  # the /pause, /collective_rpc routes
     if cfg.device == "cpu":
@@ -137,6 +139,20 @@ def vllm_env(cfg: EngineConfig) -> dict[str, str]:
         # and a trainer on a small CPU, pinned threads fight over the same cores.
         env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return env
+
+
+def engine_key(cfg: EngineConfig) -> str | None:
+    """The engine's bearer key (engines.X.api_key); None where it wants none."""
+    return (cfg.api_key.get_secret_value() or None) if cfg.api_key else None
+
+
+def engine_keys(cfg: RunConfig) -> dict[str, str]:
+    """Each engine address (its URL and every replica's) -> the key requests to it carry."""
+    keys = {}
+    for ec in cfg.engines.values():
+        if key := engine_key(ec):
+            keys.update({url.rstrip("/"): key for url in (ec.url(), *ec.replica_urls())})
+    return keys
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

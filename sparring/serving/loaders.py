@@ -24,6 +24,7 @@ from typing import Protocol
 import httpx
 
 from sparring.config import EngineConfig, RunConfig, SwapMode
+from sparring.serving.engine import engine_key
 from sparring.serving.vllm import VLLMAdmin
 
 ADAPTER_SUBDIR = "adapter"
@@ -130,9 +131,10 @@ class FullLoader:
 def make_loader(engine: EngineConfig, client: httpx.AsyncClient, served_name: str) -> VersionLoader:
     mode = engine.swap_mode()
     if mode == "lora":
-        return LoraLoader(client, max_rank=engine.max_lora_rank if engine.managed else None)
+        max_rank = engine.max_lora_rank if engine.managed else None
+        return LoraLoader(client, engine_key(engine), max_rank)
     if mode == "full":
-        return FullLoader(client, served_name)
+        return FullLoader(client, served_name, engine_key(engine))
     return PathLoader()
 
 
@@ -176,7 +178,7 @@ async def load_role_adapters(cfg: RunConfig, roles: Iterable[str]) -> list[str]:
                     f"max_lora_rank {engine.max_lora_rank}: raise max_lora_rank"
                 )
             for replica in engine.replica_urls():
-                admin = VLLMAdmin(http, replica)
+                admin = VLLMAdmin(http, replica, engine_key(engine))
                 await admin.load_lora_adapter(adapter_name(role), str(rc.adapter.resolve()))
             loaded.append(adapter_name(role))
     return loaded

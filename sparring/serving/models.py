@@ -8,8 +8,10 @@ folder under the cache directory, which every engine and the trainer load.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -125,11 +127,102 @@ def build_tiny_model(
 
 def resolve_model_path(source_builtin: str | None, source_path: Path | None) -> Path:
     if source_path is not None:
-        if not (Path(source_path) / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{source_path} is not a Hugging Face model folder (no config.json)"
-            )
+        check_model_folder(Path(source_path))
         return Path(source_path).resolve()
     if source_builtin == "smollm2":
         return pull_smollm2()
     raise ValueError(f"unknown builtin model {source_builtin!r}")
+
+
+class ModelFolderError(ValueError):
+    """A model folder an engine or the trainer would fail to load; the message
+    names the file and what to do."""
+
+
+# a tokenizer is one of these (fast tokenizers, sentencepiece, BPE vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+_RECOPY = "copy the whole model folder again"
+
+
+def check_model_folder(folder: Path) -> None:
+    """Before any engine starts: the folder has a readable config.json, weights
+    whose files are complete and a tokenizer (an interrupted copy otherwise
+    fails minutes later, inside an engine's log)."""
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: no such model folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelFolderError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    _read_json(config)
+    weights = _weight_files(folder)
+    if not weights:
+        raise ModelFolderError(
+            f"{folder}: no weights (model.safetensors, model.safetensors.index.json or "
+            f"pytorch_model.bin); {_RECOPY}"
+        )
+    for w in weights:
+        if not w.is_file() or w.stat().st_size == 0:
+            raise ModelFolderError(f"{w}: missing or empty; {_RECOPY}")
+        if w.suffix == ".safetensors":
+            _check_safetensors(w)
+    tokenizers = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if not tokenizers:
+        raise ModelFolderError(
+            f"{folder}: no tokenizer ({', '.join(TOKENIZER_FILES)}); copy the model's "
+            "tokenizer files into it"
+        )
+    if tokenizers[0].suffix == ".json":
+        _read_json(tokenizers[0])
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFolderError(f"{path}: cannot be read as JSON ({err}); {_RECOPY}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files the folder's index names, else the weight files in it."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            data = _read_json(folder / index)
+            shards = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(shards, dict) or not shards:
+                raise ModelFolderError(f"{folder / index}: no 'weight_map'; {_RECOPY}")
+            return [folder / str(name) for name in sorted(set(shards.values()))]
+    found = sorted(folder.glob("*.safetensors"))
+    return found or [p for p in [folder / "pytorch_model.bin"] if p.is_file()]
+
+
+def _check_safetensors(path: Path) -> None:
+    """The header parses and the file is as long as the tensors it lists."""
+    need = _safetensors_end(path)
+    if need is None:
+        raise ModelFolderError(
+            f"{path}: not a safetensors file (its header cannot be read); {_RECOPY}"
+        )
+    if (size := path.stat().st_size) < need:
+        raise ModelFolderError(
+            f"{path}: truncated ({size} bytes, its header lists {need}); {_RECOPY}"
+        )
+
+
+def _safetensors_end(path: Path) -> int | None:
+    """Where the file's last tensor ends, by its header; None: no readable header."""
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
+            header = json.loads(f.read(n)) if 2 <= n <= 100 << 20 else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    ends = []
+    for t in header.values():
+        o = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)):
+            return None
+        ends.append(o[1])
+    return 8 + n + max(ends, default=0)

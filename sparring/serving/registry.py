@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sparring.agents.llm import Binding, Chat
-from sparring.bus import Bus
-from sparring.schemas import RolePointer, VersionPublished
+from sparring.bus import Bus, Delivery
+from sparring.config import check_name
+from sparring.schemas import SCHEMA_VERSION, RolePointer, VersionPublished
 from sparring.serving.loaders import LoadRefused, PathLoader, VersionLoader
 
 POINTER_KEY = "role:{role}"
@@ -30,8 +33,12 @@ class Registry:
         self, bus: Bus, base: dict[str, Binding], follow_learner: frozenset[str] = frozenset(),
         pinned: dict[str, int] | None = None,
         version_model: Callable[[int, str], str] | None = None,
+        versions_dir: Path | None = None,
     ) -> None:  # fmt: skip
+        """``versions_dir``: the run's ``versions/``; announced versions whose
+        folder is not inside it (under their role) are refused (see :meth:`refusal`)."""
         self._bus = bus
+        self.versions_dir = versions_dir
         self._base = base
         # roles bound with version: latest, served from the learner's pointer
         self._follow = follow_learner
@@ -41,6 +48,21 @@ class Registry:
         self._pinned_models: dict[int, str] = {}
         # lease (an episode id) -> the (role, version) it holds until released
         self._leases: dict[str, tuple[str, int]] = {}
+
+    def refusal(self, role: str, path: str) -> str | None:
+        """Why an announced version must not be loaded, or None. Anyone who can
+        write to the bus can announce one, so its folder is taken only where it
+        resolves (links followed) inside ``versions_dir/<role>/``; without a
+        ``versions_dir`` (tests, tools serving any folder) every one is taken."""
+        if self.versions_dir is None:
+            return None
+        try:
+            check_name(role)
+            root = (self.versions_dir / role).resolve()
+            inside = root in Path(path).resolve().parents
+        except (ValueError, OSError):  # a role with a separator, a NUL in the path
+            inside = False
+        return None if inside else f"its folder is not inside {self.versions_dir}/{role}/"
 
     @property
     def in_flight(self) -> Counter[tuple[str, int]]:
@@ -67,7 +89,10 @@ class Registry:
             published = [
                 VersionPublished.model_validate(d.payload) for d in self._bus.history("versions")
             ]
-            mine = [v for v in published if v.role == "learner" and v.version == n]
+            mine = [
+                v for v in published
+                if v.role == "learner" and v.version == n and not self.refusal(v.role, v.path)
+            ]  # fmt: skip
             if not mine:
                 return base  # version N is not out yet
             self._pinned_models[n] = self._version_model(n, mine[0].path)
@@ -162,6 +187,7 @@ class Swapper:
         # announcement msg_id -> monotonic time of its next try, after a failure
         self._retry_at: dict[str, float] = {}
         self._reported: set[tuple[str, int]] = set()
+        self._reported_msgs: set[tuple[str, str]] = set()
         self._gate = gate
         self._temperature = temperature
         self._registry = registry
@@ -195,11 +221,13 @@ class Swapper:
                     continue
                 tried += 1
                 try:
-                    published = VersionPublished.model_validate(d.payload)
+                    published = self._announcement(d)
+                    if published is None:
+                        continue  # a newer sparring's: left for a swapper that reads it
                     if not self.superseded(published):
                         await self.swap(published)
-                except LoadRefused:
-                    pass  # never loadable: acked below, reported by swap()
+                except (LoadRefused, ValidationError):
+                    pass  # never loadable: acked below, reported by swap() or _announcement()
                 except Exception:
                     # Not acked: tried again after retry_s (and after a restart);
                     # serving stays on the version that works.
@@ -215,6 +243,25 @@ class Swapper:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=poll_s)
 
+    def _announcement(self, d: Delivery) -> VersionPublished | None:
+        """The version a ``versions`` message announces; None (held, reported once)
+        for one of a newer schema. Raises ValidationError (reported) for garbage:
+        retrying cannot fix it, so it is acked."""
+        written_by = d.payload.get("schema_version", SCHEMA_VERSION)
+        if isinstance(written_by, int) and written_by > SCHEMA_VERSION:
+            self._retry_at[d.msg_id] = time.monotonic() + self._retry_s
+            if ("schema", d.msg_id) not in self._reported_msgs:
+                self._reported_msgs.add(("schema", d.msg_id))
+                self._log.warning("swap.newer_schema", msg_id=d.msg_id,
+                                  schema_version=written_by, understood=SCHEMA_VERSION)  # fmt: skip
+            return None
+        try:
+            return VersionPublished.model_validate(d.payload)
+        except ValidationError as err:
+            self._log.error("swap.bad_announcement", msg_id=d.msg_id, action="acked, skipped",
+                            error=str(err)[:500])  # fmt: skip
+            raise
+
     def superseded(self, published: VersionPublished) -> bool:
         """With a canary gate: a newer version of the role is already published,
         so this one is skipped (never gated, never served; the trainer may still
@@ -226,6 +273,7 @@ class Swapper:
             int(d.payload.get("version", 0))
             for d in self._bus.history("versions")
             if d.payload.get("role") == published.role
+            and not self._registry.refusal(published.role, str(d.payload.get("path")))
         ]
         if max(newer, default=0) <= published.version:
             return False
@@ -235,6 +283,11 @@ class Swapper:
 
     async def swap(self, published: VersionPublished) -> RolePointer | None:
         role, version = published.role, published.version
+        if why := self._registry.refusal(role, published.path):
+            # never loaded, never written to: acked by run() as never loadable
+            self._log.error("swap.refused", role=role, version=version, path=published.path[:500],
+                            error=f"announcement refused: {why}")  # fmt: skip
+            raise LoadRefused(f"{role} v{version} at {published.path}: {why}")
         current = self._registry.pointer(role)
         if current is not None and current.version >= version:
             return None  # a re-delivered or out-of-date announcement
@@ -324,6 +377,7 @@ class Swapper:
             v.version: v
             for d in self._bus.history("versions")
             if (v := VersionPublished.model_validate(d.payload)).role == role
+            and not self._registry.refusal(role, v.path)
         }
         out = []
         for n, v in sorted(published.items()):

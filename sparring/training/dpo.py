@@ -102,6 +102,17 @@ def pairs_dataset(pairs: list[PreferencePair], contexts: tuple[str, ...] = ("ser
     )
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the trained weights are not finite: nothing is written."""
+
+
+def _finite(model: Any) -> bool:
+    """Whether every trainable weight (the adapter) is finite."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
 def train_version(
     base: Path | str,
     pairs: list[PreferencePair],
@@ -146,6 +157,12 @@ def train_version(
         checkpointing = bool(trainer.args.activation_checkpointing)
     history: list[dict[str, Any]] = trainer.state.log_history
     peft_model: Any = trainer.model
+    loss = output.training_loss
+    if loss is None or not math.isfinite(loss) or not _finite(peft_model):
+        raise TrainingDiverged(
+            f"training diverged after {output.global_step} steps (loss {loss}, "
+            f"learning rate {cfg.learning_rate}): no version written"
+        )
     if _is_main_process(trainer):
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir / "adapter"))
@@ -158,9 +175,8 @@ def train_version(
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
     accuracies = [h["rewards/accuracies"] for h in history if "rewards/accuracies" in h]
     rates = [h["learning_rate"] for h in history if "learning_rate" in h]
-    loss = output.training_loss
     return TrainResult(
-        loss=float(loss) if loss is not None and math.isfinite(loss) else None,
+        loss=float(loss),
         steps=int(output.global_step),
         seconds=time.perf_counter() - start,
         reward_margin=float(margins[-1]) if margins else None,

@@ -71,7 +71,7 @@ def follow(ranks: Ranks, log: Any) -> int:
     returns how many versions it helped train."""
     from sparring.config import TrainerConfig
     from sparring.schemas import PreferencePair
-    from sparring.training.dpo import train_version
+    from sparring.training.dpo import TrainingDiverged, train_version
 
     done = 0
     log.info("trainer.rank_started", rank=ranks.rank, world_size=ranks.world_size)
@@ -82,12 +82,15 @@ def follow(ranks: Ranks, log: Any) -> int:
         if kind != "train":
             continue  # a heartbeat
         base, pairs, out_dir, cfg, seed, adapter_from = body
-        train_version(
-            base,
-            [PreferencePair.model_validate(p) for p in pairs],
-            Path(out_dir),
-            TrainerConfig.model_validate(cfg),
-            seed=seed,
-            adapter_from=Path(adapter_from) if adapter_from else None,
-        )
+        try:
+            train_version(
+                base,
+                [PreferencePair.model_validate(p) for p in pairs],
+                Path(out_dir),
+                TrainerConfig.model_validate(cfg),
+                seed=seed,
+                adapter_from=Path(adapter_from) if adapter_from else None,
+            )
+        except TrainingDiverged:
+            continue  # rank 0 saw it too: it refuses the pairs and goes on
         done += 1

@@ -27,8 +27,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from sparring.bus import Bus, Delivery, make_bus
-from sparring.config import RunConfig, TrainerConfig, load_config
-from sparring.schemas import PreferencePair, VersionPublished
+from sparring.config import RunConfig, TrainerConfig, check_name, load_config
+from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished
 from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
 from sparring.tracing import process_logger
@@ -89,6 +89,9 @@ class Trainer:
         # refused pairs (never trained), held unacked until the next version
         # records them, so a killed trainer counts them again rather than not at all
         self.refused: list[tuple[Delivery, str]] = []
+        # pairs written by a newer sparring (a higher schema_version): left
+        # unacked for a trainer that can read them, never dropped
+        self.deferred: set[str] = set()
         self._tokenizer: Any = None
 
     @property
@@ -129,6 +132,7 @@ class Trainer:
     def poll(self) -> int:
         """Add newly delivered pairs to the batch; returns how many arrived."""
         held = {d.msg_id for d, _ in self.batch} | {d.msg_id for d, _ in self.refused}
+        held |= self.deferred
         # The bus hands this consumer's pending (held) pairs back first, so ask
         # for those and a whole version's worth more to get past them to new ones.
         delivered = self.bus.read(
@@ -137,14 +141,25 @@ class Trainer:
         )  # fmt: skip
         fresh = [d for d in delivered if d.msg_id not in held]
         for d in fresh:
+            written_by = d.payload.get("schema_version", SCHEMA_VERSION)
+            if isinstance(written_by, int) and written_by > SCHEMA_VERSION:
+                self.deferred.add(d.msg_id)
+                self.log.warning(
+                    "trainer.newer_schema", msg_id=d.msg_id, schema_version=written_by,
+                    understood=SCHEMA_VERSION, action="left unacked for a newer trainer",
+                )  # fmt: skip
+                continue
             try:
                 pair = PreferencePair.model_validate(d.payload)
             except ValidationError as err:
-                # Poison: retrying cannot fix it, and it must not block training.
+                # Poison: retrying cannot fix it, and it must not block training;
+                # refused like any untrainable pair (counted, acked with a version).
                 self.log.error(
                     "trainer.bad_pair", msg_id=d.msg_id, poison=True, error=str(err)[:500]
                 )
-                self.bus.ack(STREAM, GROUP, [d.msg_id])
+                first = err.errors()[0]
+                where = ".".join(map(str, first["loc"])) or "payload"
+                self.refused.append((d, f"not a valid pair ({where}: {first['msg']})"))
                 continue
             self.check(d, pair)
         return len(fresh)
@@ -269,8 +284,10 @@ class Trainer:
     def _continues(self) -> bool:
         return self.cfg.publish == "adapter" or self.cfg.lineage == "continue"
 
-    def train_next(self) -> VersionPublished:
-        from sparring.training.dpo import train_version
+    def train_next(self) -> VersionPublished | None:
+        """Train and publish the next version; None when its training diverged
+        (its pairs are then refused, counted in the next version's record)."""
+        from sparring.training.dpo import TrainingDiverged, train_version
 
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
@@ -299,7 +316,16 @@ class Trainer:
             "train", str(base), [p.model_dump(mode="json") for p in trained], str(tmp),
             self.cfg.model_dump(mode="json"), n, str(adapter_from) if adapter_from else None,
         ))  # fmt: skip
-        result = train_version(base, trained, tmp, self.cfg, seed=n, adapter_from=adapter_from)
+        try:
+            result = train_version(base, trained, tmp, self.cfg, seed=n, adapter_from=adapter_from)
+        except TrainingDiverged as err:
+            # Garbage weights never serve; retrying the same pairs would diverge
+            # again, so they are refused (logged, counted, acked with the next version).
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.log.error("train.diverged", version=n, pairs=len(pairs), error=str(err))
+            self.refused += [(d, "training diverged (loss or weights not finite)")
+                             for d, _ in take]  # fmt: skip
+            return None
         self.log.info(
             "train.done", version=n, loss=result.loss, steps=result.steps,
             seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
@@ -359,6 +385,8 @@ def run_trainer(
                 continue
             trainer.log.info("trainer.batch_ready", pairs=len(trainer.batch))
             manifest = trainer.train_next()
+            if manifest is None:
+                continue
             published.append(manifest)
             if on_version:
                 on_version(manifest)
@@ -376,12 +404,20 @@ def learner_base(cfg: RunConfig, role: str = "learner") -> Path | str:
     return resolve_model_path(src.builtin, src.path)
 
 
+def _name_arg(value: str) -> str:
+    """--consumer names the trainer on the bus and in files: a plain name."""
+    try:
+        return check_name(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{value!r} {err}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="sparring train", description=__doc__)
     ap.add_argument("--config", type=Path, default=None)
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--max-versions", type=int, default=None)
-    ap.add_argument("--consumer", default="trainer-1")
+    ap.add_argument("--consumer", default="trainer-1", type=_name_arg)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     ranks = Ranks.from_env()
