@@ -52,6 +52,7 @@ def measure(bases: str) -> dict[str, Any]:
     )
     assert spec and spec.loader
     suite = importlib.util.module_from_spec(spec)
+    sys.modules["injection_suite"] = suite
     spec.loader.exec_module(suite)
 
     model = pull_smollm2()
@@ -72,8 +73,11 @@ def measure(bases: str) -> dict[str, Any]:
 
         outcomes = asyncio.run(go())
         seconds = time.perf_counter() - started
+    import sparring
+
     out = dict(suite.summarise(outcomes))
     out["seconds"] = round(seconds, 1)
+    out["sparring"] = str(Path(sparring.__file__).parent.parent)  # which tree was measured
     return out
 
 

@@ -127,6 +127,8 @@ def eval_command(
 
     from rich.console import Console
 
+    from sparring.bus import BusError
+    from sparring.config import ConfigError
     from sparring.eval.report import render_disagreements, render_table
     from sparring.eval.runner import (
         EvalError,
@@ -169,7 +171,7 @@ def eval_command(
             done = ", ".join(f"v{v} {name}" for name, v in evaluation.skipped)
             click.echo(f"already stored, skipped: {done} (--force redoes them)", err=True)
         results = asyncio.run(evaluation.run())
-    except (SuiteError, EvalError, EngineError) as err:
+    except (SuiteError, EvalError, EngineError, ConfigError, BusError) as err:
         raise click.ClickException(str(err)) from None
     console = Console()
     condition = "" if system == "served" else f", system prompt: {condition_tag(system)}"
