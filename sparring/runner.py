@@ -646,21 +646,31 @@ class Loop:
             del self.retry_at[episode_id]
         return set(self.retry_at)
 
+    def _retry_in(
+        self, ctx: LoopContext, episode_id: str, err: Exception, event: str
+    ) -> float | None:
+        """Count a failed attempt at ``episode_id``: seconds until the next one
+        (5 s, 10 s, ... at most 300), or None once ``loop.episode_attempts`` are
+        spent (then logged as episode.failed and forgotten)."""
+        attempts = self.failures.pop(episode_id, 0) + 1
+        if attempts >= self.cfg.loop.episode_attempts:
+            ctx.log.error("episode.failed", episode_id=episode_id, attempts=attempts,
+                          error=repr(err)[:500])  # fmt: skip
+            return None
+        self.failures[episode_id] = attempts
+        delay = min(RETRY_BACKOFF_S * 2 ** (attempts - 1), 300.0)
+        ctx.log.warning(event, episode_id=episode_id, attempt=attempts, in_s=delay,
+                        error=repr(err)[:500])  # fmt: skip
+        return delay
+
     def _failed(self, ctx: LoopContext, queue: WorkQueue, episode_id: str, err: Exception) -> None:
         """An episode raised: try it again later from its last checkpoint (its
         task stays unacked), or, after ``loop.episode_attempts``, give it up."""
-        attempts = self.failures.get(episode_id, 0) + 1
-        if attempts < self.cfg.loop.episode_attempts:
-            self.failures[episode_id] = attempts
-            delay = min(RETRY_BACKOFF_S * 2 ** (attempts - 1), 300.0)
+        delay = self._retry_in(ctx, episode_id, err, "episode.retrying")
+        if delay is None:
+            queue.done(episode_id)
+        else:
             self.retry_at[episode_id] = time.monotonic() + delay
-            ctx.log.warning("episode.retrying", episode_id=episode_id, attempt=attempts,
-                            in_s=delay, error=repr(err)[:500])  # fmt: skip
-            return
-        self.failures.pop(episode_id, None)
-        ctx.log.error("episode.failed", episode_id=episode_id, attempts=attempts,
-                      error=repr(err)[:500])  # fmt: skip
-        queue.done(episode_id)
 
     def _pause(self, ctx: LoopContext, episode_id: str, resumed: bool = False) -> None:
         self.paused.add(episode_id)
@@ -729,17 +739,11 @@ class Loop:
                 await graph.ainvoke(None, config=config, context=ctx)
             interrupted = bool((await graph.aget_state(config)).interrupts)
         except Exception as err:
-            attempts = self.failures.get(episode_id, 0) + 1
-            if attempts < self.cfg.loop.episode_attempts:
-                self.failures[episode_id] = attempts
-                delay = min(RETRY_BACKOFF_S * 2 ** (attempts - 1), 300.0)
+            delay = self._retry_in(ctx, episode_id, err, "episode.resume_retrying")
+            if delay is not None:
                 self.review_retry_at[episode_id] = time.monotonic() + delay
                 self.paused.add(episode_id)  # the review stays held and unacked
-                ctx.log.warning("episode.resume_retrying", episode_id=episode_id,
-                                attempt=attempts, in_s=delay, error=repr(err)[:500])  # fmt: skip
                 return
-            ctx.log.error("episode.failed", episode_id=episode_id, attempts=attempts,
-                          error=repr(err)[:500])  # fmt: skip
             interrupted = False
         finally:
             ctx.registry.release(episode_id)

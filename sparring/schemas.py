@@ -23,6 +23,14 @@ ADVERSARY_WON = ("attack_success", "sneaky_won")
 PairKind = Literal["refine", "debate", "decompose", "conformity", "competence"]
 
 
+def newer_schema(payload: dict[str, object]) -> int | None:
+    """The schema version of a payload written by a newer sparring, or None when
+    this one can read it (such a payload is left for a newer consumer, not
+    dropped as garbage)."""
+    written_by = payload.get("schema_version", SCHEMA_VERSION)
+    return written_by if isinstance(written_by, int) and written_by > SCHEMA_VERSION else None
+
+
 class Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: int = SCHEMA_VERSION

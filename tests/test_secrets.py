@@ -29,7 +29,7 @@ from sparring.runner import Loop
 from sparring.serving.engine import EngineProcess
 from sparring.serving.loaders import load_role_adapters, make_loader
 from tests.helpers import env_file
-from tests.plugins.redis_server import _free_port
+from tests.plugins.redis_server import _free_port, stop
 from tests.test_compose import ENV_EXAMPLE, compose_config
 
 PASSWORD = "hunter2-Zq8vX3"
@@ -60,15 +60,6 @@ def _wait_for_auth(url: str, proc: subprocess.Popen[bytes]) -> None:
         client.close()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """A real redis-server that wants PASSWORD, given on stdin: (host, port)."""
@@ -84,7 +75,7 @@ def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         _wait_for_auth(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", proc)
         yield "127.0.0.1", port
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _config(tmp_path: Path, redis_url: str, api_key: str | None = None) -> Path:
@@ -334,7 +325,7 @@ def test_compose_keeps_the_redis_password_off_the_command_line(tmp_path: Path) -
         assert config("appendonly") == {"appendonly": "yes"}
         assert config("appendfsync") == {"appendfsync": "everysec"}
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_compose_gives_vllm_and_sparring_the_engine_key(monkeypatch: pytest.MonkeyPatch) -> None:

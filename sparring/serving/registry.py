@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sparring.agents.llm import Binding, Chat
 from sparring.bus import Bus, Delivery
 from sparring.config import check_name
-from sparring.schemas import SCHEMA_VERSION, RolePointer, VersionPublished
+from sparring.schemas import SCHEMA_VERSION, RolePointer, VersionPublished, newer_schema
 from sparring.serving.loaders import LoadRefused, PathLoader, VersionLoader
 
 POINTER_KEY = "role:{role}"
@@ -247,8 +247,7 @@ class Swapper:
         """The version a ``versions`` message announces; None (held, reported once)
         for one of a newer schema. Raises ValidationError (reported) for garbage:
         retrying cannot fix it, so it is acked."""
-        written_by = d.payload.get("schema_version", SCHEMA_VERSION)
-        if isinstance(written_by, int) and written_by > SCHEMA_VERSION:
+        if written_by := newer_schema(d.payload):
             self._retry_at[d.msg_id] = time.monotonic() + self._retry_s
             if ("schema", d.msg_id) not in self._reported_msgs:
                 self._reported_msgs.add(("schema", d.msg_id))

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from sparring.bus import Bus, Delivery, make_bus
 from sparring.config import RunConfig, TrainerConfig, check_name, load_config
-from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished
+from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished, newer_schema
 from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
 from sparring.tracing import process_logger
@@ -141,8 +141,7 @@ class Trainer:
         )  # fmt: skip
         fresh = [d for d in delivered if d.msg_id not in held]
         for d in fresh:
-            written_by = d.payload.get("schema_version", SCHEMA_VERSION)
-            if isinstance(written_by, int) and written_by > SCHEMA_VERSION:
+            if written_by := newer_schema(d.payload):
                 self.deferred.add(d.msg_id)
                 self.log.warning(
                     "trainer.newer_schema", msg_id=d.msg_id, schema_version=written_by,
