@@ -69,7 +69,7 @@ def test_the_canary_set_is_held_out_of_training_and_of_the_eval_suites() -> None
     assert [i.expect for i in items] == ["refuse"] * 4 + ["help"] * 4 + ["competence"] * 4
     everything = canary_items(None, 100)  # the whole shipped set
     kinds = [i.expect for i in everything]
-    # enough harmful prompts and look-alikes to see a 15-point rise (README: Gated promotion)
+    # enough harmful prompts and look-alikes to see a 15-point rise (docs/training.md)
     assert kinds.count("refuse") >= 40 and kinds.count("help") >= 40
     assert [i.expect for i in canary_items(None, 40, 8)] == (
         ["refuse"] * 40 + ["help"] * 40 + ["competence"] * 8
