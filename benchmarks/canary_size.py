@@ -40,11 +40,14 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         for t in args.tolerances:
-            rows.append({
-                "n": n, "tolerance": t,
-                "false_alarm": round(flagged(n, args.base, args.base, t), 4),
-                "power": round(flagged(n, args.base, args.base + args.rise, t), 4),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "n": n,
+                    "tolerance": t,
+                    "false_alarm": round(flagged(n, args.base, args.base, t), 4),
+                    "power": round(flagged(n, args.base, args.base + args.rise, t), 4),
+                }
+            )
     print(json.dumps({"base": args.base, "rise": args.rise, "rows": rows}, indent=1))
 
 

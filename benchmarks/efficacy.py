@@ -70,8 +70,14 @@ def main() -> None:
         default=None,
         help="passed to `sparring run` (a fresh run only; default: the default profile)",
     )
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="passed to `sparring run` (a fresh run only)")  # fmt: skip
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to `sparring run` (a fresh run only)",
+    )
     args = ap.parse_args()
     started = time.time()
     run_id = args.run_id or time.strftime("efficacy-%Y%m%d-%H%M%S")
@@ -83,8 +89,12 @@ def main() -> None:
             cmd += ["--config", str(args.config)]
         subprocess.run(cmd + [f"--set={s}" for s in sets], check=True)
     version = args.version if args.version is not None else last_promoted(run_dir)
-    out: dict[str, Any] = {"run_id": run_id, "version": version, "base_version": 0,
-                           "suites": {n: len(load_suite(n).items) for n in SHIPPED}}  # fmt: skip
+    out: dict[str, Any] = {
+        "run_id": run_id,
+        "version": version,
+        "base_version": 0,
+        "suites": {n: len(load_suite(n).items) for n in SHIPPED},
+    }
     for system in CONDITIONS:
         metrics = evaluate(run_dir, version, system)
         out[system] = {**figures(metrics[version]), "base": figures(metrics[0])}

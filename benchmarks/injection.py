@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "sparring" / "eval" / "data" / "injections.yaml"
 
 
+# Not sparring.process.free_port: this script also runs an older sparring.
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +42,7 @@ def measure(bases: str) -> dict[str, Any]:
     """The suite against the ``sparring`` on the import path (this process)."""
     import importlib.util
 
-    from sparring.agents.llm import Binding, OpenAIChat
+    from sparring.agents import Binding, OpenAIChat
     from sparring.config import EngineConfig
     from sparring.serving.engine import EngineProcess
     from sparring.serving.models import pull_smollm2

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -31,17 +30,12 @@ from typing import Any
 
 from sparring.bus import make_bus
 from sparring.config import EngineConfig, RunConfig, parse_config
-from sparring.runner import Loop
+from sparring.orchestrator import Loop
+from sparring.process import free_port
 from sparring.schemas import Episode
 from sparring.serving.engine import EngineProcess
 from sparring.serving.hardware import resolve_dtype
 from sparring.serving.models import build_tiny_model, cache_dir, pull_smollm2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(model: Path, engine: EngineConfig, runs: Path, concurrency: int, episodes: int) -> Any:
@@ -129,8 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     ap.add_argument("--episodes-1", type=int, default=6, help="episodes at concurrency 1")
     ap.add_argument("--episodes-8", type=int, default=24, help="episodes at concurrency 8")
-    ap.add_argument("--engine", action="append", choices=sorted(ENGINES), default=[],
-                    help="engine kind to measure (repeatable; default: both)")  # fmt: skip
+    ap.add_argument(
+        "--engine",
+        action="append",
+        choices=sorted(ENGINES),
+        default=[],
+        help="engine kind to measure (repeatable; default: both)",
+    )
     args = ap.parse_args(argv)
     kinds = args.engine or sorted(ENGINES)
 

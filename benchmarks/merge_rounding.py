@@ -77,9 +77,11 @@ def measure_run(run_dir: Path) -> dict[str, Any]:
         if not (served / "model.safetensors").is_file():
             continue  # publish: adapter; nothing merged
         relative_to_base = v.adapter_base == "base"
-        trained_on = base if relative_to_base or not v.base_version else (
-            Path(versions[v.base_version].path)
-        )  # fmt: skip
+        trained_on = (
+            base
+            if relative_to_base or not v.base_version
+            else (Path(versions[v.base_version].path))
+        )
         rows[f"v{n}"] = {
             "adapter_relative_to": "base" if relative_to_base else f"v{v.base_version}",
             **measure(served, trained_on),

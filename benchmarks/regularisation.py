@@ -41,8 +41,13 @@ DEFAULT_SETTINGS = (
     "lr=1e-3,beta=0.3,sft=1,r=8",  # anchored closer to the reference model
     "lr=1e-3,beta=0.1,sft=0,r=8",  # plain DPO, no NLL on the chosen answers
 )
-KEYS = {"lr": "learning_rate", "beta": "beta", "sft": "sft_weight", "r": "lora_r",
-        "epochs": "epochs"}  # fmt: skip
+KEYS = {
+    "lr": "learning_rate",
+    "beta": "beta",
+    "sft": "sft_weight",
+    "r": "lora_r",
+    "epochs": "epochs",
+}
 
 
 def parse(setting: str) -> dict[str, Any]:
@@ -62,8 +67,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a finished run id under --runs-dir")
     ap.add_argument("--setting", action="append", default=None, metavar="lr=..,beta=..,sft=..,r=..")
-    ap.add_argument("--kinds", default="conformity,competence,refine",
-                    help="pair kinds to train on (comma-separated)")  # fmt: skip
+    ap.add_argument(
+        "--kinds",
+        default="conformity,competence,refine",
+        help="pair kinds to train on (comma-separated)",
+    )
     ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/regularisation.json"))
     args = ap.parse_args()
@@ -76,9 +84,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     bus = make_bus(None, src / "bus.sqlite", namespace=src.name)
     kinds = set(args.kinds.split(","))
-    pairs = [p for d in bus.history("pairs")
-             if (p := PreferencePair.model_validate(d.payload)).kind in kinds
-             and pair_problem(p, tokenizer) is None]  # fmt: skip
+    pairs = [
+        p
+        for d in bus.history("pairs")
+        if (p := PreferencePair.model_validate(d.payload)).kind in kinds
+        and pair_problem(p, tokenizer) is None
+    ]
     bus.close()
     scratch = args.runs_dir / f"{args.run}-reg"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -90,22 +101,32 @@ def main() -> None:
         dest = scratch / EVAL_DIR / stored.parent.name / stored.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(stored, dest)
-    out: dict[str, Any] = {"run_id": args.run, "pairs": len(pairs),
-                           "pair_kinds": {k: sum(p.kind == k for p in pairs) for k in kinds},
-                           "settings": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "run_id": args.run,
+        "pairs": len(pairs),
+        "pair_kinds": {k: sum(p.kind == k for p in pairs) for k in kinds},
+        "settings": {},
+    }
     for n, setting in enumerate(settings, 1):
         tcfg = cfg.trainer.model_copy(update=parse(setting))
         vdir = scratch / "versions" / "learner" / f"v{n}"
         result = train_version(base, pairs, vdir, tcfg, seed=0)
         manifest = VersionPublished(
-            role="learner", version=n, path=str(vdir.resolve()), base_version=0,
-            pair_ids=[p.pair_id for p in pairs], train_loss=result.loss,
+            role="learner",
+            version=n,
+            path=str(vdir.resolve()),
+            base_version=0,
+            pair_ids=[p.pair_id for p in pairs],
+            train_loss=result.loss,
             train_seconds=result.seconds,
-        )  # fmt: skip
+        )
         (vdir / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         (vdir / COMPLETE_MARKER).write_text("ok\n")
-        out["settings"][f"v{n}"] = {"setting": setting, "steps": result.steps,
-                                    "train_loss": result.loss}  # fmt: skip
+        out["settings"][f"v{n}"] = {
+            "setting": setting,
+            "steps": result.steps,
+            "train_loss": result.loss,
+        }
     suites = [load_suite(name) for name in SHIPPED]
     wanted = tuple(str(n) for n in range(len(settings) + 1))
     for system in ("served", "template"):

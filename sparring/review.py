@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from sparring.bus import Bus, BusError, make_bus
+from sparring.bus import ARCHIVE_DIR, Bus, BusError, make_bus
 from sparring.config import ConfigError, expand_env
 from sparring.redact import MissingSecret, restore
 from sparring.schemas import HumanReview, ReviewRequest, review_id
@@ -32,7 +32,7 @@ def open_run_bus(run_dir: Path) -> Bus:
         raise BusError(f"{cfg_file}: {err}") from None
     redis_url = bus.get("redis_url")
     sqlite = bus.get("sqlite_path") or run_dir / "bus.sqlite"
-    return make_bus(redis_url, sqlite, namespace=run_dir.name)
+    return make_bus(redis_url, sqlite, namespace=run_dir.name, archive_dir=run_dir / ARCHIVE_DIR)
 
 
 def waiting(bus: Bus) -> list[ReviewRequest]:

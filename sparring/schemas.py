@@ -281,9 +281,13 @@ def combine_panel(panel: list[Critique]) -> Critique:
     attempts = sum(c.attempts for c in panel)
     if not readable:
         return Critique(
-            text=text, verdict=None, critic=ref, attempts=attempts, panel=panel,
+            text=text,
+            verdict=None,
+            critic=ref,
+            attempts=attempts,
+            panel=panel,
             judge_error="no critic in the panel gave a readable verdict",
-        )  # fmt: skip
+        )
     n = len(readable)
     harmful = sum(v.harmful for v in readable)
     helps = [v.helpfulness for v in readable]

@@ -116,9 +116,16 @@ def render_table(rows: list[VersionRow], console: Console | None = None) -> None
         "(debate: the sneaky debater won); judge errors count in neither",
     )
     for col in (
-        "learner", "epi-\nsodes", "judge\nerrors", "attack\nsuccess", "help-\nful",
-        "pairs", "trained\non", "train\nloss", "served",
-    ):  # fmt: skip
+        "learner",
+        "epi-\nsodes",
+        "judge\nerrors",
+        "attack\nsuccess",
+        "help-\nful",
+        "pairs",
+        "trained\non",
+        "train\nloss",
+        "served",
+    ):
         table.add_column(col, justify="right")
     debate = any(r.judge_accuracy is not None for r in rows)
     decompose = any(r.decompose_gap is not None for r in rows)
@@ -155,8 +162,10 @@ def render_table(rows: list[VersionRow], console: Console | None = None) -> None
     console.print(table)
     for r in rows:
         if r.gate == "rejected":
-            console.print(f"v{r.version} rejected by the canary gate (kept on disk, never served): "
-                          f"{r.gate_reason}")  # fmt: skip
+            console.print(
+                f"v{r.version} rejected by the canary gate (kept on disk, never served): "
+                f"{r.gate_reason}"
+            )
 
 
 def as_json(rows: list[VersionRow]) -> list[dict[str, object]]:

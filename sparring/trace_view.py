@@ -17,9 +17,15 @@ from rich.text import Text
 from sparring.tracing import TRACE_FILE
 
 ROLE_STYLE = {
-    "attacker": "red", "learner": "green", "critic": "yellow", "sneaky": "red",
-    "judge": "yellow", "verifier": "yellow", "planner": "cyan", None: "blue",
-}  # fmt: skip
+    "attacker": "red",
+    "learner": "green",
+    "critic": "yellow",
+    "sneaky": "red",
+    "judge": "yellow",
+    "verifier": "yellow",
+    "planner": "cyan",
+    None: "blue",
+}
 NODE_TITLE = {
     "attack": "attacker asks",
     "respond": "learner answers",
@@ -42,9 +48,14 @@ NODE_TITLE = {
     "verify": "verifier judges the recomposed whole",
 }
 VERDICT_NODES = (
-    "critique", "critique_refined", "review", "review_refined", "judge_part", "verify_direct",
+    "critique",
+    "critique_refined",
+    "review",
+    "review_refined",
+    "judge_part",
+    "verify_direct",
     "verify",
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -140,8 +151,9 @@ def render_event(e: dict[str, Any], console: Console, role_filter: str | None = 
             mv = member.get("verdict")
             said = (
                 f"harmful={'yes' if mv['harmful'] else 'no'} · helpfulness {mv['helpfulness']}"
-                if mv else "unreadable"
-            )  # fmt: skip
+                if mv
+                else "unreadable"
+            )
             body.append(f"\n  {member['role']} ({member['model']}): {said}", style="dim")
         if e.get("disagreement") is not None:
             body.append(f"\npanel disagreement: {e['disagreement']:.2f}", style="dim")
@@ -188,9 +200,14 @@ def render_event(e: dict[str, Any], console: Console, role_filter: str | None = 
                 body.append("\nharmless parts made a harmful whole", style="bold magenta")
     title = f"{NODE_TITLE.get(node, node)} — {who}"
     console.print(
-        Panel(body, title=title, subtitle=meta, title_align="left",
-              border_style=ROLE_STYLE.get(role, "white"))
-    )  # fmt: skip
+        Panel(
+            body,
+            title=title,
+            subtitle=meta,
+            title_align="left",
+            border_style=ROLE_STYLE.get(role, "white"),
+        )
+    )
 
 
 def render_episode(events: list[dict[str, Any]], console: Console, f: Filters) -> None:

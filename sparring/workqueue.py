@@ -24,9 +24,14 @@ GROUP = "orchestrators"
 
 class WorkQueue:
     def __init__(
-        self, bus: Bus, run_id: str, consumer: str, *, limit: int | None = None,
+        self,
+        bus: Bus,
+        run_id: str,
+        consumer: str,
+        *,
+        limit: int | None = None,
         claim_after_s: float = 3600.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._bus = bus
         self._run_id = run_id
         self.consumer = consumer
@@ -44,9 +49,12 @@ class WorkQueue:
             # This consumer's unacked tasks come back first (some are running
             # here now), then stale ones of other consumers, then new ones.
             for d in self._bus.read(
-                STREAM, GROUP, self.consumer, count=len(running) + 1,
+                STREAM,
+                GROUP,
+                self.consumer,
+                count=len(running) + 1,
                 claim_after_s=self._claim_after_s,
-            ):  # fmt: skip
+            ):
                 if d.msg_id not in running:
                     return d.msg_id
             n = self._bus.length(STREAM)

@@ -16,6 +16,8 @@ from sparring.agents.prompts import load_prompt_set
 from sparring.bus import make_bus
 from sparring.cli import main
 from sparring.config import ConfigError, load_config
+from sparring.graphs import load_run_config
+from sparring.graphs.checkpoints import CheckpointError, check_checkpoints
 from sparring.serving.models import resolve_model_path
 
 
@@ -35,7 +37,7 @@ def unmanaged_config(tmp_path: Path, **models: dict[str, str]) -> Path:
                 "base_url": "http://127.0.0.1:9/v1",
                 "startup_timeout_s": 1,
             },
-        },  # fmt: skip
+        },
         "roles": {r: {"engine": "e", "model": model} for r in ("attacker", "learner", "critic")},
         "trainer": {"managed": False},
         "promotion": {"gate": False},
@@ -114,6 +116,69 @@ def test_commands_on_a_run_with_a_damaged_bus_print_one_line(tmp_path: Path) -> 
     assert bus_file.read_bytes() == before
 
 
+# -- checkpoint files ----------------------------------------------------------------
+
+
+def test_a_run_with_a_damaged_checkpoint_file_prints_one_line(tmp_path: Path) -> None:
+    cfg = unmanaged_config(tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    checkpoints = run_dir / "checkpoints.sqlite"
+    _garbage(checkpoints)
+    before = checkpoints.read_bytes()
+    result = CliRunner().invoke(main, ["run", "-c", str(cfg), "--run-id", "r1", "--no-progress"])
+    one_line_error(result, str(checkpoints), "not a readable LangGraph checkpoint", "move it aside")
+    assert checkpoints.read_bytes() == before
+
+
+def _checkpoints(path: Path, n: int = 300) -> None:
+    """A LangGraph checkpoint file as the orchestrator writes it."""
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    with SqliteSaver.from_conn_string(str(path)) as saver:
+        for i in range(n):
+            config = {"configurable": {"thread_id": f"ep{i}", "checkpoint_ns": ""}}
+            cp = empty_checkpoint()
+            cp["channel_values"] = {"query": "x" * 300}
+            saver.put(config, cp, {"step": 1}, {})
+
+
+def test_a_readable_or_missing_checkpoint_file_passes(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.sqlite"
+    check_checkpoints(path)  # a fresh run: nothing yet
+    assert not path.exists()
+    _checkpoints(path)
+    before = path.read_bytes()
+    check_checkpoints(path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_checkpoint_file_is_one_line_and_left_as_it_was(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "checkpoints-o2.sqlite"
+    if damage == "garbage":
+        _garbage(path)
+    else:
+        _checkpoints(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoints(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: not a readable LangGraph checkpoint file")
+    assert "move it aside" in msg and "\n" not in msg
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no -wal, no -shm
+
+
+def test_a_checkpoint_path_naming_a_folder_says_so(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"a folder where the orchestrator keeps"):
+        check_checkpoints(tmp_path)
+
+
 # -- --set --------------------------------------------------------------------------
 
 
@@ -139,6 +204,27 @@ def test_set_errors_on_the_command_line_print_one_line(tmp_path: Path) -> None:
     one_line_error(result, "--set", "loop.concurrency", "not valid YAML", "quote it")
 
 
+@pytest.mark.parametrize(
+    ("arg", "says"),
+    [
+        ("loop.concurrency", "has no '='"),
+        ("=4", "is not a dotted field name"),
+        ("loop..concurrency=4", "is not a dotted field name"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_set_without_a_field_and_value_shows_the_expected_form(
+    tmp_path: Path, command: str, arg: str, says: str
+) -> None:
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("{}\n")
+    args = ["eval", str(run_dir)] if command == "eval" else ["run"]
+    result = CliRunner().invoke(main, [*args, "--set", arg])
+    assert result.exit_code == 2
+    one_line_error(result, repr(arg), says, "--set section.field=value")
+
+
 # -- model folders ------------------------------------------------------------------
 
 
@@ -152,8 +238,12 @@ def _cut(name: str) -> Callable[[Path], None]:
 
 def _sharded_with_a_shard_missing(folder: Path) -> None:
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
-                            "b": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
@@ -164,12 +254,14 @@ BROKEN_FOLDERS = {
         lambda f: (f / "model.safetensors").write_bytes(b"not weights"),
         "model.safetensors: not a safetensors file (its header cannot be read)",
     ),
-    "missing-shard": (_sharded_with_a_shard_missing,
-                      "model-00002-of-00002.safetensors: missing or empty"),
+    "missing-shard": (
+        _sharded_with_a_shard_missing,
+        "model-00002-of-00002.safetensors: missing or empty",
+    ),
     "no-tokenizer": (lambda f: (f / "tokenizer.json").unlink(), "no tokenizer (tokenizer.json"),
     "truncated-tokenizer": (_cut("tokenizer.json"), "tokenizer.json: cannot be read as JSON"),
     "truncated-config": (_cut("config.json"), "config.json: cannot be read as JSON"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_FOLDERS))
@@ -212,14 +304,18 @@ def test_a_csv_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     path.write_bytes("prompt,category\nHow do tides work?,science\n".encode("utf-8-sig"))
     items = load_prompt_set(path)
     assert [(i.category, i.prompt) for i in items] == [("science", "How do tides work?")]
-    assert load_config(_prompts_config(tmp_path, path)).loop.prompts == path
+    assert load_run_config(_prompts_config(tmp_path, path)).loop.prompts == path
 
 
 @pytest.mark.parametrize(
     ("value", "kind"),
-    [(["How", "do tides work?"], "a list"), (42, "a number"), ({"text": "hi"}, "an object"),
-     (True, "true/false")],
-)  # fmt: skip
+    [
+        (["How", "do tides work?"], "a list"),
+        (42, "a number"),
+        ({"text": "hi"}, "an object"),
+        (True, "true/false"),
+    ],
+)
 def test_a_jsonl_prompt_that_is_not_text_is_an_error(
     tmp_path: Path, value: object, kind: str
 ) -> None:
@@ -231,7 +327,7 @@ def test_a_jsonl_prompt_that_is_not_text_is_an_error(
     assert str(err.value).startswith(f"{path}: row 2: 'prompt' is {kind}, not text")
     cfg = _prompts_config(tmp_path, path)
     with pytest.raises(ConfigError) as err2:
-        load_config(cfg)
+        load_run_config(cfg)
     assert f"{cfg}: loop.prompts" in str(err2.value) and f"{path}: row 2: 'prompt'" in str(
         err2.value
     )
@@ -252,13 +348,15 @@ def test_a_category_that_is_not_text_is_an_error_and_a_numeric_answer_is_text(
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"Prompt,Category\nHow do tides work?,science\n",
-         "no 'prompt' column (its first row names 'Prompt', 'Category')"),
+        (
+            b"Prompt,Category\nHow do tides work?,science\n",
+            "no 'prompt' column (its first row names 'Prompt', 'Category')",
+        ),
         ("prompt\nHow do tides work?\n".encode("utf-16"), "not UTF-8 text (byte 0)"),
         (b"prompt\n" + b"x" * 200_000 + b"\n", "not a readable CSV file (field larger"),
     ],
     ids=["header", "utf-16", "huge-field"],
-)  # fmt: skip
+)
 def test_a_csv_that_cannot_be_read_names_the_file_and_the_fix(
     tmp_path: Path, content: bytes, expected: str
 ) -> None:
@@ -268,4 +366,4 @@ def test_a_csv_that_cannot_be_read_names_the_file_and_the_fix(
         load_prompt_set(path)
     assert str(err.value).startswith(f"{path}: {expected}")
     with pytest.raises(ConfigError, match=r"loop.prompts \(graph 'self_refine'\)"):
-        load_config(_prompts_config(tmp_path, path))
+        load_run_config(_prompts_config(tmp_path, path))

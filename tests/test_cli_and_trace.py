@@ -37,8 +37,15 @@ def test_run_with_bad_config_fails_before_starting_anything(tmp_path: Path) -> N
 
 
 def _event(node: str, ep: str, **kw: object) -> str:
-    base = {"event": "node", "node": node, "episode_id": ep, "run_id": "r", "latency_s": 0.5,
-            "prompt_tokens": 3, "completion_tokens": 4}  # fmt: skip
+    base = {
+        "event": "node",
+        "node": node,
+        "episode_id": ep,
+        "run_id": "r",
+        "latency_s": 0.5,
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+    }
     return json.dumps({**base, **kw})
 
 
@@ -47,11 +54,23 @@ def trace_file(tmp_path: Path) -> Path:
     lines = [
         _event("attack", "r-ep1", role="attacker", version=0, category="fraud", output="Q one?"),
         _event("respond", "r-ep1", role="learner", version=0, output="A one"),
-        _event("critique", "r-ep1", role="critic", version=0, output="bad",
-               verdict={"harmful": True, "helpfulness": 2, "confidence": 8}),
+        _event(
+            "critique",
+            "r-ep1",
+            role="critic",
+            version=0,
+            output="bad",
+            verdict={"harmful": True, "helpfulness": 2, "confidence": 8},
+        ),
         _event("refine", "r-ep1", role="learner", version=0, output="Refined one"),
-        _event("critique_refined", "r-ep1", role="critic", version=0, output="ok",
-               verdict={"harmful": False, "helpfulness": 7, "confidence": 8}),
+        _event(
+            "critique_refined",
+            "r-ep1",
+            role="critic",
+            version=0,
+            output="ok",
+            verdict={"harmful": False, "helpfulness": 7, "confidence": 8},
+        ),
         _event("emit", "r-ep1", outcome="attack_success", learner_version=0, pair_ids=["p"]),
         "not json: docker prefix noise",
         _event("attack", "r-ep2", role="attacker", version=0, category="drugs", output="Q two?"),
@@ -60,7 +79,7 @@ def trace_file(tmp_path: Path) -> Path:
             "critique", "r-ep2", role="critic", version=0, output="??", judge_error="no verdict"
         ),
         _event("emit", "r-ep2", outcome="judge_error", learner_version=1, pair_ids=[]),
-    ]  # fmt: skip
+    ]
     path = tmp_path / "run1" / "trace.jsonl"
     path.parent.mkdir()
     path.write_text("\n".join(lines) + "\n")
@@ -93,13 +112,19 @@ def test_trace_filters(trace_file: Path, args: list[str], present: str, absent: 
 def test_trace_reads_stdin_and_reports_no_match(trace_file: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "sparring", "trace", "-", "--outcome", "attack_failure"],
-        input=trace_file.read_text(), capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        input=trace_file.read_text(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1 and "no episode matches" in proc.stdout
     proc = subprocess.run(
         [sys.executable, "-m", "sparring", "trace", "-"],
-        input=trace_file.read_text(), capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        input=trace_file.read_text(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Q one?" in proc.stdout and "Q two?" in proc.stdout
 
 

@@ -65,14 +65,17 @@ def test_a_missing_redis_password_stops_compose_with_a_hint() -> None:
     clean = {k: v for k, v in os.environ.items() if k not in env_file()}
     proc = subprocess.run(
         [exe, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, cwd=ROOT, env={**clean, **env},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**clean, **env},
+    )
     assert proc.returncode != 0 and "set REDIS_PASSWORD in .env" in proc.stderr
 
 
-def test_every_service_the_readme_names_exists(stack: dict) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## GPUs: docker compose", 1)[1].split("\n## ", 1)[0]
+def test_every_service_the_compose_docs_name_exists(stack: dict) -> None:
+    docs = (ROOT / "docs" / "compose.md").read_text()
+    section = docs.split("# GPUs: docker compose", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"^\| `([a-z-]+)` \|", section, re.M))
     per_role = compose_config("docker-compose.yml", "docker-compose.per-role.yml", env=env_file())
     assert named >= {"redis", "vllm", "trainer", "orchestrator", "vllm-attacker", "vllm-critic"}
@@ -220,7 +223,7 @@ for name in ("torch", "transformers", "trl", "peft", "vllm"):
     sys.modules[name] = None  # any import of them now fails
 from sparring.cli import main
 from sparring.config import load_config
-from sparring.runner import base_bindings, local_models
+from sparring.orchestrator import base_bindings, local_models
 cfg = load_config("configs/compose.yaml")
 paths = local_models(cfg)
 assert paths == {}, paths
@@ -229,7 +232,10 @@ assert (b["learner"].base_url, b["learner"].model) == ("http://vllm:8000/v1", "b
 print("ok")
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
         env={**os.environ, **env_file()},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from sparring.config import ConfigError, RunConfig, load_config
+from sparring.graphs import load_run_config
 from tests.helpers import env_file
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
@@ -13,7 +14,7 @@ def test_every_shipped_config_parses(path: Path, monkeypatch: pytest.MonkeyPatch
     # compose.yaml reads the environment docker compose gives it from .env
     for key, value in env_file(path.parent.parent / ".env.example").items():
         monkeypatch.setenv(key, value)
-    assert isinstance(load_config(path), RunConfig)
+    assert isinstance(load_run_config(path), RunConfig)  # with its graph's roles checked
 
 
 def test_environment_references_expand_with_defaults_and_types(
@@ -74,10 +75,10 @@ def test_binding_to_undefined_engine_fails(tmp_path: Path) -> None:
 def test_missing_role_fails(tmp_path: Path) -> None:
     p = _write(tmp_path, "roles:\n  attacker: {}\n  learner: {engine: learner}\n")
     with pytest.raises(ConfigError, match=r"run.yaml: roles: graph 'redteam' calls role 'critic'"):
-        load_config(p)
+        load_run_config(p)
     no_learner = _write(tmp_path, "roles:\n  attacker: {}\n  critic: {}\n")
     with pytest.raises(ConfigError, match=r"run.yaml: roles: the config does not bind 'learner'"):
-        load_config(no_learner)
+        load_run_config(no_learner)
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
@@ -150,8 +151,11 @@ def test_vllm_engines_check_what_they_can_serve(tmp_path: Path) -> None:
     assert load_config(None, vllm).engines["learner"].swap_mode() == "lora"
     with pytest.raises(ConfigError, match=r"trainer.lineage: fresh stacks each adapter"):
         load_config(None, {**vllm, "trainer.lineage": "fresh"})
-    with pytest.raises(ConfigError, match=r"trainer.lora_r is 32, but engines.learner is started "
-                       r"with max_lora_rank 16"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.lora_r is 32, but engines.learner is started "
+        r"with max_lora_rank 16",
+    ):
         load_config(None, {**vllm, "trainer.lora_r": 32})
     # one base model per vLLM server
     two = tmp_path / "two.yaml"

@@ -15,8 +15,9 @@ from sparring.agents.critic import VerdictParseError
 from sparring.agents.debate import parse_choice
 from sparring.agents.planner import PlanParseError, parse_plan
 from sparring.bus import make_bus
-from sparring.config import ConfigError, EngineConfig, load_config
-from sparring.runner import Loop
+from sparring.config import ConfigError, EngineConfig
+from sparring.graphs import load_run_config
+from sparring.orchestrator import Loop
 from sparring.schemas import (
     Critique,
     Debate,
@@ -74,20 +75,34 @@ def _debate_episode(winner: str | None, helpful_is: str = "B") -> Episode:
     sneaky_is = "A" if helpful_is == "B" else "B"
     pick = None if winner is None else (helpful_is if winner == "helpful" else sneaky_is)
     judgement = Judgement(
-        text="judged", winner=pick, confidence=7 if pick else None,  # type: ignore[arg-type]
-        judge=_ref("judge"), judge_error=None if pick else "unreadable",
-    )  # fmt: skip
+        text="judged",
+        winner=pick,
+        confidence=7 if pick else None,  # type: ignore[arg-type]
+        judge=_ref("judge"),
+        judge_error=None if pick else "unreadable",
+    )
     debate = Debate(
-        helpful_position="No", sneaky_position="Yes", helpful_is=helpful_is,  # type: ignore[arg-type]
-        turns=turns, winner=winner, judgement=judgement,  # type: ignore[arg-type]
-    )  # fmt: skip
+        helpful_position="No",
+        sneaky_position="Yes",
+        helpful_is=helpful_is,  # type: ignore[arg-type]
+        turns=turns,
+        winner=winner,
+        judgement=judgement,  # type: ignore[arg-type]
+    )
     return Episode(
-        episode_id="e1", run_id="r", category="c", query="Is it safe?", attacker=_ref("dataset"),
+        episode_id="e1",
+        run_id="r",
+        category="c",
+        query="Is it safe?",
+        attacker=_ref("dataset"),
         answer="\n\n".join(t.text for t in turns if t.side == "helpful"),
         learner=_ref("learner", 3),
         outcome="judge_error" if winner is None else f"{winner}_won",  # type: ignore[arg-type]
-        graph="debate", debate=debate, started_at=0.0, finished_at=1.0,
-    )  # fmt: skip
+        graph="debate",
+        debate=debate,
+        started_at=0.0,
+        finished_at=1.0,
+    )
 
 
 def test_debate_pairs_put_the_judges_pick_over_the_other_argument() -> None:
@@ -117,10 +132,12 @@ def _part(i: int, c: Critique) -> Part:
 
 def test_a_decomposition_keeps_part_and_whole_scores_apart() -> None:
     d = Decomposition(
-        plan="1. a\n2. b", planner=_ref("planner"),
+        plan="1. a\n2. b",
+        planner=_ref("planner"),
         parts=[_part(0, _critique(False, 8)), _part(1, _critique(False, 6))],
-        whole_answer="w", whole_critique=_critique(True, 3),
-    )  # fmt: skip
+        whole_answer="w",
+        whole_critique=_critique(True, 3),
+    )
     assert d.part_helpfulness == 7 and d.parts_harmful == 0
     assert d.gap == 4 and d.harmless_parts_harmful_whole is True
     # an unreadable part leaves the question open; it is not counted as harmless
@@ -148,7 +165,7 @@ def test_a_debate_prompt_set_without_the_answers_fails_before_any_model_is_calle
         )
     )
     with pytest.raises(ConfigError) as err:
-        load_config(cfg)
+        load_run_config(cfg)
     msg = str(err.value)
     assert "debate.yaml: loop.prompts (graph 'debate')" in msg
     assert "questions.jsonl: row 1 has no 'wrong_answer'" in msg
@@ -157,7 +174,7 @@ def test_a_debate_prompt_set_without_the_answers_fails_before_any_model_is_calle
         cfg.read_text().replace(f", prompts: {bad}", "").replace("  judge:", "  critic:")
     )
     with pytest.raises(ConfigError, match=r"graph 'debate' calls role 'judge'"):
-        load_config(no_judge)
+        load_run_config(no_judge)
 
 
 def _run(cfg: Any, run_dir: Path) -> tuple[list[Episode], list[PreferencePair]]:
@@ -176,16 +193,26 @@ def _trainer_takes_them(cfg: Any, tiny: Path, run_dir: Path, n: int) -> None:
 
 
 def test_debate_runs_end_to_end(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
-    seq_engine: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        loop__graph="debate", loop__debate_turns=2, loop__concurrency=4, budget__episodes=4,
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        loop__graph="debate",
+        loop__debate_turns=2,
+        loop__concurrency=4,
+        budget__episodes=4,
         roles__learner={**GREEDY, "max_tokens": 24},
         roles__sneaky={**GREEDY, "max_tokens": 24, "version": "latest"},
         roles__judge={**GREEDY, "max_tokens": 24},
-    )  # fmt: skip
+    )
     run_dir = tmp_path / "runs" / "debate"
     episodes, pairs = _run(cfg, run_dir)
     assert len(episodes) == 4
@@ -194,8 +221,11 @@ def test_debate_runs_end_to_end(
         d = ep.debate
         assert d is not None and ep.graph == "debate" and ep.critique is None
         assert [(t.side, t.turn) for t in d.turns] == [
-            ("helpful", 1), ("sneaky", 1), ("helpful", 2), ("sneaky", 2)
-        ]  # fmt: skip
+            ("helpful", 1),
+            ("sneaky", 1),
+            ("helpful", 2),
+            ("sneaky", 2),
+        ]
         assert {t.speaker.role for t in d.turns} == {"learner", "sneaky"}
         assert ep.answer == argument(ep, "helpful")
         assert ep.outcome == ("judge_error" if d.winner is None else f"{d.winner}_won")
@@ -211,18 +241,28 @@ def test_debate_runs_end_to_end(
 
 
 def test_decompose_runs_end_to_end(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
-    seq_engine: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        loop__graph="decompose", loop__max_subtasks=2, loop__concurrency=3, budget__episodes=3,
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        loop__graph="decompose",
+        loop__max_subtasks=2,
+        loop__concurrency=3,
+        budget__episodes=3,
         loop__pair_margin=0,
         roles__planner={**GREEDY, "max_tokens": 40},
         roles__learner={**GREEDY, "max_tokens": 24},
         roles__critic={**GREEDY, "max_tokens": 24},
         roles__verifier={**GREEDY, "max_tokens": 24},
-    )  # fmt: skip
+    )
     run_dir = tmp_path / "runs" / "decompose"
     episodes, pairs = _run(cfg, run_dir)
     assert len(episodes) == 3

@@ -7,9 +7,9 @@ import pytest
 
 from sparring.agents import Attacker, Binding, OpenAIChat
 from sparring.agents.difficulty import LEVELS, DifficultyController, Move
-from sparring.agents.llm import Message
 from sparring.agents.prompts import load_seeds
 from sparring.config import EngineConfig
+from sparring.llm import Message
 
 WIN, LOSS = "attack_success", "attack_failure"
 
@@ -115,9 +115,14 @@ def _prompts(
 
     seed = load_seeds()[0]
     attacker = Attacker(
-        chat, [seed], temperature=1.0, max_tokens=12, max_attempts=1,
-        rng=random.Random(0), difficulty=difficulty,
-    )  # fmt: skip
+        chat,
+        [seed],
+        temperature=1.0,
+        max_tokens=12,
+        max_attempts=1,
+        rng=random.Random(0),
+        difficulty=difficulty,
+    )
     binding = Binding("attacker", engine.url(), str(tiny))
     levels: list[int | None] = []
 
@@ -159,9 +164,11 @@ def _old_prompt(user: str) -> str:
     assert len(examples) == min(3, len(seed.examples))
     assert {e[2:] for e in examples} <= set(seed.examples)
     return OLD_USER.format(
-        category=seed.category, description=seed.description,
-        examples="\n".join(examples), avoid="",
-    )  # fmt: skip
+        category=seed.category,
+        description=seed.description,
+        examples="\n".join(examples),
+        avoid="",
+    )
 
 
 def test_without_a_controller_the_attacker_prompt_is_unchanged(
@@ -181,15 +188,19 @@ def test_a_run_with_adaptive_difficulty_attacks_at_the_controllers_level(
     import asyncio
 
     from sparring.bus import make_bus
-    from sparring.runner import Loop
+    from sparring.orchestrator import Loop
     from sparring.schemas import Episode
     from tests.helpers import tiny_config, trace_events
 
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, budget__episodes=6, loop__concurrency=1,
-        loop__attacker_difficulty={"adapt": True, "start_level": 2, "window": 1,
-                                   "min_outcomes": 1},
-    )  # fmt: skip
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        budget__episodes=6,
+        loop__concurrency=1,
+        loop__attacker_difficulty={"adapt": True, "start_level": 2, "window": 1, "min_outcomes": 1},
+    )
     run_dir = tmp_path / "runs" / "adapt"
     asyncio.run(Loop(cfg, run_dir, progress=False).run())
     bus = make_bus(None, run_dir / "bus.sqlite")
@@ -227,9 +238,14 @@ def test_in_lookalike_mode_the_attacker_imitates_the_seeds_harmless_lookalikes(
     seed = load_seeds()[0]
     assert seed.lookalikes
     attacker = Attacker(
-        chat, [seed], temperature=1.0, max_tokens=12, max_attempts=2, rng=random.Random(0),
+        chat,
+        [seed],
+        temperature=1.0,
+        max_tokens=12,
+        max_attempts=2,
+        rng=random.Random(0),
         difficulty=DifficultyController(levels=4, start=3),
-    )  # fmt: skip
+    )
     binding = Binding("attacker", engine.url(), str(tiny_model_path))
 
     async def go() -> tuple[Any, Any]:

@@ -17,8 +17,15 @@ from sparring.eval.diversity import (
 
 def test_tokens_are_lowercase_words() -> None:
     assert tokenize("Don't STOP! It\u2019s 3.5 km_h, ok?") == [
-        "don't", "stop", "it's", "3", "5", "km", "h", "ok",
-    ]  # fmt: skip
+        "don't",
+        "stop",
+        "it's",
+        "3",
+        "5",
+        "km",
+        "h",
+        "ok",
+    ]
     assert tokenize("  ...  ") == []
 
 

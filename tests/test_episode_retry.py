@@ -11,36 +11,38 @@ sometimes stays stuck on the requests its clients gave up on.)
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
-from sparring.runner import Loop
+from sparring.orchestrator import Loop
+from sparring.process import free_port
 from sparring.serving.engine import EngineProcess
 from tests.helpers import tiny_config, trace_events
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_episodes_on_an_engine_that_stops_answering_are_retried_not_dropped(
     tiny_model_path: Path, engine: EngineConfig, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
-    learner_cfg = EngineConfig(port=_free_port(), continuous_batching=False, startup_timeout_s=120)
+    learner_cfg = EngineConfig(port=free_port(), continuous_batching=False, startup_timeout_s=120)
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path,
-        budget__episodes=6, loop__concurrency=2, loop__episode_attempts=6,
-    )  # fmt: skip
-    engines = {**cfg.engines, "crashing": EngineConfig(
-        kind="external", managed=False, port=learner_cfg.port)}  # fmt: skip
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        budget__episodes=6,
+        loop__concurrency=2,
+        loop__episode_attempts=6,
+    )
+    engines = {
+        **cfg.engines,
+        "crashing": EngineConfig(kind="external", managed=False, port=learner_cfg.port),
+    }
     roles = dict(cfg.roles)
     # 3 s per request; the client tries 3 times: an episode fails within ~10 s
     roles["learner"] = roles["learner"].model_copy(update={"engine": "crashing", "timeout_s": 3.0})
@@ -83,3 +85,25 @@ def test_episodes_on_an_engine_that_stops_answering_are_retried_not_dropped(
     assert len(finished) == 6  # every task became an episode: none dropped
     assert {e["episode_id"] for e in retried} <= finished
     assert bus.pending("tasks", "orchestrators") == 0
+
+
+def test_an_unreachable_engine_spends_no_attempt_an_episode_error_does() -> None:
+    """A connection that never reached a model (an engine restarting) makes the
+    episode wait, however long the outage; errors of the episode's own count
+    toward ``loop.episode_attempts``."""
+    import httpx
+    import openai
+    import structlog
+
+    from sparring.orchestrator.scheduling import OUTAGE_WAIT_MAX_S, EpisodeBook
+
+    book = EpisodeBook(attempts=2)
+    ctx = SimpleNamespace(log=structlog.get_logger())
+    request = httpx.Request("POST", f"http://127.0.0.1:{free_port()}/v1/chat/completions")
+    down = openai.APIConnectionError(request=request)
+    waits = [book.retry_in(ctx, "ep1", down, "episode.retrying") for _ in range(8)]  # type: ignore[arg-type]
+    assert waits[:3] == [5.0, 10.0, 20.0] and max(w or 0 for w in waits) == OUTAGE_WAIT_MAX_S
+    timeout = openai.APITimeoutError(request=request)  # reached the engine; it did not answer
+    assert book.retry_in(ctx, "ep1", timeout, "episode.retrying") == 5.0  # type: ignore[arg-type]
+    assert book.retry_in(ctx, "ep1", ValueError("bad"), "episode.retrying") is None  # type: ignore[arg-type]
+    assert "ep1" not in book.failures and "ep1" not in book.outages

@@ -35,9 +35,12 @@ def test_adapter_versions_train_on_cuda(tiny_model_path: Path, tmp_path: Path) -
     )
     first = train_version(tiny_model_path, make_pairs(4), tmp_path / "v1", cfg)
     second = train_version(
-        tiny_model_path, make_pairs(4, start=4), tmp_path / "v2", cfg,
+        tiny_model_path,
+        make_pairs(4, start=4),
+        tmp_path / "v2",
+        cfg,
         adapter_from=tmp_path / "v1" / "adapter",
-    )  # fmt: skip
+    )
     assert first.device == second.device == "cuda"
     assert (tmp_path / "v2" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "v2" / "model.safetensors").exists()
@@ -55,21 +58,33 @@ def test_vllm_on_cuda_serves_a_trained_version_through_one_hot_swap(
     from sparring.agents import Binding, OpenAIChat
     from sparring.bus import make_bus
     from sparring.config import EngineConfig
+    from sparring.process import free_port
     from sparring.schemas import VersionPublished
     from sparring.serving.engine import EngineProcess
     from sparring.serving.loaders import LoraLoader
     from sparring.serving.registry import Registry, RoleServing, Swapper
     from sparring.tracing import Tracer
-    from tests.plugins.engine import free_port
 
-    cfg = TrainerConfig(pairs_per_version=4, max_length=64, learning_rate=1e-3, batch_size=2,
-                        publish="adapter")  # fmt: skip
+    cfg = TrainerConfig(
+        pairs_per_version=4, max_length=64, learning_rate=1e-3, batch_size=2, publish="adapter"
+    )
     train_version(tiny_model_path, make_pairs(4), tmp_path / "v1", cfg)
-    engine = EngineConfig(kind="vllm", device="cuda", port=free_port(), max_model_len=512,
-                          startup_timeout_s=900,
-                          extra_args=["--gpu-memory-utilization", "0.2"])  # fmt: skip
-    v1 = VersionPublished(role="learner", version=1, path=str(tmp_path / "v1"), base_version=0,
-                          pair_ids=["p"], adapter_base="base")  # fmt: skip
+    engine = EngineConfig(
+        kind="vllm",
+        device="cuda",
+        port=free_port(),
+        max_model_len=512,
+        startup_timeout_s=900,
+        extra_args=["--gpu-memory-utilization", "0.2"],
+    )
+    v1 = VersionPublished(
+        role="learner",
+        version=1,
+        path=str(tmp_path / "v1"),
+        base_version=0,
+        pair_ids=["p"],
+        adapter_base="base",
+    )
 
     async def go() -> None:
         bus = make_bus(None, tmp_path / "bus.sqlite")
@@ -83,12 +98,16 @@ def test_vllm_on_cuda_serves_a_trained_version_through_one_hot_swap(
             )
             ptr = await swapper.swap(v1)
             assert ptr is not None and ptr.model == "learner-v1"
-            answer = await chat(registry.binding("learner"),
-                                [{"role": "user", "content": "Hello"}],
-                                temperature=0.0, max_tokens=4)  # fmt: skip
+            answer = await chat(
+                registry.binding("learner"),
+                [{"role": "user", "content": "Hello"}],
+                temperature=0.0,
+                max_tokens=4,
+            )
             assert answer.completion_tokens > 0
         await chat.aclose()
 
-    with EngineProcess("gpu-vllm", engine, tmp_path / "vllm.log", model=str(tiny_model_path),
-                       served_name="base"):  # fmt: skip
+    with EngineProcess(
+        "gpu-vllm", engine, tmp_path / "vllm.log", model=str(tiny_model_path), served_name="base"
+    ):
         asyncio.run(go())

@@ -6,8 +6,10 @@ import pytest
 
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
-from sparring.graphs import BUILTIN, build_graph
-from sparring.runner import Loop
+from sparring.graphs import BUILTIN, build_graph, langgraph_spec, list_graphs
+from sparring.orchestrator import Loop
+from sparring.orchestrator import loop as orchestrator_loop
+from sparring.orchestrator.scheduling import Scheduler
 from sparring.schemas import Episode
 from tests.helpers import tiny_config, trace_events
 
@@ -20,8 +22,12 @@ def test_graph_shape_is_locked(name: str) -> None:
     assert mermaid == (SNAPSHOTS / f"{name}.mmd").read_text()
 
 
-def test_every_builtin_graph_is_in_langgraph_json() -> None:
+def test_langgraph_json_lists_exactly_the_registered_builtin_graphs() -> None:
+    """langgraph.json is what `sparring graph langgraph-json` writes from the registry."""
     spec = json.loads((Path(__file__).parent.parent / "langgraph.json").read_text())
+    assert spec == langgraph_spec()
+    registered = [s.name for s in list_graphs() if s.source.startswith("sparring/graphs/")]
+    assert list(spec["graphs"]) == registered == list(BUILTIN)
     assert spec["graphs"] == {n: f"./sparring/graphs/{n}.py:graph" for n in BUILTIN}
 
 
@@ -59,39 +65,49 @@ def test_episodes_run_on_a_real_engine_and_every_node_traces(
     assert (run_dir / "checkpoints.sqlite").stat().st_size > 0
 
 
-class KilledAfterRespond(Loop):
+class KilledAfterRespond(Scheduler):
     """An orchestrator that dies after each episode's `respond` node: its
     checkpoints are written and its tasks stay unacked on the bus."""
 
     killed = 0
 
-    def budget_reached(self, registry):  # type: ignore[no-untyped-def]
+    def budget_reached(self):  # type: ignore[no-untyped-def]
         return "killed" if self.killed >= 2 else None
 
-    async def _one(self, graph, ctx, queue, episode_id, sem):  # type: ignore[no-untyped-def]
+    async def _one(self, episode_id):  # type: ignore[no-untyped-def]
         import time
 
         try:
-            await graph.ainvoke(
+            await self.graph.ainvoke(
                 {"episode_id": episode_id, "started_at": time.time()},
                 config={"configurable": {"thread_id": episode_id}},
-                context=ctx,
+                context=self.ctx,
                 interrupt_after=["respond"],
             )
         finally:
             self.killed += 1
-            sem.release()
+            self.sem.release()
 
 
 def test_a_restarted_orchestrator_resumes_its_episodes_from_their_checkpoints(
-    tiny_model_path: Path, engine: EngineConfig, seq_engine: EngineConfig, tmp_path: Path
+    tiny_model_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path,
-        budget__episodes=2, loop__concurrency=2,
-    )  # fmt: skip
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        budget__episodes=2,
+        loop__concurrency=2,
+    )
     run_dir = tmp_path / "runs" / "r2"
-    asyncio.run(KilledAfterRespond(cfg, run_dir, progress=False).run())
+    with monkeypatch.context() as m:
+        m.setattr(orchestrator_loop, "Scheduler", KilledAfterRespond)
+        asyncio.run(Loop(cfg, run_dir, progress=False).run())
     bus = make_bus(None, run_dir / "bus.sqlite")
     assert bus.length("episodes") == 0 and bus.pending("tasks", "orchestrators") == 2
 

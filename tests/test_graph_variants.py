@@ -13,17 +13,21 @@ from click.testing import CliRunner
 
 from sparring.bus import make_bus
 from sparring.cli import main
-from sparring.config import ConfigError, EngineConfig, load_config
-from sparring.runner import Loop
+from sparring.config import ConfigError, EngineConfig
+from sparring.graphs import load_run_config
+from sparring.orchestrator import Loop
 from sparring.schemas import Episode, PreferencePair
 from sparring.training.worker import Trainer
 from tests.helpers import tiny_config, trace_events
 
 
 def test_self_refine_runs_end_to_end_without_an_attacker(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
-    seq_engine: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "\n".join(
@@ -39,11 +43,19 @@ def test_self_refine_runs_end_to_end_without_an_attacker(
         )
     )
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        loop__graph="self_refine", loop__prompts=str(prompts), loop__max_rounds=2,
-        loop__satisfied_helpfulness=10, loop__concurrency=6, budget__episodes=6,
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        loop__graph="self_refine",
+        loop__prompts=str(prompts),
+        loop__max_rounds=2,
+        loop__satisfied_helpfulness=10,
+        loop__concurrency=6,
+        budget__episodes=6,
         loop__pair_margin=0,  # any refinement the critic does not rate lower makes a pair
-    )  # fmt: skip
+    )
     # SmolLM2 as learner and critic on the engine that honours per-request
     # sampling, both greedy: the run is deterministic, so its yield of pairs is.
     roles = {
@@ -96,10 +108,10 @@ def test_a_role_the_graph_needs_but_the_config_does_not_bind_fails_early(tmp_pat
         """,
     )
     with pytest.raises(ConfigError) as err:
-        load_config(p)  # redteam, the default graph, calls the attacker
+        load_run_config(p)  # redteam, the default graph, calls the attacker
     msg = str(err.value)
     assert "my-run.yaml" in msg and "graph 'redteam'" in msg and "role 'attacker'" in msg
-    assert load_config(p, {"loop.graph": "self_refine"}).loop.graph == "self_refine"
+    assert load_run_config(p, {"loop.graph": "self_refine"}).loop.graph == "self_refine"
 
 
 def test_an_unknown_role_names_the_graph_and_the_file(tmp_path: Path) -> None:
@@ -113,28 +125,34 @@ def test_an_unknown_role_names_the_graph_and_the_file(tmp_path: Path) -> None:
           critc: {engine: local, model: smollm2}
         """,
     )
-    with pytest.raises(ConfigError, match=r"my-run.yaml: roles.critc: unknown role 'critc' for "
-                       r"graph 'self_refine'"):  # fmt: skip
-        load_config(p)
+    with pytest.raises(
+        ConfigError,
+        match=r"my-run.yaml: roles.critc: unknown role 'critc' for "
+        r"graph 'self_refine'",
+    ):
+        load_run_config(p)
 
 
 def test_an_unknown_graph_lists_the_known_ones(tmp_path: Path) -> None:
     p = _config(tmp_path, "loop: {graph: redteem}\n")
     with pytest.raises(ConfigError, match=r"loop.graph: unknown graph 'redteem'.*redteam"):
-        load_config(p)
+        load_run_config(p)
 
 
 USER_GRAPH = '''
 """Two critics in a row: the second judges the refined answer twice as hard."""
 from langgraph.graph import END, START, StateGraph
-from sparring.graphs.nodes import (EpisodeState, LoopContext, attack, critique, emit,
-                                   respond)
 
-ROLES = ("attacker", "learner", "critic", "second_critic")
+from sparring.graphs import register_graph
+from sparring.graphs.nodes import critique, respond
+from sparring.graphs.redteam import RedteamContext, RedteamState, attack, context, emit
 
 
+@register_graph(
+    "two_critics", roles=("attacker", "learner", "critic", "second_critic"), context=context
+)
 def build(checkpointer=None):
-    g = StateGraph(EpisodeState, context_schema=LoopContext)
+    g = StateGraph(RedteamState, context_schema=RedteamContext)
     for name, fn in [("attack", attack), ("respond", respond), ("critique", critique),
                      ("emit", emit)]:
         g.add_node(name, fn)
@@ -152,7 +170,7 @@ def test_a_users_graph_file_is_loaded_and_its_roles_checked(tmp_path: Path) -> N
     graph_file.write_text(USER_GRAPH)
     p = _config(tmp_path, f"loop: {{graph: {graph_file}}}\n")
     with pytest.raises(ConfigError, match=r"graph 'two_critics' calls role 'second_critic'"):
-        load_config(p)
+        load_run_config(p)
     ok = _config(
         tmp_path,
         f"""
@@ -164,7 +182,7 @@ def test_a_users_graph_file_is_loaded_and_its_roles_checked(tmp_path: Path) -> N
           second_critic: {{engine: local, model: smollm2}}
         """,
     )
-    cfg = load_config(ok)
+    cfg = load_run_config(ok)
     assert "second_critic" in cfg.roles and cfg.loop.graph == str(graph_file)
     result = CliRunner().invoke(main, ["graph", "show", str(graph_file)])
     assert result.exit_code == 0 and "critique --> emit" in result.output
@@ -175,7 +193,7 @@ def test_a_graph_file_without_roles_says_what_is_missing(tmp_path: Path) -> None
     bad.write_text("def build(checkpointer=None):\n    return None\n")
     p = _config(tmp_path, f"loop: {{graph: {bad}}}\n")
     with pytest.raises(ConfigError, match=r"must define ROLES"):
-        load_config(p)
+        load_run_config(p)
 
 
 def test_graph_list_and_show_with_a_png(tmp_path: Path) -> None:
@@ -194,14 +212,22 @@ def test_graph_list_and_show_with_a_png(tmp_path: Path) -> None:
 
 
 def test_swapping_a_role_is_a_config_edit_and_the_trace_shows_who_answered(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
-    seq_engine: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
     """The same graph file twice; only roles.critic.model differs."""
     base = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        budget__episodes=2, loop__concurrency=2,
-    )  # fmt: skip
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        budget__episodes=2,
+        loop__concurrency=2,
+    )
     seen = {}
     for critic_model in ("tiny", "critic"):
         roles = dict(base.roles)
@@ -225,13 +251,16 @@ def _critique(role: str, harmful: bool | None, helpfulness: int = 5, confidence:
     from sparring.schemas import Critique, ModelRef, Verdict
 
     verdict = (
-        None if harmful is None
+        None
+        if harmful is None
         else Verdict(harmful=harmful, helpfulness=helpfulness, confidence=confidence)
-    )  # fmt: skip
+    )
     return Critique(
-        text=f"{role} says", verdict=verdict, critic=ModelRef(role=role, model=f"m-{role}"),
+        text=f"{role} says",
+        verdict=verdict,
+        critic=ModelRef(role=role, model=f"m-{role}"),
         judge_error=None if verdict else "unreadable",
-    )  # fmt: skip
+    )
 
 
 def test_a_panel_combines_verdicts_and_measures_disagreement() -> None:
@@ -261,15 +290,23 @@ def test_a_panel_combines_verdicts_and_measures_disagreement() -> None:
 
 
 def test_peer_review_by_config_records_every_critic(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
-    seq_engine: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
     from sparring.config import RoleConfig
 
     base = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        budget__episodes=2, loop__concurrency=2,
-    )  # fmt: skip
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        budget__episodes=2,
+        loop__concurrency=2,
+    )
     roles = dict(base.roles)
     roles["critic"] = roles["critic"].model_copy(update={"engine": "seq"})
     roles["critic_b"] = RoleConfig(engine="seq", model="tiny", max_tokens=16)
@@ -285,8 +322,9 @@ def test_peer_review_by_config_records_every_critic(
 
     for ep in episodes:
         assert [(p.critic.role, p.critic.model) for p in ep.critique.panel] == [
-            ("critic", str(smollm2_path)), ("critic_b", str(tiny_model_path))
-        ]  # fmt: skip
+            ("critic", str(smollm2_path)),
+            ("critic_b", str(tiny_model_path)),
+        ]
         assert ep.critique.critic.role == "panel"
         again = combine_panel(ep.critique.panel)
         assert (again.verdict, again.disagreement) == (
@@ -300,4 +338,4 @@ def test_peer_review_by_config_records_every_critic(
 def test_a_panel_critic_that_is_not_bound_fails_early(tmp_path: Path) -> None:
     p = _config(tmp_path, "loop: {critics: [critic, critic_b]}\n")
     with pytest.raises(ConfigError, match=r"loop.critics: 'critic_b' is not bound"):
-        load_config(p)
+        load_run_config(p)

@@ -82,9 +82,12 @@ def test_a_version_the_engine_cannot_load_is_never_flipped(
 
 
 def test_every_replica_serves_the_version_before_the_pointer_moves(
-    tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig,
-    seq_engine_b: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    seq_engine: EngineConfig,
+    seq_engine_b: EngineConfig,
+    tmp_path: Path,
+) -> None:
     """Two real engines as replicas of the learner's engine: the swap warms the
     new version on each (a load reaches only the replica that answers it)."""
     v1 = build_tiny_model(tmp_path / "v1", tokenizer_from=smollm2_path, seed=11)
@@ -99,10 +102,14 @@ def test_every_replica_serves_the_version_before_the_pointer_moves(
 
     replicas = [seq_engine.url(), seq_engine_b.url()]
     swapper = Swapper(
-        bus, registry, chat, Tracer(tmp_path, "replicas").log, group="swapper",
+        bus,
+        registry,
+        chat,
+        Tracer(tmp_path, "replicas").log,
+        group="swapper",
         serving={"learner": RoleServing(PathLoader(), replicas)},
         on_flip=lambda ptr: seen.append(("flipped", "", ptr.model)),
-    )  # fmt: skip
+    )
     published = VersionPublished(
         role="learner", version=1, path=str(v1), base_version=0, pair_ids=[]
     )
@@ -124,16 +131,20 @@ def test_every_replica_serves_the_version_before_the_pointer_moves(
 def test_an_unreachable_replica_keeps_the_pointer(
     tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
-    from tests.plugins.engine import free_port
+    from sparring.process import free_port
 
     v1 = build_tiny_model(tmp_path / "v1", tokenizer_from=smollm2_path, seed=12)
     registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
     chat = OpenAIChat(timeout_s=10, max_retries=0)
     dead = f"http://127.0.0.1:{free_port()}/v1"
     swapper = Swapper(
-        bus, registry, chat, Tracer(tmp_path, "dead-replica").log, group="swapper",
+        bus,
+        registry,
+        chat,
+        Tracer(tmp_path, "dead-replica").log,
+        group="swapper",
         serving={"learner": RoleServing(PathLoader(), [seq_engine.url(), dead])},
-    )  # fmt: skip
+    )
     published = VersionPublished(
         role="learner", version=1, path=str(v1), base_version=0, pair_ids=[]
     )
@@ -152,9 +163,15 @@ def test_keep_window_on_the_cpu_engine(
     registry, bus = _registry(tmp_path, seq_engine, tiny_model_path)
     chat = OpenAIChat(timeout_s=60, max_retries=0)
     swapper = Swapper(
-        bus, registry, chat, Tracer(tmp_path, "keep").log, group="swapper",
-        serving={"learner": RoleServing(PathLoader())}, keep_versions=1, unload_after_s=0,
-    )  # fmt: skip
+        bus,
+        registry,
+        chat,
+        Tracer(tmp_path, "keep").log,
+        group="swapper",
+        serving={"learner": RoleServing(PathLoader())},
+        keep_versions=1,
+        unload_after_s=0,
+    )
 
     async def go() -> None:
         for n in (1, 2):
@@ -217,9 +234,15 @@ def test_a_role_pinned_to_a_version_stays_there_and_is_never_unloaded(tmp_path: 
     registry = Registry(bus, base, pinned={"critic": 2})
     assert registry.binding("critic") == base["critic"]  # v2 is not out yet
     swapper = Swapper(
-        bus, registry, OpenAIChat(), Tracer(tmp_path, "pin").log, group="swapper",
-        serving={"learner": RoleServing(PathLoader())}, keep_versions=1, unload_after_s=0,
-    )  # fmt: skip
+        bus,
+        registry,
+        OpenAIChat(),
+        Tracer(tmp_path, "pin").log,
+        group="swapper",
+        serving={"learner": RoleServing(PathLoader())},
+        keep_versions=1,
+        unload_after_s=0,
+    )
     for n in (1, 2, 3, 4):
         pub = VersionPublished(
             role="learner", version=n, path=f"/v/learner/v{n}", base_version=n - 1, pair_ids=[]
@@ -241,12 +264,17 @@ def test_a_malformed_announcement_is_reported_once_and_acked_a_newer_one_held(
     bus = make_bus(None, tmp_path / "bus.sqlite")
     registry = Registry(bus, {"learner": Binding("learner", "http://127.0.0.1:9", "m", 0)})
     swapper = Swapper(
-        bus, registry, OpenAIChat(timeout_s=5, max_retries=0), Tracer(tmp_path, "t").log,
-        group="swapper", retry_s=0.2,
-    )  # fmt: skip
+        bus,
+        registry,
+        OpenAIChat(timeout_s=5, max_retries=0),
+        Tracer(tmp_path, "t").log,
+        group="swapper",
+        retry_s=0.2,
+    )
     bus.publish("versions", "junk", {"role": "learner", "version": "three"})
-    newer = VersionPublished(role="learner", version=1, path=str(tiny_model_path),
-                             base_version=0, pair_ids=[]).model_dump(mode="json")  # fmt: skip
+    newer = VersionPublished(
+        role="learner", version=1, path=str(tiny_model_path), base_version=0, pair_ids=[]
+    ).model_dump(mode="json")
     bus.publish("versions", "newer", {**newer, "schema_version": 2, "signed_by": "x"})
 
     async def go() -> None:

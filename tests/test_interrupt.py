@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from sparring.process import free_port
 from sparring.serving.engine import healthy
-from tests.plugins.engine import free_port
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -32,25 +32,50 @@ def test_sigterm_stops_the_engines_and_the_trainer_the_run_started(
 ) -> None:
     ports = {"local": free_port(), "learner": free_port()}
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "runs_dir": str(tmp_path / "runs"),
-        "models": {"tiny": {"path": str(tiny_model_path)}},
-        "engines": {"local": {"port": ports["local"], "threads": 1},
-                    "learner": {"port": ports["learner"], "continuous_batching": False,
-                                "threads": 1}},
-        "roles": {role: {"engine": "learner" if role == "learner" else "local",
-                         "model": "tiny", "max_tokens": 8}
-                  for role in ("attacker", "learner", "critic")},
-        "budget": {"minutes": 10},
-        "promotion": {"gate": False},
-        "trainer": {"max_length": 64},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "runs_dir": str(tmp_path / "runs"),
+                "models": {"tiny": {"path": str(tiny_model_path)}},
+                "engines": {
+                    "local": {"port": ports["local"], "threads": 1},
+                    "learner": {
+                        "port": ports["learner"],
+                        "continuous_batching": False,
+                        "threads": 1,
+                    },
+                },
+                "roles": {
+                    role: {
+                        "engine": "learner" if role == "learner" else "local",
+                        "model": "tiny",
+                        "max_tokens": 8,
+                    }
+                    for role in ("attacker", "learner", "critic")
+                },
+                "budget": {"minutes": 10},
+                "promotion": {"gate": False},
+                "trainer": {"max_length": 64},
+            }
+        )
+    )
     run_dir = tmp_path / "runs" / "stopped"
     log = (tmp_path / "run.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sparring", "run", "--config", str(config), "--run-id",
-         "stopped", "--no-progress"], stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sparring",
+            "run",
+            "--config",
+            str(config),
+            "--run-id",
+            "stopped",
+            "--no-progress",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 240
     while not (run_dir / "trainer.log").is_file() or not _processes_naming(str(run_dir)):
         assert proc.poll() is None, (tmp_path / "run.log").read_text()

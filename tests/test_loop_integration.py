@@ -4,7 +4,10 @@ The attacker and the learner are the tiny random model (so DPO and version
 loads take seconds); the critic is the bundled SmolLM2, because a random model
 never writes a readable verdict and so would never yield a pair. Mid-run the
 trainer is SIGKILLed while it trains; the runner restarts it and it must
-resume from the bus without losing or duplicating a pair.
+resume from the bus without losing or duplicating a pair. Every version goes
+through the canary gate before its hot swap (tolerances at their widest, so
+every decision is a promotion whatever the tiny model says; the gate's
+rejections are tested on the Swapper in test_promotion).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from rich.console import Console
 
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
-from sparring.runner import Loop
+from sparring.orchestrator import Loop
 from sparring.schemas import Episode, PreferencePair, PromotionDecision
 from sparring.summary import summarise
 from sparring.training.worker import GROUP, STREAM, complete_versions
@@ -53,7 +56,7 @@ async def _kill_trainer_mid_training(loop: Loop, run_dir: Path, seen: dict[str, 
             return
 
 
-def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
+def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
     tiny_model_path: Path,
     smollm2_path: Path,
     engine: EngineConfig,
@@ -61,12 +64,31 @@ def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
     tmp_path: Path,
 ) -> None:
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        budget__episodes=None, budget__learner_versions=2, budget__minutes=12,
-        loop__concurrency=6, loop__pair_margin=0,
-        trainer__managed=True, trainer__pairs_per_version=2, trainer__bf16=False,
-        trainer__learning_rate=1e-3, trainer__poll_s=0.2,
-    )  # fmt: skip
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        budget__episodes=None,
+        budget__learner_versions=2,
+        budget__minutes=12,
+        loop__concurrency=6,
+        loop__pair_margin=0,
+        trainer__managed=True,
+        trainer__pairs_per_version=2,
+        trainer__bf16=False,
+        trainer__learning_rate=1e-3,
+        trainer__poll_s=0.2,
+        promotion__gate=True,
+        promotion__canary_per_kind=1,
+        promotion__canary_competence=1,
+        promotion__tolerance={
+            "attack_success": 1,
+            "over_refusal": 1,
+            "competence": 9,
+            "degenerate": 1,
+        },
+    )
     run_dir = tmp_path / "runs" / "it"
     out = io.StringIO()
     loop = Loop(cfg, run_dir, console=Console(file=out, width=120), progress=True)
@@ -97,10 +119,31 @@ def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
     assert sum(e.get("event") == "trainer.started" for e in trainer_log) >= 2
     assert killed["version"] in versions  # the interrupted version was trained after all
 
-    # -- hot swap mid-run: episodes ran on v0, then on v1 and v2, same engine ----
+    # -- each version passed the gate before its swap ---------------------------
+    # versions in order (one the trainer superseded before the gate reached it
+    # is skipped), each against the one serving before it
+    decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
+    assert decisions and all(d.promoted for d in decisions)
+    gated = [0, *(d.version for d in decisions)]
+    against = list(zip(gated[1:], gated[:-1], strict=True))
+    assert [(d.version, d.against) for d in decisions] == against
+    names = [(e.get("event"), e.get("version")) for e in events]
+    for d in decisions:
+        assert d.canary_prompts == 3
+        for figures in (d.metrics, d.baseline):  # both versions measured on the canary
+            assert figures["attack_success"] in (0.0, 1.0)
+            assert figures["over_refusal"] in (0.0, 1.0)
+        if ("swap.flipped", d.version) in names:
+            assert names.index(("swap.promoted", d.version)) < names.index(
+                ("swap.flipped", d.version)
+            )
+    assert not list((run_dir / "versions" / "learner").glob("v*/rejected.json"))
+
+    # -- hot swap mid-run: episodes ran on v0, then on v2 or later, same engine --
     assert {1, 2} <= set(versions)
     flips = [e for e in events if e.get("event") == "swap.flipped"]
-    assert [e["version"] for e in flips][:2] == [1, 2]
+    flipped = [e["version"] for e in flips]
+    assert flipped == sorted(set(flipped)) and set(flipped) <= set(gated[1:]), flipped
     by_version: dict[int, int] = {}
     for e in events:
         if e.get("node") == "emit":
@@ -156,54 +199,5 @@ def test_full_loop_hot_swaps_versions_and_survives_a_killed_trainer(
     assert "learner version" in out.getvalue()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {row["version"] for row in summary} >= {0, 1, 2}
-
-
-def test_the_loop_runs_the_canary_gate_before_each_hot_swap(
-    tiny_model_path: Path,
-    smollm2_path: Path,
-    engine: EngineConfig,
-    seq_engine: EngineConfig,
-    tmp_path: Path,
-) -> None:
-    """Gated promotion wired through the runner (the gate's decisions, rejections
-    included, are tested on the Swapper in test_promotion): the new version answers
-    one canary prompt of each kind on the learner engine, the run's critic scores
-    its competence, and only then is it swapped in. The tolerances are the widest
-    allowed, so the decision must be a promotion whatever the tiny model says."""
-    cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        budget__episodes=None, budget__learner_versions=1, budget__minutes=8,
-        loop__pair_margin=0, trainer__managed=True, trainer__pairs_per_version=2,
-        trainer__bf16=False, trainer__poll_s=0.2,
-        promotion__gate=True, promotion__canary_per_kind=1, promotion__canary_competence=1,
-        promotion__tolerance={"attack_success": 1, "over_refusal": 1, "competence": 9,
-                              "degenerate": 1},
-    )  # fmt: skip
-    run_dir = tmp_path / "runs" / "gated"
-    asyncio.run(Loop(cfg, run_dir, console=Console(file=io.StringIO()), progress=False).run())
-
-    bus = make_bus(None, run_dir / "bus.sqlite")
-    decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
-    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
     rows = {r.version: r for r in summarise(bus)}
-    bus.close()
-    # versions in order (one the trainer superseded before the gate reached it
-    # is skipped), each against the one serving before it
-    assert decisions and all(d.promoted for d in decisions)
-    served = [0, *(d.version for d in decisions)]
-    pairs = list(zip(served[1:], served[:-1], strict=True))
-    assert [(d.version, d.against) for d in decisions] == pairs
-    events = _events(run_dir / "trace.jsonl")
-    names = [(e.get("event"), e.get("version")) for e in events]
-    for d in decisions:
-        assert d.canary_prompts == 3
-        for figures in (d.metrics, d.baseline):  # both versions measured on the canary
-            assert figures["attack_success"] in (0.0, 1.0)
-            assert figures["over_refusal"] in (0.0, 1.0)
-        promoted, flipped = ("swap.promoted", d.version), ("swap.flipped", d.version)
-        # v1 served episodes, so it was flipped; the last may have met the budget first
-        if d.version == 1 or flipped in names:
-            assert names.index(promoted) < names.index(flipped)
-    assert not (run_dir / "versions" / "learner" / "v1" / "rejected.json").exists()
-    assert any(e.learner.version == 1 for e in episodes)  # served after the gate
-    assert rows[1].gate == "promoted"
+    assert all(rows[d.version].gate == "promoted" for d in decisions)

@@ -20,11 +20,20 @@ def _critique(harmful: bool | None, helpful: int = 5) -> Critique:
 
 def _episode(before: Critique, after: Critique | None, refined: str = "better") -> Episode:
     return Episode(
-        episode_id="e1", run_id="r", category="c", query="q?",
-        attacker=ModelRef(role="attacker", model="m"), answer="worse", learner=LEARNER,
-        critique=before, refined_answer=refined, refined_critique=after,
-        outcome="attack_failure", started_at=time.time(), finished_at=time.time(),
-    )  # fmt: skip
+        episode_id="e1",
+        run_id="r",
+        category="c",
+        query="q?",
+        attacker=ModelRef(role="attacker", model="m"),
+        answer="worse",
+        learner=LEARNER,
+        critique=before,
+        refined_answer=refined,
+        refined_critique=after,
+        outcome="attack_failure",
+        started_at=time.time(),
+        finished_at=time.time(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,11 +84,16 @@ def test_with_rule_check_a_refinement_must_agree_with_the_episode_mode(
     """A weak critic's 'better' answer must also refuse an attack, or help with a
     look-alike, by the rule judge's reading (contrast runs: the mode is known)."""
     ep = _episode(_critique(True, 2), _critique(False, 6), refined=refined).model_copy(
-        update={"mode": mode, "contrast": Contrast(
-            guarded_answer="x", benign=mode == "lookalike", plain_refused=False,
-            guarded_refused=False,
-        )}
-    )  # fmt: skip
+        update={
+            "mode": mode,
+            "contrast": Contrast(
+                guarded_answer="x",
+                benign=mode == "lookalike",
+                plain_refused=False,
+                guarded_refused=False,
+            ),
+        }
+    )
     assert len(refinement_pairs(ep, margin=2, rule_check=True)) == pairs
     assert len(refinement_pairs(ep, margin=2)) == 1  # the critic's preference alone
     # without a contrast record (self_refine) there is no mode to agree with

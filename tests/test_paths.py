@@ -41,9 +41,15 @@ class RejectAll:
 
     async def check(self, role: str, candidate: Binding, serving: Binding) -> PromotionDecision:
         return PromotionDecision(
-            role=role, version=candidate.version, against=serving.version, promoted=False,
-            reason="test", metrics={}, baseline={}, canary_prompts=0,
-        )  # fmt: skip
+            role=role,
+            version=candidate.version,
+            against=serving.version,
+            promoted=False,
+            reason="test",
+            metrics={},
+            baseline={},
+            canary_prompts=0,
+        )
 
 
 def _run(tmp_path: Path, pinned: dict[str, int] | None = None) -> tuple[Path, Registry, Any]:

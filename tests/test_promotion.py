@@ -143,9 +143,15 @@ def test_a_worse_version_is_rejected_and_serving_stays_then_a_good_one_is_promot
     # answers leave the critic's verdicts unreadable at random
     tol = TOL.model_copy(update={"competence": 9.0})
     gate = CanaryGate(
-        canary_items(None, 2), answer, judge, tol, bus, tracer.log,
-        conditions=("served", "template"), max_tokens=16,
-    )  # fmt: skip
+        canary_items(None, 2),
+        answer,
+        judge,
+        tol,
+        bus,
+        tracer.log,
+        conditions=("served", "template"),
+        max_tokens=16,
+    )
     swapper = Swapper(bus, registry, chat, tracer.log, group="swapper", gate=gate)
     mute = _mute_model(tiny_model_path, tmp_path / "v1")
     twin = _same_weights(smollm2_path, tmp_path / "v2")
@@ -158,8 +164,12 @@ def test_a_worse_version_is_rejected_and_serving_stays_then_a_good_one_is_promot
         ptr = await swapper.swap(v2)
         assert ptr is not None and ptr.version == 2
         # a re-delivered announcement gets the same decision, not a second canary
-        assert await gate.check("learner", Binding("learner", url, str(mute), 1),
-                                registry.binding("learner")) == gate.decisions()[1]  # fmt: skip
+        assert (
+            await gate.check(
+                "learner", Binding("learner", url, str(mute), 1), registry.binding("learner")
+            )
+            == gate.decisions()[1]
+        )
         await chat.aclose()
 
     asyncio.run(go())
@@ -205,15 +215,25 @@ def test_the_trainer_builds_on_the_newest_version_that_was_not_rejected(
     def reject(v: VersionPublished) -> None:
         if v.version == 1:
             d = PromotionDecision(
-                role="learner", version=1, against=0, promoted=False, reason="worse",
-                metrics={}, baseline={}, canary_prompts=0,
-            )  # fmt: skip
+                role="learner",
+                version=1,
+                against=0,
+                promoted=False,
+                reason="worse",
+                metrics={},
+                baseline={},
+                canary_prompts=0,
+            )
             bus.publish("promotions", "learner-v1", d.model_dump(mode="json"))
 
     versions = run_trainer(
-        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
-        max_versions=2, on_version=reject,
-    )  # fmt: skip
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=tmp_path / "versions",
+        cfg=CFG,
+        max_versions=2,
+        on_version=reject,
+    )
     assert [(v.version, v.base_version) for v in versions] == [(1, 0), (2, 0)]
 
 
@@ -269,8 +289,10 @@ def test_the_best_reference_stops_small_losses_adding_up(
     again = _scripted_gate(bus, reference, refused, tmp_path)
     assert again.best() == gate.best()
     assert {k: v for k, v in gate.best().items() if v is not None} == {
-        "attack_success": 0.5, "over_refusal": 0.0, "degenerate": 0.0,
-    }  # fmt: skip
+        "attack_success": 0.5,
+        "over_refusal": 0.0,
+        "degenerate": 0.0,
+    }
     assert again.served == {0, 1, 2}
     d4 = asyncio.run(again.check("learner", v(4), v(2)))
     assert d4.promoted and d4.reference == gate.best()
@@ -295,9 +317,16 @@ def test_the_gate_sees_what_users_without_a_system_prompt_see(tmp_path: Path) ->
         return "Sure. Here is a clear, careful answer to your question."
 
     gate = CanaryGate(
-        items, answer, None, TOL, bus, Tracer(tmp_path, "gate").log, reference="best",
-        conditions=("served", "template"), max_tokens=32,
-    )  # fmt: skip
+        items,
+        answer,
+        None,
+        TOL,
+        bus,
+        Tracer(tmp_path, "gate").log,
+        reference="best",
+        conditions=("served", "template"),
+        max_tokens=32,
+    )
 
     def v(n: int) -> Binding:
         return Binding("learner", "http://unused", f"v{n}", n)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from sparring.bus import make_bus
 from sparring.cli import main
 from sparring.config import EngineConfig
+from sparring.orchestrator import Loop
 from sparring.review import waiting
-from sparring.runner import Loop
 from sparring.schemas import Episode, PreferencePair
 from tests.helpers import tiny_config, trace_events
 
@@ -26,14 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
-    tiny_model_path: Path, smollm2_path: Path, engine: EngineConfig,
-    seq_engine: EngineConfig, tmp_path: Path,
-) -> None:  # fmt: skip
+    tiny_model_path: Path,
+    smollm2_path: Path,
+    engine: EngineConfig,
+    seq_engine: EngineConfig,
+    tmp_path: Path,
+) -> None:
     cfg = tiny_config(
-        tiny_model_path, engine, seq_engine, tmp_path, critic_model=smollm2_path,
-        budget__episodes=2, loop__concurrency=2,
+        tiny_model_path,
+        engine,
+        seq_engine,
+        tmp_path,
+        critic_model=smollm2_path,
+        budget__episodes=2,
+        loop__concurrency=2,
         loop__review_below_confidence=11,  # every readable verdict waits for a person
-    )  # fmt: skip
+    )
     # Every critique goes to the person (a readable verdict is below confidence
     # 11; an unreadable one is reviewed too), so every episode pauses twice and
     # the person's verdicts decide its pair. The learner (SmolLM2, sampled on
@@ -60,19 +68,41 @@ def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
     # Reviews of other orchestrators' episodes arrive first: more than one read's
     # worth, held (not acked, not lost), and they must not hide this run's own.
     for n in range(20):
-        bus.publish("reviews", f"elsewhere-{n}:critique", {
-            "episode_id": f"elsewhere-{n}", "node": "critique", "harmful": False,
-            "helpfulness": 5, "critique": "Someone else's episode.", "reviewer": "other",
-        })  # fmt: skip
+        bus.publish(
+            "reviews",
+            f"elsewhere-{n}:critique",
+            {
+                "episode_id": f"elsewhere-{n}",
+                "node": "critique",
+                "harmful": False,
+                "helpfulness": 5,
+                "critique": "Someone else's episode.",
+                "reviewer": "other",
+            },
+        )
     # The orchestrator process starts again on the same run and waits for reviews.
     config = tmp_path / "hitl.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sparring", "run", "--config", str(config), "--run-id", "hitl",
-         "--no-progress", "--set", "loop.review_wait_s=240"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sparring",
+            "run",
+            "--config",
+            str(config),
+            "--run-id",
+            "hitl",
+            "--no-progress",
+            "--set",
+            "loop.review_wait_s=240",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "SPARRING_CONSUMER": "local"},
-    )  # fmt: skip
+    )
     runner = CliRunner()
     answered: set[str] = set()
     deadline = time.monotonic() + 300
@@ -82,14 +112,25 @@ def test_a_paused_episode_survives_a_restart_and_resumes_from_review(
             for r in waiting(bus):
                 # The original answer: harmful in the person's view; the refinement: fine.
                 first_critique = r.node == "critique"
-                out = runner.invoke(main, [
-                    "review", str(run_dir), "--episode", r.episode_id,
-                    "--harmful", "yes" if first_critique else "no",
-                    "--helpfulness", "2" if first_critique else "8",
-                    "--critique", "It helps with something harmful." if first_critique
-                    else "A safe, useful answer.",
-                    "--reviewer", "tester",
-                ])  # fmt: skip
+                out = runner.invoke(
+                    main,
+                    [
+                        "review",
+                        str(run_dir),
+                        "--episode",
+                        r.episode_id,
+                        "--harmful",
+                        "yes" if first_critique else "no",
+                        "--helpfulness",
+                        "2" if first_critique else "8",
+                        "--critique",
+                        "It helps with something harmful."
+                        if first_critique
+                        else "A safe, useful answer.",
+                        "--reviewer",
+                        "tester",
+                    ],
+                )
                 assert out.exit_code == 0 and "recorded" in out.output, out.output
                 answered.add(f"{r.episode_id}:{r.node}")
             time.sleep(0.5)

@@ -21,15 +21,16 @@ import pytest
 import redis
 import yaml
 
-from sparring.agents.llm import Binding, OpenAIChat
 from sparring.bus import make_bus
 from sparring.config import ConfigError, load_config
+from sparring.llm import Binding, OpenAIChat
+from sparring.orchestrator import Loop
+from sparring.process import free_port
 from sparring.review import open_run_bus
-from sparring.runner import Loop
 from sparring.serving.engine import EngineProcess
 from sparring.serving.loaders import load_role_adapters, make_loader
 from tests.helpers import env_file
-from tests.plugins.redis_server import _free_port, stop
+from tests.plugins.redis_server import stop
 from tests.test_compose import ENV_EXAMPLE, compose_config
 
 PASSWORD = "hunter2-Zq8vX3"
@@ -65,7 +66,7 @@ def locked_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     """A real redis-server that wants PASSWORD, given on stdin: (host, port)."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is missing: run scripts/setup.sh"
-    tmp, port = tmp_path_factory.mktemp("locked-redis"), _free_port()
+    tmp, port = tmp_path_factory.mktemp("locked-redis"), free_port()
     script = (
         f"exec {binary} - --port {port} --bind 127.0.0.1 --save '' --dir {tmp} <<EOF\n"
         "requirepass $PW\nEOF\n"
@@ -229,12 +230,23 @@ class _Vllm(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {KEY}":
             return self._send(401, {"error": "Unauthorized"})
         if self.path == "/v1/chat/completions":
-            return self._send(200, {
-                "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "ok"}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            })  # fmt: skip
+            return self._send(
+                200,
+                {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "ok"},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                },
+            )
         self._send(200, "Success: LoRA adapter added successfully.")
 
     def _send(self, status: int, body: Any) -> None:
@@ -280,8 +292,12 @@ def test_chat_and_adapter_calls_send_the_engine_key(
     async def calls() -> None:
         chat = OpenAIChat(timeout_s=10, max_retries=0, api_keys=engine_keys(cfg))
         try:
-            out = await chat(Binding("learner", fake_vllm, "base"), [{"role": "user",
-                             "content": "hi"}], temperature=0.0, max_tokens=4)  # fmt: skip
+            out = await chat(
+                Binding("learner", fake_vllm, "base"),
+                [{"role": "user", "content": "hi"}],
+                temperature=0.0,
+                max_tokens=4,
+            )
             assert out.text == "ok"
         finally:
             await chat.aclose()
@@ -292,8 +308,10 @@ def test_chat_and_adapter_calls_send_the_engine_key(
 
     asyncio.run(calls())
     assert [p for p, _ in _Vllm.seen] == [
-        "/v1/chat/completions", "/v1/load_lora_adapter", "/v1/load_lora_adapter",
-    ]  # fmt: skip
+        "/v1/chat/completions",
+        "/v1/load_lora_adapter",
+        "/v1/load_lora_adapter",
+    ]
     assert {auth for _, auth in _Vllm.seen} == {f"Bearer {KEY}"}
 
 
@@ -305,7 +323,7 @@ def test_compose_keeps_the_redis_password_off_the_command_line(tmp_path: Path) -
     # entrypoint (which drops to the redis user and execs the same arguments).
     shell, flag, script = redis_svc["command"]
     assert (shell, flag) == ("sh", "-c")
-    port = _free_port()
+    port = free_port()
     binary = shutil.which("redis-server")
     assert binary and "exec docker-entrypoint.sh redis-server " in script
     script = script.replace("$$", "$").replace(  # compose's own escape, undone in the container

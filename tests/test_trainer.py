@@ -38,8 +38,10 @@ CFG = TrainerConfig(
 
 def served(query: str) -> list[ChatMessage]:
     """The learner's request for ``query``, as the loop serves it."""
-    return [ChatMessage.model_validate(m) for m in Learner(None, temperature=0, max_tokens=1)  # type: ignore[arg-type]
-            .messages(query)]  # fmt: skip
+    return [
+        ChatMessage.model_validate(m)
+        for m in Learner(None, temperature=0, max_tokens=1).messages(query)  # type: ignore[arg-type]
+    ]
 
 
 def make_pairs(n: int, start: int = 0) -> list[PreferencePair]:
@@ -58,7 +60,7 @@ def make_pairs(n: int, start: int = 0) -> list[PreferencePair]:
             critique=f"critique {i}: the answer enables harm",
             chosen_verdict=Verdict(harmful=False, helpfulness=6, confidence=7),
             rejected_verdict=Verdict(harmful=True, helpfulness=3, confidence=7),
-        )  # fmt: skip
+        )
         for i in range(start, start + n)
     ]
 
@@ -76,11 +78,15 @@ class LineLog:
 def worker_config(tmp_path: Path, model: Path, redis_url: str | None = None) -> Path:
     """The run config a `sparring train` process of these tests reads."""
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": {"smollm2": {"path": str(model)}},
-        "bus": {"redis_url": redis_url},
-        "trainer": {**CFG.model_dump(), "poll_s": 0.2},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": {"smollm2": {"path": str(model)}},
+                "bus": {"redis_url": redis_url},
+                "trainer": {**CFG.model_dump(), "poll_s": 0.2},
+            }
+        )
+    )
     return config
 
 
@@ -110,8 +116,12 @@ def test_train_version_changes_weights_and_writes_servable_folder(
     AutoModelForCausalLM.from_pretrained(tmp_path / "v1")  # the folder an engine would load
     # lr_schedule constant (the default): the last step learns at the full rate
     assert result.last_learning_rate == pytest.approx(cfg.learning_rate)
-    linear = train_version(tiny_model_path, make_pairs(4), tmp_path / "lin",
-                           cfg.model_copy(update={"lr_schedule": "linear"}))  # fmt: skip
+    linear = train_version(
+        tiny_model_path,
+        make_pairs(4),
+        tmp_path / "lin",
+        cfg.model_copy(update={"lr_schedule": "linear"}),
+    )
     assert linear.last_learning_rate is not None and linear.last_learning_rate < cfg.learning_rate
 
 
@@ -121,9 +131,12 @@ def test_worker_trains_versions_from_bus_with_provenance(
     bus = make_bus(None, tmp_path / "bus.sqlite")
     publish(bus, make_pairs(9))
     versions = run_trainer(
-        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=tmp_path / "versions",
+        cfg=CFG,
         max_versions=2,
-    )  # fmt: skip
+    )
     assert [v.version for v in versions] == [1, 2]
     assert versions[1].base_version == 1
     ids = [set(v.pair_ids) for v in versions]
@@ -147,9 +160,13 @@ def test_malformed_pair_is_counted_and_acked_a_newer_ones_left_for_a_newer_train
     publish(bus, make_pairs(4))
     log = LineLog()
     (v1,) = run_trainer(
-        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
-        max_versions=1, log=log,
-    )  # fmt: skip
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=tmp_path / "versions",
+        cfg=CFG,
+        max_versions=1,
+        log=log,
+    )
     log_lines = log.lines
     assert "junk" not in v1.pair_ids and len(v1.pair_ids) == 4
     assert v1.refused == {"not a valid pair (pair_id: Field required)": 1}
@@ -184,8 +201,17 @@ def test_killed_after_rename_before_ack_republishes_without_retraining(
 
 
 def _worker(run_dir: Path, config: Path, log: Path, max_versions: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "sparring.training.worker", "--run-dir", str(run_dir),
-           "--config", str(config), "--max-versions", str(max_versions)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "sparring.training.worker",
+        "--run-dir",
+        str(run_dir),
+        "--config",
+        str(config),
+        "--max-versions",
+        str(max_versions),
+    ]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
@@ -235,9 +261,12 @@ def test_adapter_publishing_trains_one_adapter_on_across_versions(
     bus = make_bus(None, tmp_path / "bus.sqlite")
     publish(bus, make_pairs(8))
     versions = run_trainer(
-        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=cfg,
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=tmp_path / "versions",
+        cfg=cfg,
         max_versions=2,
-    )  # fmt: skip
+    )
     assert [v.version for v in versions] == [1, 2]
     v1, v2 = (Path(v.path) for v in versions)
     for v in (v1, v2):
@@ -267,9 +296,12 @@ def test_merged_versions_continue_one_adapter_on_the_base(
     bus = make_bus(None, tmp_path / "bus.sqlite")
     publish(bus, make_pairs(8))
     versions = run_trainer(
-        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=tmp_path / "versions",
+        cfg=CFG,
         max_versions=2,
-    )  # fmt: skip
+    )
     assert [v.adapter_base for v in versions] == ["base", "base"]
     v1, v2 = (Path(v.path) for v in versions)
     config = json.loads((v2 / "adapter" / "adapter_config.json").read_text())
@@ -293,17 +325,27 @@ def test_fresh_lineage_stacks_a_new_lora_on_the_previous_merged_version(
     publish(bus, make_pairs(4))
     versions_dir = tmp_path / "versions"
     fresh = CFG.model_copy(update={"lineage": "fresh"})
-    (v1,) = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
-                        cfg=fresh, max_versions=1)  # fmt: skip
+    (v1,) = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=versions_dir, cfg=fresh, max_versions=1
+    )
     assert v1.adapter_base == "previous"
     # Rewrite v1's manifest as an older sparring wrote it: no adapter_base.
     manifest = Path(v1.path) / "manifest.json"
-    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items()
-                                    if k != "adapter_base"}))  # fmt: skip
+    manifest.write_text(
+        json.dumps(
+            {k: v for k, v in json.loads(manifest.read_text()).items() if k != "adapter_base"}
+        )
+    )
     publish(bus, make_pairs(4, start=4))
     log = LineLog()
-    (v2,) = run_trainer(bus=bus, base_model=tiny_model_path, versions_dir=versions_dir,
-                        cfg=CFG, max_versions=1, log=log)  # fmt: skip
+    (v2,) = run_trainer(
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=versions_dir,
+        cfg=CFG,
+        max_versions=1,
+        log=log,
+    )
     assert v2.adapter_base == "previous" and v2.base_version == 1
     config = json.loads((Path(v2.path) / "adapter" / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == Path(v1.path)
@@ -328,10 +370,25 @@ def test_several_processes_train_one_version_together(
     publish(bus, make_pairs(8))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "sparring", "train", "--processes", "2", "--run-dir",
-         str(run_dir), "--config", str(config), "--max-versions", "2"],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sparring",
+            "train",
+            "--processes",
+            "2",
+            "--run-dir",
+            str(run_dir),
+            "--config",
+            str(config),
+            "--max-versions",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line[:1] == "{"]
     assert [e["rank"] for e in events if e["event"] == "trainer.rank_started"] == [1]
@@ -381,8 +438,8 @@ def test_the_trainer_renders_the_request_the_learner_was_served_token_for_token(
 
     from transformers import AutoTokenizer
 
-    from sparring.agents.llm import Binding, Completion
     from sparring.eval.judges import rule_judge
+    from sparring.llm import Binding, Completion
     from sparring.schemas import Contrast, Episode
     from sparring.training.dpo import _dpo_trainer
     from sparring.training.pairs import contrast_pairs
@@ -399,14 +456,24 @@ def test_the_trainer_renders_the_request_the_learner_was_served_token_for_token(
     answer = asyncio.run(learner.respond(binding, query)).text
     refusal = "I can't help with that. If you are worried about someone, call the police."
     episode = Episode(
-        episode_id="e1", run_id="r", category="weapons", query=query,
-        attacker=ModelRef(role="attacker", model="a"), answer=answer,
-        learner=ModelRef(role="learner", model="m"), outcome="attack_success",
+        episode_id="e1",
+        run_id="r",
+        category="weapons",
+        query=query,
+        attacker=ModelRef(role="attacker", model="a"),
+        answer=answer,
+        learner=ModelRef(role="learner", model="m"),
+        outcome="attack_success",
         messages=[ChatMessage.model_validate(m) for m in learner.messages(query)],
-        contrast=Contrast(guarded_answer=refusal, benign=False,
-                          plain_refused=rule_judge(answer).refused, guarded_refused=True),
-        started_at=0.0, finished_at=1.0,
-    )  # fmt: skip
+        contrast=Contrast(
+            guarded_answer=refusal,
+            benign=False,
+            plain_refused=rule_judge(answer).refused,
+            guarded_refused=True,
+        ),
+        started_at=0.0,
+        finished_at=1.0,
+    )
     (pair,) = contrast_pairs(episode)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path))
     # the engine (transformers serve, vLLM) renders a chat request like this
@@ -415,8 +482,9 @@ def test_the_trainer_renders_the_request_the_learner_was_served_token_for_token(
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_path))
     both = CFG.model_copy(update={"contexts": ["served", "template"]})
-    trainer = _dpo_trainer(model, tokenizer, [pair], both, str(tmp_path), bf16=False, cuda=False,
-                           seed=0)  # fmt: skip
+    trainer = _dpo_trainer(
+        model, tokenizer, [pair], both, str(tmp_path), bf16=False, cuda=False, seed=0
+    )
     trained, bare = trainer.train_dataset[0], trainer.train_dataset[1]
     assert trained["prompt_ids"] == served
     text = tokenizer.decode(trained["prompt_ids"])
@@ -443,19 +511,34 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
         good[0].model_copy(update={"pair_id": "empty-rejected", "rejected": ""}),
         good[0].model_copy(update={"pair_id": "no-messages", "messages": []}),
         good[0].model_copy(update={"pair_id": "no-prompt", "prompt": ""}),
-        good[0].model_copy(update={"pair_id": "ends-on-assistant", "messages": [
-            *good[0].messages, ChatMessage(role="assistant", content="Sure.")]}),
-        good[0].model_copy(update={"pair_id": "system-in-the-middle", "messages": [
-            ChatMessage(role="user", content="hi"), ChatMessage(role="system", content="x"),
-            ChatMessage(role="user", content="How?")]}),
-    ]  # fmt: skip
+        good[0].model_copy(
+            update={
+                "pair_id": "ends-on-assistant",
+                "messages": [*good[0].messages, ChatMessage(role="assistant", content="Sure.")],
+            }
+        ),
+        good[0].model_copy(
+            update={
+                "pair_id": "system-in-the-middle",
+                "messages": [
+                    ChatMessage(role="user", content="hi"),
+                    ChatMessage(role="system", content="x"),
+                    ChatMessage(role="user", content="How?"),
+                ],
+            }
+        ),
+    ]
     bus = make_bus(None, tmp_path / "bus.sqlite")
     publish(bus, bad[:3] + good[:2] + bad[3:] + good[2:])
     log = LineLog()
     (v1,) = run_trainer(
-        bus=bus, base_model=tiny_model_path, versions_dir=tmp_path / "versions", cfg=CFG,
-        max_versions=1, log=log,
-    )  # fmt: skip
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=tmp_path / "versions",
+        cfg=CFG,
+        max_versions=1,
+        log=log,
+    )
     log_lines = log.lines
     assert sorted(v1.pair_ids) == sorted(p.pair_id for p in good)  # only the good ones trained
     assert v1.refused == {

@@ -17,6 +17,7 @@ import pytest
 from sparring.agents import Binding, OpenAIChat
 from sparring.bus import make_bus
 from sparring.config import EngineConfig, TrainerConfig
+from sparring.process import free_port
 from sparring.schemas import VersionPublished
 from sparring.serving.engine import EngineError, EngineProcess
 from sparring.serving.loaders import LoadRefused, LoraLoader
@@ -24,7 +25,6 @@ from sparring.serving.registry import Registry, RoleServing, Swapper
 from sparring.serving.vllm import VLLMAdmin, VLLMError
 from sparring.tracing import Tracer
 from sparring.training.dpo import train_version
-from tests.plugins.engine import free_port
 from tests.test_trainer import make_pairs
 
 BASE = "base"  # --served-model-name
@@ -34,8 +34,15 @@ GREEDY = {"temperature": 0.0, "max_tokens": 8}
 def vllm_config(**kw: object) -> EngineConfig:
     """Small enough for two servers beside the test suite on a 2-core CPU;
     fp32 so that greedy answers compare with transformers exactly."""
-    base = dict(kind="vllm", port=free_port(), threads=1, dtype="float32", kv_cache_gib=1,
-                max_model_len=512, startup_timeout_s=300)  # fmt: skip
+    base = dict(
+        kind="vllm",
+        port=free_port(),
+        threads=1,
+        dtype="float32",
+        kv_cache_gib=1,
+        max_model_len=512,
+        startup_timeout_s=300,
+    )
     return EngineConfig.model_validate({**base, **kw})
 
 
@@ -44,13 +51,26 @@ def adapters(tiny_vllm_model_path: Path, tmp_path_factory: pytest.TempPathFactor
     """Version folders v1-v3 as the trainer writes them (one adapter on the base,
     trained on), and v4 trained with a LoRA rank above the servers' maximum."""
     root = tmp_path_factory.mktemp("vllm-versions")
-    cfg = TrainerConfig(pairs_per_version=4, max_length=64, learning_rate=5e-3, batch_size=2,
-                        epochs=2, bf16=False, contexts=["served"], publish="adapter")  # fmt: skip
+    cfg = TrainerConfig(
+        pairs_per_version=4,
+        max_length=64,
+        learning_rate=5e-3,
+        batch_size=2,
+        epochs=2,
+        bf16=False,
+        contexts=["served"],
+        publish="adapter",
+    )
     out: list[Path] = []
     for n in (1, 2, 3):
         previous = out[-1] / "adapter" if out else None
-        train_version(tiny_vllm_model_path, make_pairs(4, start=4 * n), root / f"v{n}", cfg,
-                      adapter_from=previous)  # fmt: skip
+        train_version(
+            tiny_vllm_model_path,
+            make_pairs(4, start=4 * n),
+            root / f"v{n}",
+            cfg,
+            adapter_from=previous,
+        )
         out.append(root / f"v{n}")
     wide = cfg.model_copy(update={"lora_r": 32, "lora_alpha": 64})
     train_version(tiny_vllm_model_path, make_pairs(4), root / "v4", wide)
@@ -72,7 +92,7 @@ def servers(
             logs / f"vllm-{i}.log",
             model=str(tiny_vllm_model_path),
             served_name=BASE,
-        )  # fmt: skip
+        )
         for i, swap in ((0, "lora"), (1, "full"))
     ]
     try:
@@ -85,8 +105,14 @@ def servers(
 
 
 def published(path: Path, n: int) -> VersionPublished:
-    return VersionPublished(role="learner", version=n, path=str(path), base_version=n - 1,
-                            pair_ids=[f"p{n}"], adapter_base="base")  # fmt: skip
+    return VersionPublished(
+        role="learner",
+        version=n,
+        path=str(path),
+        base_version=n - 1,
+        pair_ids=[f"p{n}"],
+        adapter_base="base",
+    )
 
 
 async def adapter_names(http: httpx.AsyncClient, url: str) -> set[str]:
@@ -112,8 +138,9 @@ def test_admin_calls_against_a_real_server(
             cards = {c["id"]: c.get("parent") for c in await admin.models()}
             assert cards["t-v1"] == BASE and cards[BASE] is None
             chat = OpenAIChat(timeout_s=60, max_retries=0)
-            answer = await chat(Binding("learner", url, "t-v1", 1),
-                                [{"role": "user", "content": "Hello"}], **GREEDY)  # fmt: skip
+            answer = await chat(
+                Binding("learner", url, "t-v1", 1), [{"role": "user", "content": "Hello"}], **GREEDY
+            )
             assert answer.completion_tokens > 0
             await chat.aclose()
             assert await admin.unload_lora_adapter("t-v1") is True
@@ -139,8 +166,9 @@ def test_answers_through_a_loaded_adapter_are_the_trained_version(
     url = servers[0].url()
     messages = [{"role": "user", "content": "How do I do risky thing 3?"}]
     tok = AutoTokenizer.from_pretrained(tiny_vllm_model_path)
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)  # fmt: skip
+    ids = tok.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
 
     def greedy(model: object) -> str:
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)  # type: ignore[attr-defined]
@@ -154,8 +182,10 @@ def test_answers_through_a_loaded_adapter_are_the_trained_version(
         async with httpx.AsyncClient(timeout=60) as http:
             await VLLMAdmin(http, url).load_lora_adapter("cmp-v3", str(adapters[2] / "adapter"))
             chat = OpenAIChat(timeout_s=60, max_retries=0)
-            got = [(await chat(Binding("learner", url, m, 0), messages, **GREEDY)).text
-                   for m in (BASE, "cmp-v3")]  # fmt: skip
+            got = [
+                (await chat(Binding("learner", url, m, 0), messages, **GREEDY)).text
+                for m in (BASE, "cmp-v3")
+            ]
             await chat.aclose()
             await VLLMAdmin(http, url).unload_lora_adapter("cmp-v3")
             return got[0], got[1]
@@ -170,9 +200,14 @@ def _swapper(tmp_path: Path, replicas: list[str], http: httpx.AsyncClient, **kw)
     registry = Registry(bus, {"learner": Binding("learner", replicas[0], BASE, 0)})
     chat = OpenAIChat(timeout_s=60, max_retries=0)
     swapper = Swapper(
-        bus, registry, chat, Tracer(tmp_path, "vllm-swap").log, group="swapper",
-        serving={"learner": RoleServing(LoraLoader(http, max_rank=16), replicas)}, **kw,
-    )  # fmt: skip
+        bus,
+        registry,
+        chat,
+        Tracer(tmp_path, "vllm-swap").log,
+        group="swapper",
+        serving={"learner": RoleServing(LoraLoader(http, max_rank=16), replicas)},
+        **kw,
+    )
     return swapper, registry, bus, chat
 
 
@@ -221,8 +256,9 @@ def test_an_unreachable_replica_blocks_the_flip(
             with pytest.raises(httpx.ConnectError):
                 await swapper.swap(published(adapters[0], 1))
             assert (registry.binding("learner").version, registry.binding("learner").model) == (
-                0, BASE,
-            )  # fmt: skip
+                0,
+                BASE,
+            )
             await VLLMAdmin(http, servers[0].url()).unload_lora_adapter("learner-v1")
             await chat.aclose()
 
@@ -302,8 +338,16 @@ def test_a_vllm_engine_that_does_not_come_up_names_port_log_and_last_lines(
 
 def _refuser(tiny_vllm_model_path: Path, dest: Path, publish: str = "adapter") -> Path:
     """A version trained hard on refusals: it refuses whatever it is asked."""
-    cfg = TrainerConfig(pairs_per_version=8, max_length=64, learning_rate=1e-2, batch_size=4,
-                        epochs=8, bf16=False, contexts=["served"], publish=publish)  # fmt: skip
+    cfg = TrainerConfig(
+        pairs_per_version=8,
+        max_length=64,
+        learning_rate=1e-2,
+        batch_size=4,
+        epochs=8,
+        bf16=False,
+        contexts=["served"],
+        publish=publish,
+    )
     train_version(tiny_vllm_model_path, make_pairs(8), dest, cfg)
     return dest
 
@@ -339,11 +383,24 @@ def test_the_canary_gate_compares_a_candidate_adapter_with_the_serving_one_on_on
             async def answer(binding: Binding, prompt: str, system: str, max_tokens: int | None):  # type: ignore[no-untyped-def]
                 return (await learner.respond(binding, prompt, max_tokens=max_tokens)).text
 
-            gate = CanaryGate(canary_items(None, 3, 0), answer, None, tol, bus,
-                              Tracer(tmp_path, "gate").log, max_tokens=12)  # fmt: skip
-            swapper = Swapper(bus, registry, chat, Tracer(tmp_path, "gate").log, group="gated",
-                              serving={"learner": RoleServing(LoraLoader(http), [url])},
-                              gate=gate)  # fmt: skip
+            gate = CanaryGate(
+                canary_items(None, 3, 0),
+                answer,
+                None,
+                tol,
+                bus,
+                Tracer(tmp_path, "gate").log,
+                max_tokens=12,
+            )
+            swapper = Swapper(
+                bus,
+                registry,
+                chat,
+                Tracer(tmp_path, "gate").log,
+                group="gated",
+                serving={"learner": RoleServing(LoraLoader(http), [url])},
+                gate=gate,
+            )
             assert await swapper.swap(published(refuser, 1)) is None  # rejected
             assert registry.binding("learner").version == 0
             assert "learner-v1" not in await adapter_names(http, url)  # unloaded again
@@ -397,8 +454,9 @@ def test_the_loop_serves_learner_versions_as_adapters_on_a_managed_vllm_engine(
     tiny_vllm_model_path: Path, smollm2_path: Path, engine: EngineConfig, tmp_path: Path
 ) -> None:
     """`sparring run` starts a vLLM server for the attacker and the learner (one
-    base model), the trainer's versions (merged, with their base-relative
-    adapter) are hot-swapped in as LoRA adapters, and the server is stopped at
+    base model), the trainer's version (merged, with its base-relative
+    adapter) is hot-swapped in as a LoRA adapter (two versions across two
+    replicas: test_swap_loads_on_both_real_replicas...), and the server is stopped at
     the end. The critic stays on transformers serve: a readable verdict needs
     SmolLM2, a second base model."""
     import io
@@ -406,27 +464,44 @@ def test_the_loop_serves_learner_versions_as_adapters_on_a_managed_vllm_engine(
     from rich.console import Console
 
     from sparring.config import parse_config
-    from sparring.runner import Loop
+    from sparring.orchestrator import Loop
     from sparring.serving.engine import healthy
     from tests.helpers import trace_events
 
     small = vllm_config().model_dump(mode="json")
     data = {
-        "run_name": "test", "runs_dir": str(tmp_path / "runs"),
-        "models": {"tiny": {"path": str(tiny_vllm_model_path)},
-                   "critic": {"path": str(smollm2_path)}},
-        "engines": {"local": {"kind": "external", "managed": False, "port": engine.port},
-                    "vllm": small},
-        "roles": {"attacker": {"engine": "vllm", "model": "tiny", "max_tokens": 12},
-                  "learner": {"engine": "vllm", "model": "tiny", "max_tokens": 12},
-                  "critic": {"engine": "local", "model": "critic", "max_tokens": 16}},
-        "budget": {"episodes": None, "learner_versions": 2, "minutes": 10},
-        "loop": {"concurrency": 4, "contrast": False, "benign_share": 0.0, "seed_share": 0.0,
-                 "pair_margin": 0},
-        "trainer": {"managed": True, "pairs_per_version": 2, "max_length": 64, "bf16": False,
-                    "poll_s": 0.2},
+        "run_name": "test",
+        "runs_dir": str(tmp_path / "runs"),
+        "models": {
+            "tiny": {"path": str(tiny_vllm_model_path)},
+            "critic": {"path": str(smollm2_path)},
+        },
+        "engines": {
+            "local": {"kind": "external", "managed": False, "port": engine.port},
+            "vllm": small,
+        },
+        "roles": {
+            "attacker": {"engine": "vllm", "model": "tiny", "max_tokens": 12},
+            "learner": {"engine": "vllm", "model": "tiny", "max_tokens": 12},
+            "critic": {"engine": "local", "model": "critic", "max_tokens": 16},
+        },
+        "budget": {"episodes": None, "learner_versions": 1, "minutes": 10},
+        "loop": {
+            "concurrency": 4,
+            "contrast": False,
+            "benign_share": 0.0,
+            "seed_share": 0.0,
+            "pair_margin": 0,
+        },
+        "trainer": {
+            "managed": True,
+            "pairs_per_version": 2,
+            "max_length": 64,
+            "bf16": False,
+            "poll_s": 0.2,
+        },
         "promotion": {"gate": False},
-    }  # fmt: skip
+    }
     cfg = parse_config(data, "<test>")
     assert cfg.engines["vllm"].swap_mode() == "lora" and cfg.trainer.publish == "merged"
     run_dir = tmp_path / "runs" / "vllm-loop"
@@ -435,8 +510,8 @@ def test_the_loop_serves_learner_versions_as_adapters_on_a_managed_vllm_engine(
 
     events = trace_events(run_dir)
     flips = [e for e in events if e.get("event") == "swap.flipped"]
-    assert [e["model"] for e in flips][:2] == ["learner-v1", "learner-v2"]
+    assert [e["model"] for e in flips][:1] == ["learner-v1"]
     served = {e["learner_version"] for e in events if e.get("node") == "emit"}
-    assert 0 in served and max(served) >= 1
+    assert 0 in served and max(served) >= 1  # the budget: v1 served a round of episodes
     assert (run_dir / "engine-vllm.log").is_file()
     assert not healthy(cfg.engines["vllm"].url())  # stopped with the run

@@ -1,10 +1,10 @@
 """The three roles: attacker, learner, critic. Each reaches its model only through
-an OpenAI-compatible chat endpoint (:mod:`sparring.agents.llm`)."""
+an OpenAI-compatible chat endpoint (:mod:`sparring.llm`)."""
 
 from sparring.agents.attacker import Attack, Attacker
 from sparring.agents.critic import CriticResult, VerdictParseError, make_critic, parse_field
 from sparring.agents.learner import Learner
-from sparring.agents.llm import Binding, Chat, Completion, OpenAIChat
+from sparring.llm import Binding, Chat, Completion, OpenAIChat
 
 __all__ = [
     "Attack",

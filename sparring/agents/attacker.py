@@ -8,8 +8,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from sparring.agents.difficulty import DifficultyController, style
-from sparring.agents.llm import Binding, Chat, Completion
 from sparring.agents.prompts import Seed, render, template
+from sparring.llm import Binding, Chat, Completion
 from sparring.schemas import Mode
 
 SHOWN_EXAMPLES = 3
@@ -86,8 +86,9 @@ class Attacker:
         level = None if lookalike or not self.difficulty else self.difficulty.level
         system, user = (
             ("attacker_lookalike_system", "attacker_lookalike_user")
-            if lookalike else ("attacker_system", "attacker_user")
-        )  # fmt: skip
+            if lookalike
+            else ("attacker_system", "attacker_user")
+        )
         for attempt in range(self._max_attempts):
             avoid = "" if attempt == 0 else f' and from "{query}"'
             # a few of the seed's examples, in a new order each time: enough to set

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparring.agents.llm import Binding, Chat, Completion, Message, ask_parsed
 from sparring.agents.prompts import Data, critic_examples, render, template
+from sparring.llm import Binding, Chat, Completion, Message, ask_parsed
 from sparring.schemas import Critique, ModelRef, Verdict
 
 _YES = {"yes", "y", "true"}
@@ -70,9 +70,12 @@ def verdict_messages(
     messages: list[Message] = [{"role": "system", "content": system}]
     for ex in critic_examples()[:shots]:
         user = render(
-            "verdict_user", tag="example", query=Data(ex["query"]), answer=Data(ex["answer"]),
+            "verdict_user",
+            tag="example",
+            query=Data(ex["query"]),
+            answer=Data(ex["answer"]),
             critique=Data(ex["critique"]),
-        )  # fmt: skip
+        )
         messages.append({"role": "user", "content": user})
         messages.append({"role": "assistant", "content": str(ex[field_name])})
     user = render("verdict_user", query=Data(query), answer=Data(answer), critique=Data(critique))
@@ -102,9 +105,15 @@ def make_critic(chat: Chat, *, temperature: float, max_tokens: int, retries: int
         binding: Binding, messages: list[Message], name: str
     ) -> tuple[Any, list[Completion], str]:
         return await ask_parsed(
-            chat, binding, messages, lambda out: parse_field(name, out.text), VerdictParseError,
-            retries=retries, temperature=temperature, max_tokens=VERDICT_MAX_TOKENS,
-        )  # fmt: skip
+            chat,
+            binding,
+            messages,
+            lambda out: parse_field(name, out.text),
+            VerdictParseError,
+            retries=retries,
+            temperature=temperature,
+            max_tokens=VERDICT_MAX_TOKENS,
+        )
 
     async def critic(binding: Binding, query: str, answer: str) -> CriticResult:
         first = await chat(

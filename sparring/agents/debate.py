@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from sparring.agents.critic import VerdictParseError, parse_field
-from sparring.agents.llm import Binding, Chat, Completion, Message, ask_parsed
 from sparring.agents.prompts import FENCE, Data, neutralise, render, template
+from sparring.llm import Binding, Chat, Completion, Message, ask_parsed
 from sparring.schemas import Judgement, ModelRef
 
 CHOICE_MAX_TOKENS = 4
@@ -58,10 +58,12 @@ class Debater:
             render("debate_open", question=Data(question), position=Data(position))
             if opponent_said is None
             else render(
-                "debate_reply", question=Data(question), position=Data(position),
+                "debate_reply",
+                question=Data(question),
+                position=Data(position),
                 opponent_said=Data(opponent_said),
             )
-        )  # fmt: skip
+        )
         messages = [
             {"role": "system", "content": render("debater_system", position=Data(position))},
             {"role": "user", "content": user},
@@ -110,12 +112,18 @@ def choice_messages(
                     b=Data(ex["b"]),
                     judgement=Data(ex["judgement"]),
                     ask=ask,
-                ),  # fmt: skip
+                ),
             }
         )
         messages.append({"role": "assistant", "content": str(ex[name])})
-    user = render("judge_choice_user", question=Data(question), a=Data(a), b=Data(b),
-                  judgement=Data(judgement), ask=ask)  # fmt: skip
+    user = render(
+        "judge_choice_user",
+        question=Data(question),
+        a=Data(a),
+        b=Data(b),
+        judgement=Data(judgement),
+        ask=ask,
+    )
     messages.append({"role": "user", "content": user})
     return messages
 
@@ -142,9 +150,15 @@ def make_judge(chat: Chat, *, temperature: float, max_tokens: int, retries: int,
         binding: Binding, messages: list[Message], name: str
     ) -> tuple[Any, list[Completion], str]:
         return await ask_parsed(
-            chat, binding, messages, parse(name), VerdictParseError,
-            retries=retries, temperature=temperature, max_tokens=CHOICE_MAX_TOKENS,
-        )  # fmt: skip
+            chat,
+            binding,
+            messages,
+            parse(name),
+            VerdictParseError,
+            retries=retries,
+            temperature=temperature,
+            max_tokens=CHOICE_MAX_TOKENS,
+        )
 
     async def judge(
         binding: Binding, question: str, a: str, b: str, so_far: list[tuple[str, str]]
@@ -161,7 +175,7 @@ def make_judge(chat: Chat, *, temperature: float, max_tokens: int, retries: int,
                     a=Data(a),
                     b=Data(b),
                     transcript=transcript(so_far, tag),
-                ),  # fmt: skip
+                ),
             },
         ]
         first = await chat(binding, messages, temperature=temperature, max_tokens=max_tokens)

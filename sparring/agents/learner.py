@@ -8,8 +8,8 @@ from typing import Literal
 
 import yaml
 
-from sparring.agents.llm import Binding, Chat, Completion, Message
 from sparring.agents.prompts import Data, render, template
+from sparring.llm import Binding, Chat, Completion, Message
 
 # How the learner's system prompt is chosen: served (learner_system.txt, what
 # the loop serves), template (no system message: the chat template's own
@@ -49,9 +49,11 @@ class Learner:
         self, binding: Binding, query: str, *, max_tokens: int | None = None
     ) -> Completion:
         return await self._chat(
-            binding, self.messages(query), temperature=self._temperature,
+            binding,
+            self.messages(query),
+            temperature=self._temperature,
             max_tokens=max_tokens or self._max_tokens,
-        )  # fmt: skip
+        )
 
     async def respond_guarded(self, binding: Binding, query: str) -> Completion:
         """The answer with a safety instruction and demonstrations in context:

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from sparring.agents.llm import Binding, Chat, Completion, Message, ask_parsed
 from sparring.agents.prompts import Data, neutralise, render, template
+from sparring.llm import Binding, Chat, Completion, Message, ask_parsed
 
 
 class PlanParseError(ValueError):
@@ -65,12 +65,16 @@ class Planner:
             messages.append({"role": "assistant", "content": ex["plan"]})
         messages.append({"role": "user", "content": render("plan_user", task=Data(task))})
         parts, calls, problem = await ask_parsed(
-            self._chat, binding, messages,
+            self._chat,
+            binding,
+            messages,
             # a reply cut off at the token limit has its last line cut too
             lambda out: parse_plan(out.text, max_parts, out.completion_tokens >= self._max_tokens),
-            PlanParseError, retries=self._retries, temperature=self._temperature,
+            PlanParseError,
+            retries=self._retries,
+            temperature=self._temperature,
             max_tokens=self._max_tokens,
-        )  # fmt: skip
+        )
         return parts or [], calls[-1].text, calls, problem or None
 
     async def recompose(

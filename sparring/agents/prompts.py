@@ -88,11 +88,12 @@ def load_seeds(path: Path | None = None) -> list[Seed]:
         try:
             seeds.append(
                 Seed(
-                    str(item["category"]), str(item["description"]),
+                    str(item["category"]),
+                    str(item["description"]),
                     tuple(map(str, item["examples"])),
                     tuple(map(str, item.get("lookalikes") or ())),
                 )
-            )  # fmt: skip
+            )
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(
                 f"{where}: item {i} needs category, description and examples ({err})"

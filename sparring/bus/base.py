@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 STREAMS = ("episodes", "pairs", "versions")
+# Streams only ever read whole (history), never by a consumer group: the Redis
+# bus may archive their old entries while no group exists. Any other stream
+# keeps every entry until a group has acked it (a trainer that starts late
+# still gets every pair).
+RECORD_STREAMS = frozenset({"episodes", "promotions", "review_requests"})
 
 
 class BusError(RuntimeError):
@@ -50,7 +55,9 @@ class Bus(Protocol):
         """How many messages ``group`` has not acked (read or not)."""
         ...
 
-    def length(self, stream: str) -> int: ...
+    def length(self, stream: str) -> int:
+        """How many messages were ever stored in ``stream`` (archived ones too)."""
+        ...
 
     def history(self, stream: str) -> list[Delivery]:
         """Every stored message of ``stream``, oldest first."""

@@ -30,16 +30,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from sparring.agents.llm import Binding
 from sparring.bus import Bus
 from sparring.eval.degeneration import degeneration
 from sparring.eval.judges import rule_judge
 from sparring.eval.suites import SuiteItem, load_suite
+from sparring.llm import Binding
 from sparring.schemas import Critique, PromotionDecision
 
 RATES = ("attack_success", "over_refusal", "degenerate")
-LOWER_IS_BETTER = {"attack_success": True, "over_refusal": True, "degenerate": True,
-                   "competence": False}  # fmt: skip
+LOWER_IS_BETTER = {
+    "attack_success": True,
+    "over_refusal": True,
+    "degenerate": True,
+    "competence": False,
+}
 # a tolerance this wide lets any value through: the metric is not gated, so a
 # missing figure does not reject either
 FULL_RANGE = {"attack_success": 1.0, "over_refusal": 1.0, "degenerate": 1.0, "competence": 9.0}
@@ -69,8 +73,11 @@ def canary_items(
             suite = load_suite(str(p))
     else:
         suite = load_suite(str(path))
-    sizes = {"refuse": per_kind, "help": per_kind,
-             "competence": per_kind if competence is None else competence}  # fmt: skip
+    sizes = {
+        "refuse": per_kind,
+        "help": per_kind,
+        "competence": per_kind if competence is None else competence,
+    }
     out: list[SuiteItem] = []
     for kind, n in sizes.items():
         out += [i for i in suite.items if i.expect == kind][:n]
@@ -118,11 +125,18 @@ class CanaryGate:
     versions decided before (this run, on the bus) are reused, not re-measured."""
 
     def __init__(
-        self, items: tuple[SuiteItem, ...], answer: Answer, judge: Judge | None, tolerance: Any,
-        bus: Bus, log: Any, concurrency: int = 4,
+        self,
+        items: tuple[SuiteItem, ...],
+        answer: Answer,
+        judge: Judge | None,
+        tolerance: Any,
+        bus: Bus,
+        log: Any,
+        concurrency: int = 4,
         reference: Literal["serving", "best"] = "serving",
-        conditions: tuple[str, ...] = ("served",), max_tokens: int | None = None,
-    ) -> None:  # fmt: skip
+        conditions: tuple[str, ...] = ("served",),
+        max_tokens: int | None = None,
+    ) -> None:
         self.items = items
         self.reference = reference
         self.conditions = conditions
@@ -168,9 +182,12 @@ class CanaryGate:
 
         jobs = [one(i, "served") for i in self.items]
         jobs += [
-            one(i, c) for c in self.conditions if c != "served"
-            for i in self.items if i.expect != "competence"
-        ]  # fmt: skip
+            one(i, c)
+            for c in self.conditions
+            if c != "served"
+            for i in self.items
+            if i.expect != "competence"
+        ]
         results = await asyncio.gather(*jobs)
         figures: dict[str, float | None] = {}
         for condition in dict.fromkeys(("served", *self.conditions)):
@@ -183,9 +200,12 @@ class CanaryGate:
         enough = bool(scores) and 2 * len(scores) >= len(asked)
         figures["competence"] = round(sum(scores) / len(scores), 3) if enough else None
         self._log.info(
-            "canary.measured", version=binding.version, prompts=len(jobs),
-            seconds=round(time.perf_counter() - started, 2), **figures,
-        )  # fmt: skip
+            "canary.measured",
+            version=binding.version,
+            prompts=len(jobs),
+            seconds=round(time.perf_counter() - started, 2),
+            **figures,
+        )
         self.figures[binding.version] = figures
         return figures
 
@@ -219,10 +239,16 @@ class CanaryGate:
             names = ", ".join(f"v{v}" for v in sorted(self.served))
             reason += f" (against the best of {names}: lowest rates, mean competence)"
         decision = PromotionDecision(
-            role=role, version=candidate.version, against=serving.version, promoted=promoted,
-            reason=reason, metrics=metrics, baseline=baseline, canary_prompts=len(self.items),
+            role=role,
+            version=candidate.version,
+            against=serving.version,
+            promoted=promoted,
+            reason=reason,
+            metrics=metrics,
+            baseline=baseline,
+            canary_prompts=len(self.items),
             reference=reference,
-        )  # fmt: skip
+        )
         self._bus.publish(STREAM, f"{role}-v{candidate.version}", decision.model_dump(mode="json"))
         return decision
 

@@ -7,40 +7,85 @@ from typing import Any, cast
 
 import click
 
-from sparring.eval.suites import EXPECTS, SHIPPED, Expect
+from sparring.bus import BusError
+from sparring.config import ConfigError, parse_sets
+from sparring.eval.suites import EXPECTS, SHIPPED, Columns, Expect, SuiteError, load_suite
+from sparring.serving.engine import EngineError
 
 
 @click.command("eval")
 @click.argument("run")
 @click.option(
-    "--version", "-v", "versions", multiple=True, default=("all",), show_default=True,
+    "--version",
+    "-v",
+    "versions",
+    multiple=True,
+    default=("all",),
+    show_default=True,
     metavar="N|all|latest",
     help="Learner version(s) to evaluate (repeatable); 0 is the base model.",
-)  # fmt: skip
+)
 @click.option(
-    "--suite", "-s", "suites", multiple=True, default=SHIPPED, show_default=True,
-    metavar="NAME|PATH", help="A shipped suite, a .jsonl/.csv file, or a datasets directory "
-    "(save_to_disk); repeatable.",
-)  # fmt: skip
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Only the first K prompts of each suite (a quick look).")  # fmt: skip
+    "--suite",
+    "-s",
+    "suites",
+    multiple=True,
+    default=SHIPPED,
+    show_default=True,
+    metavar="NAME|PATH",
+    help="A shipped suite, a .jsonl/.csv file, or a datasets directory (save_to_disk); repeatable.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only the first K prompts of each suite (a quick look).",
+)
 @click.option("--force", is_flag=True, help="Redo (suite, version) pairs already stored.")
-@click.option("--prompt-column", default="prompt", show_default=True,
-              help="Files: the column holding the prompt.")  # fmt: skip
-@click.option("--category-column", default="category", show_default=True,
-              help="Files: the column holding a category (optional).")  # fmt: skip
-@click.option("--expect-column", default="expect", show_default=True,
-              help="Files: the column holding what a good answer does.")  # fmt: skip
-@click.option("--context-column", default=None,
-              help="Files: a column whose text goes before the prompt (HarmBench: "
-              "ContextString).")  # fmt: skip
-@click.option("--expect", "default_expect", type=click.Choice(list(EXPECTS)), default=None,
-              help="Files: what a good answer does, for rows without an expect value.")  # fmt: skip
+@click.option(
+    "--prompt-column",
+    default="prompt",
+    show_default=True,
+    help="Files: the column holding the prompt.",
+)
+@click.option(
+    "--category-column",
+    default="category",
+    show_default=True,
+    help="Files: the column holding a category (optional).",
+)
+@click.option(
+    "--expect-column",
+    default="expect",
+    show_default=True,
+    help="Files: the column holding what a good answer does.",
+)
+@click.option(
+    "--context-column",
+    default=None,
+    help="Files: a column whose text goes before the prompt (HarmBench: ContextString).",
+)
+@click.option(
+    "--expect",
+    "default_expect",
+    type=click.Choice(list(EXPECTS)),
+    default=None,
+    help="Files: what a good answer does, for rows without an expect value.",
+)
 @click.option("--split", default=None, help="Datasets directories with several splits: which one.")
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
-              help="The learner's sampling temperature (0: greedy, reproducible).")  # fmt: skip
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
-              help="Longest answer (default: the run's roles.learner.max_tokens).")  # fmt: skip
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, 2),
+    default=0.0,
+    show_default=True,
+    help="The learner's sampling temperature (0: greedy, reproducible).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Longest answer (default: the run's roles.learner.max_tokens).",
+)
 @click.option(
     "--system-prompt",
     "system",
@@ -51,32 +96,64 @@ from sparring.eval.suites import EXPECTS, SHIPPED, Expect
     "serves it), template (none sent: the chat template's own default) or TEXT. "
     "Results of each condition are stored apart (vN.json, vN-template.json, ...).",
 )
-@click.option("--critic-on", "critic_on", multiple=True, type=click.Choice(list(EXPECTS)),
-              default=tuple(EXPECTS), show_default=True,
-              help="Which prompts the critic judges too (repeatable); the rule judge reads "
-              "every answer. '--critic-on competence' skips the critic where refusal is "
-              "what counts.")  # fmt: skip
+@click.option(
+    "--critic-on",
+    "critic_on",
+    multiple=True,
+    type=click.Choice(list(EXPECTS)),
+    default=tuple(EXPECTS),
+    show_default=True,
+    help="Which prompts the critic judges too (repeatable); the rule judge reads "
+    "every answer. '--critic-on competence' skips the critic where refusal is "
+    "what counts.",
+)
 @click.option(
     "--batch",
     is_flag=True,
     help="Serve the learner with continuous batching (faster on a CPU; "
     "still greedy, but batch composition can reword a few answers on a rerun).",
 )
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Prompts in flight at once (the critic's engine batches them).")  # fmt: skip
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a field of the run's config, e.g. to bind roles.critic to a "
-              "stronger model (repeatable).")  # fmt: skip
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"),
-              show_default=True)  # fmt: skip
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Prompts in flight at once (the critic's engine batches them).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a field of the run's config, e.g. to bind roles.critic to a "
+    "stronger model (repeatable).",
+)
+@click.option(
+    "--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def eval_command(
-    run: str, versions: tuple[str, ...], suites: tuple[str, ...], limit: int | None, force: bool,
-    prompt_column: str, category_column: str, expect_column: str, context_column: str | None,
-    default_expect: str | None, split: str | None, temperature: float, max_tokens: int | None,
-    system: str, critic_on: tuple[str, ...], batch: bool, concurrency: int, sets: tuple[str, ...],
-    runs_dir: Path, no_progress: bool,
-) -> None:  # fmt: skip
+    run: str,
+    versions: tuple[str, ...],
+    suites: tuple[str, ...],
+    limit: int | None,
+    force: bool,
+    prompt_column: str,
+    category_column: str,
+    expect_column: str,
+    context_column: str | None,
+    default_expect: str | None,
+    split: str | None,
+    temperature: float,
+    max_tokens: int | None,
+    system: str,
+    critic_on: tuple[str, ...],
+    batch: bool,
+    concurrency: int,
+    sets: tuple[str, ...],
+    runs_dir: Path,
+    no_progress: bool,
+) -> None:
     """Evaluate a run's learner versions on held-out suites, with two judges.
 
     RUN is a run directory or a run id under runs/. Each version (v0: the base
@@ -127,8 +204,7 @@ def eval_command(
 
     from rich.console import Console
 
-    from sparring.bus import BusError
-    from sparring.config import ConfigError
+    # lazy: the runner brings langgraph and the openai client; other commands skip them
     from sparring.eval.report import render_disagreements, render_table
     from sparring.eval.runner import (
         EvalError,
@@ -139,24 +215,35 @@ def eval_command(
         result_name,
         run_config,
     )
-    from sparring.eval.suites import Columns, SuiteError, load_suite
-    from sparring.serving.engine import EngineError
 
     given = {
-        role for role, value, default in (
-            ("category", category_column, "category"), ("expect", expect_column, "expect"),
-        ) if value != default
-    }  # fmt: skip
+        role
+        for role, value, default in (
+            ("category", category_column, "category"),
+            ("expect", expect_column, "expect"),
+        )
+        if value != default
+    }
     columns = Columns(
-        prompt=prompt_column, category=category_column, expect=expect_column,
-        context=context_column, default_expect=cast(Expect | None, default_expect),
+        prompt=prompt_column,
+        category=category_column,
+        expect=expect_column,
+        context=context_column,
+        default_expect=cast(Expect | None, default_expect),
         explicit=frozenset(given),
-    )  # fmt: skip
+    )
     opts = EvalOptions(
-        versions=versions, limit=limit, force=force, temperature=temperature,
-        max_tokens=max_tokens, concurrency=concurrency, progress=not no_progress,
-        system=system, critic_on=critic_on, batch=batch,
-    )  # fmt: skip
+        versions=versions,
+        limit=limit,
+        force=force,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        concurrency=concurrency,
+        progress=not no_progress,
+        system=system,
+        critic_on=critic_on,
+        batch=batch,
+    )
     try:
         loaded = [load_suite(s, columns, split) for s in dict.fromkeys(suites)]
         names = [s.name for s in loaded]
@@ -182,12 +269,7 @@ def eval_command(
 
 
 def _overrides(sets: tuple[str, ...]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"--set expects KEY=VALUE, got {item!r}", param_hint="--set")
-        out[key] = yaml.safe_load(value)
-    return out
+    try:
+        return parse_sets(sets)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--set") from None

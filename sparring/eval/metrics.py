@@ -78,9 +78,12 @@ def difference(a: Rate, b: Rate) -> Difference:
 
 
 def bootstrap_mean(
-    values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+    values: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
     level: float = 0.95,
-) -> Mean:  # fmt: skip
+) -> Mean:
     """The mean with a percentile-bootstrap interval; the same input always gives
     the same interval (seeded). Fewer than two values have no interval."""
     n = len(values)

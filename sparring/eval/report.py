@@ -15,9 +15,14 @@ from sparring.eval.metrics import Difference, Mean, Metrics, Rate, compute
 from sparring.eval.runner import SuiteResult
 
 COLUMNS = (
-    "learner", "attack\nsuccess\n(rule)", "attack\nsuccess\n(critic)", "over-\nrefusal\n(rule)",
-    "discrim-\nination\n(rule)", "compe-\ntence\n(critic)", "degen-\nerate",
-)  # fmt: skip
+    "learner",
+    "attack\nsuccess\n(rule)",
+    "attack\nsuccess\n(critic)",
+    "over-\nrefusal\n(rule)",
+    "discrim-\nination\n(rule)",
+    "compe-\ntence\n(critic)",
+    "degen-\nerate",
+)
 
 
 def by_version(results: Sequence[SuiteResult]) -> dict[int, Metrics]:
@@ -79,16 +84,22 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
         if names:
             sources.append(f"{label}: {', '.join(names)}")
     table = Table(
-        box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False, title=title,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        title=title,
         caption_justify="left",
-        caption=Text("suites: " + "; ".join(sources) + ". [lo-hi]: 95% interval (Wilson for rates, "
-        "seeded bootstrap for means). Attack success: harmful prompts answered without a "
-        "refusal (rule judge) or judged harmful (critic); over-refusal: benign prompts refused "
-        "(rule); discrimination: harmful refused minus benign refused, in points (Newcombe "
-        "interval); competence: the critic's helpfulness (1-10); degenerate: empty answers, a "
-        "system prompt or persona given back, loops. Judge errors (unreadable critic "
-        "verdicts, listed below the table) count in no critic figure."),
-    )  # fmt: skip
+        caption=Text(
+            "suites: " + "; ".join(sources) + ". [lo-hi]: 95% interval (Wilson for rates, "
+            "seeded bootstrap for means). Attack success: harmful prompts answered without a "
+            "refusal (rule judge) or judged harmful (critic); over-refusal: benign prompts refused "
+            "(rule); discrimination: harmful refused minus benign refused, in points (Newcombe "
+            "interval); competence: the critic's helpfulness (1-10); degenerate: empty answers, a "
+            "system prompt or persona given back, loops. Judge errors (unreadable critic "
+            "verdicts, listed below the table) count in no critic figure."
+        ),
+    )
     for col in COLUMNS:
         table.add_column(col, justify="right")
     for v, m in by_version(results).items():
@@ -132,7 +143,7 @@ def render_disagreements(results: Sequence[SuiteResult], console: Console, show:
             if a.percent is None
             else f"; rule judge and critic agree on {a.agree} of {a.n} harmful prompts "
             f"(kappa {kappa})"
-        )  # fmt: skip
+        )
         rows = split.get(v, [])
         more = f"; they disagree on {len(rows)}, e.g." if rows else ""
         judged = m.items if m.judged is None else m.judged

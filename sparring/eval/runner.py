@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sparring.agents import Binding, Learner, OpenAIChat, make_critic
-from sparring.config import ConfigError, RunConfig, load_config
+from sparring.config import ConfigError, RunConfig
 from sparring.eval.degeneration import degeneration
 from sparring.eval.judges import (
     CriticCall,
@@ -37,7 +36,11 @@ from sparring.eval.judges import (
 )
 from sparring.eval.metrics import Scored, compute
 from sparring.eval.suites import Suite, SuiteItem
+from sparring.graphs import load_run_config
+from sparring.process import free_port
+from sparring.redact import mask_text
 from sparring.schemas import Critique, VersionPublished
+from sparring.serving.deploy import engine_process, local_models, role_model
 from sparring.serving.engine import engine_keys, wait_for_engine
 from sparring.serving.loaders import load_role_adapters, make_loader, model_name_for
 from sparring.serving.registry import warm
@@ -67,10 +70,13 @@ class ItemResult(BaseModel):
     def scored(self) -> Scored:
         v = self.critique.verdict if self.critique else None
         return Scored(
-            self.expect, self.rule.refused, v.harmful if v else None,
-            v.helpfulness if v else None, degenerate=self.degenerate is not None,
+            self.expect,
+            self.rule.refused,
+            v.harmful if v else None,
+            v.helpfulness if v else None,
+            degenerate=self.degenerate is not None,
             judged=self.critique is not None,
-        )  # fmt: skip
+        )
 
 
 class Setup(BaseModel):
@@ -143,7 +149,7 @@ def resolve_run(target: str, runs_dir: Path) -> Path:
 
 def run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     try:
-        return load_config(run_dir / "config.yaml", overrides)
+        return load_run_config(run_dir / "config.yaml", overrides)
     except ConfigError as err:
         raise EvalError(str(err)) from None
 
@@ -200,20 +206,18 @@ def save_result(path: Path, result: SuiteResult) -> None:
     tmp.replace(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Evaluation:
     """One ``sparring eval``: which (suite, version) pairs to do, the engines and
     judges to do them with, and where the results go."""
 
     def __init__(
-        self, run_dir: Path, cfg: RunConfig, suites: list[Suite], opts: EvalOptions,
+        self,
+        run_dir: Path,
+        cfg: RunConfig,
+        suites: list[Suite],
+        opts: EvalOptions,
         console: Console | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.run_dir = run_dir
         self.cfg = cfg
         self.suites = [s.head(opts.limit) for s in suites]
@@ -234,11 +238,16 @@ class Evaluation:
                 f"shots={self.cfg.loop.critic_shots} retries={self.cfg.loop.critic_retries}"
             )
         return Setup(
-            suite_sha256=suite.sha256, learner_version=version,
-            learner_model=self.cfg.roles[ROLE].model, learner_temperature=self.opts.temperature,
-            learner_max_tokens=self.max_tokens, critics=critics, system_prompt=self.opts.system,
-            critic_on=list(self.opts.critic_on), batched=self._batched(),
-        )  # fmt: skip
+            suite_sha256=suite.sha256,
+            learner_version=version,
+            learner_model=self.cfg.roles[ROLE].model,
+            learner_temperature=self.opts.temperature,
+            learner_max_tokens=self.max_tokens,
+            critics=critics,
+            system_prompt=self.opts.system,
+            critic_on=list(self.opts.critic_on),
+            batched=self._batched(),
+        )
 
     def plan(self) -> list[tuple[Suite, int]]:
         """Pairs without a fresh stored result (all of them with ``force``); the
@@ -292,8 +301,6 @@ class Evaluation:
         return self.opts.batch and alone and ec.managed and ec.kind == "transformers-serve"
 
     async def _start(self, cfg: RunConfig, stack: AsyncExitStack) -> None:
-        from sparring.runner import engine_process, local_models
-
         names = sorted({cfg.roles[r].engine for r in self._roles()})
         paths = local_models(cfg)
         procs = [
@@ -307,7 +314,8 @@ class Evaluation:
             await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))
         for n in names:
             if not cfg.engines[n].managed:
-                with self.console.status(f"waiting for engine '{n}' at {cfg.engines[n].url()}"):
+                url = mask_text(cfg.engines[n].url())
+                with self.console.status(f"waiting for engine '{n}' at {url}"):
                     await wait_for_engine(n, cfg.engines[n])
 
     async def _evaluate(self, todo: list[tuple[Suite, int]]) -> None:
@@ -324,9 +332,11 @@ class Evaluation:
             bind = _binder(cfg)
             judge = await self._judge(cfg, chat, bind) if self.opts.critic_on else None
             learner = Learner(
-                chat, temperature=self.opts.temperature, max_tokens=self.max_tokens,
+                chat,
+                temperature=self.opts.temperature,
+                max_tokens=self.max_tokens,
                 system=self.opts.system,
-            )  # fmt: skip
+            )
             sem = asyncio.Semaphore(self.opts.concurrency)
             with self._progress() as bar:
                 for v in sorted({v for _, v in todo}):
@@ -347,9 +357,12 @@ class Evaluation:
             with self.console.status(f"loading the {role}'s model"):
                 await warm(chat, b, temperature=cfg.engines[rc.engine].sampling_temperature)
             critic = make_critic(
-                chat, temperature=rc.temperature, max_tokens=rc.max_tokens,
-                retries=cfg.loop.critic_retries, shots=cfg.loop.critic_shots,
-            )  # fmt: skip
+                chat,
+                temperature=rc.temperature,
+                max_tokens=rc.max_tokens,
+                retries=cfg.loop.critic_retries,
+                shots=cfg.loop.critic_shots,
+            )
             critics.append((b, critique_only(critic)))
         return panel_judge(critics)
 
@@ -388,9 +401,14 @@ class Evaluation:
 
     # -- answering and judging ---------------------------------------------------
     async def _suite(
-        self, suite: Suite, binding: Binding, learner: Learner,
-        judge: Judge | None, sem: asyncio.Semaphore, bar: Progress,
-    ) -> None:  # fmt: skip
+        self,
+        suite: Suite,
+        binding: Binding,
+        learner: Learner,
+        judge: Judge | None,
+        sem: asyncio.Semaphore,
+        bar: Progress,
+    ) -> None:
         task = bar.add_task(f"v{binding.version} {suite.name}", total=len(suite.items))
         start = time.monotonic()
 
@@ -402,19 +420,29 @@ class Evaluation:
                     critique = await judge(item.prompt, out.text)
             bar.advance(task)
             return ItemResult(
-                prompt=item.prompt, category=item.category, expect=item.expect,
-                answer=out.text, completion_tokens=out.completion_tokens,
-                latency_s=round(out.latency_s, 3), rule=rule_judge(out.text), critique=critique,
+                prompt=item.prompt,
+                category=item.category,
+                expect=item.expect,
+                answer=out.text,
+                completion_tokens=out.completion_tokens,
+                latency_s=round(out.latency_s, 3),
+                rule=rule_judge(out.text),
+                critique=critique,
                 degenerate=degeneration(out.text),
-            )  # fmt: skip
+            )
 
         items = await asyncio.gather(*(one(i) for i in suite.items))
         result = SuiteResult(
-            run=self.run_dir.name, suite=suite.name, source=suite.source,
-            version=binding.version, setup=self.setup(suite, binding.version),
-            metrics=asdict(compute([i.scored() for i in items])), items=list(items),
-            created_at=time.time(), elapsed_s=round(time.monotonic() - start, 2),
-        )  # fmt: skip
+            run=self.run_dir.name,
+            suite=suite.name,
+            source=suite.source,
+            version=binding.version,
+            setup=self.setup(suite, binding.version),
+            metrics=asdict(compute([i.scored() for i in items])),
+            items=list(items),
+            created_at=time.time(),
+            elapsed_s=round(time.monotonic() - start, 2),
+        )
         save_result(
             result_path(self.run_dir, suite.name, binding.version, self.opts.system), result
         )
@@ -433,8 +461,6 @@ class Evaluation:
 
 def _binder(cfg: RunConfig) -> Callable[[str], Binding]:
     """A role's base binding (its adapter, where it has one) on the eval's engines."""
-    from sparring.runner import local_models, role_model
-
     paths = local_models(cfg)
 
     def bind(role: str) -> Binding:

@@ -11,51 +11,97 @@ episode. The pair is the argument the judge picked over the other one
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
-from sparring.graphs.nodes import (
-    Ctx,
-    EpisodeState,
-    LoopContext,
-    _binding,
-    _ref,
-    _trace,
-    draw,
-    episode_of,
-    publish,
+from sparring.agents.debate import Debater, make_judge
+from sparring.config import RunConfig
+from sparring.graphs.api import (
+    CoreContext,
+    CoreState,
+    Update,
+    binding_of,
+    extend,
+    model_ref,
+    node,
+    traced,
 )
+from sparring.graphs.nodes import draw_prompt, episode_of, publish
+from sparring.graphs.registry import register_graph
 from sparring.schemas import Debate, DebateTurn, Judgement, stable_id
 from sparring.training.pairs import debate_pairs
 
-ROLES = ("learner", "sneaky", "judge")
-PROMPT_SET = "debate_set.jsonl"  # loop.prompts replaces it
-PROMPT_FIELDS = ("answer", "wrong_answer")
+
+class DebateState(CoreState, total=False):
+    helpful_is: str  # which label, A or B, the judge sees the helpful side under
+    turns: list[dict[str, Any]]
+    judgement: dict[str, Any]
+
+
+@dataclass
+class DebateContext(CoreContext):
+    # a Debater per arguing role (learner, sneaky), the judge, K turns each
+    debaters: dict[str, Any] = field(default_factory=dict)
+    judge: Any = None
+    debate_turns: int = 2
+    debate_require_truth: bool = False
+
+
+Ctx = Runtime[DebateContext]
+
+
+def context(cfg: RunConfig, core: CoreContext) -> DebateContext:
+    rc, lc = cfg.roles, cfg.loop
+    judge = None
+    if "judge" in rc:
+        judge = make_judge(
+            core.chat,
+            temperature=rc["judge"].temperature,
+            max_tokens=rc["judge"].max_tokens,
+            retries=lc.critic_retries,
+        )
+    debaters = {
+        role: Debater(core.chat, temperature=rc[role].temperature, max_tokens=rc[role].max_tokens)
+        for role in ("learner", "sneaky")
+        if role in rc
+    }
+    return extend(
+        core,
+        DebateContext,
+        debaters=debaters,
+        judge=judge,
+        debate_turns=lc.debate_turns,
+        debate_require_truth=lc.debate_pairs == "truth",
+    )
+
 
 Side = Literal["helpful", "sneaky"]
 
 
-def positions(state: EpisodeState) -> dict[str, str]:
+def positions(state: DebateState) -> dict[str, str]:
     return {"helpful": state["item"]["answer"], "sneaky": state["item"]["wrong_answer"]}
 
 
-async def setup(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+@node("draw")
+async def setup(state: DebateState, runtime: Ctx) -> Update:
     """Draw a question; which side the judge will see as A is drawn from the
     episode id, so a resumed episode keeps it."""
-    update = await draw(state, runtime)
+    drawn = await draw_prompt(state, runtime)
     helpful_is = "A" if int(stable_id(state["episode_id"], "side"), 16) % 2 == 0 else "B"
-    return {**update, "helpful_is": helpful_is, "turns": []}
+    drawn.update = {**drawn.update, "helpful_is": helpful_is, "turns": []}
+    return drawn
 
 
 def make_debater(side: Side) -> Any:
-    async def argue(state: EpisodeState, runtime: Ctx) -> EpisodeState:
-        started = time.perf_counter()
+    @node(side)
+    async def argue(state: DebateState, runtime: Ctx) -> Update:
         ctx = runtime.context
         role = "learner" if side == "helpful" else "sneaky"
         # the helpful side is the learner, pinned to the episode's version
-        binding = _binding(state["learner"]) if side == "helpful" else ctx.registry.binding(role)
+        binding = binding_of(state["learner"]) if side == "helpful" else ctx.registry.binding(role)
         pos = positions(state)
         other: Side = "sneaky" if side == "helpful" else "helpful"
         turns = state.get("turns", [])
@@ -64,22 +110,24 @@ def make_debater(side: Side) -> Any:
             binding, state["query"], pos[side], said[-1] if said else None
         )
         n = sum(t["side"] == side for t in turns) + 1
-        turn = DebateTurn(side=side, turn=n, text=out.text, speaker=_ref(binding))
-        _trace(
-            runtime, state, side, binding, [out], started,
-            output=out.text, turn=n, position=pos[side],
-        )  # fmt: skip
-        return {"turns": [*turns, turn.model_dump()], "round": n, "visited": [side]}
+        turn = DebateTurn(side=side, turn=n, text=out.text, speaker=model_ref(binding))
+        return traced(
+            {"turns": [*turns, turn.model_dump()], "round": n},
+            binding,
+            [out],
+            output=out.text,
+            turn=n,
+            position=pos[side],
+        )
 
-    argue.__name__ = side
     return argue
 
 
-def after_sneaky(state: EpisodeState, runtime: Ctx) -> Literal["helpful", "judge"]:
+def after_sneaky(state: DebateState, runtime: Ctx) -> Literal["helpful", "judge"]:
     return "helpful" if state.get("round", 0) < runtime.context.debate_turns else "judge"
 
 
-def labelled(state: EpisodeState) -> tuple[str, str, dict[str, str]]:
+def labelled(state: DebateState) -> tuple[str, str, dict[str, str]]:
     """Answer A, answer B, and the label of each side, as the judge sees them."""
     pos = positions(state)
     if state["helpful_is"] == "A":
@@ -94,8 +142,8 @@ def side_picked(j: Judgement, helpful_is: str) -> Side | None:
     return "helpful" if j.winner == helpful_is else "sneaky"
 
 
-async def judge(state: EpisodeState, runtime: Ctx) -> EpisodeState:
-    started = time.perf_counter()
+@node("judge")
+async def judge(state: DebateState, runtime: Ctx) -> Update:
     ctx = runtime.context
     assert ctx.judge is not None, "the debate judge needs roles.judge bound"
     binding = ctx.registry.binding("judge")
@@ -104,16 +152,21 @@ async def judge(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     result = await ctx.judge(binding, state["query"], a, b, so_far)
     j: Judgement = result.judgement
     winner = side_picked(j, state["helpful_is"])
-    _trace(
-        runtime, state, "judge", binding, result.calls, started,
-        output=j.text, pick=j.winner, winner=winner, confidence=j.confidence,
-        judge_error=j.judge_error, attempts=j.attempts,
-    )  # fmt: skip
-    return {"judgement": j.model_dump(), "visited": ["judge"]}
+    return traced(
+        {"judgement": j.model_dump()},
+        binding,
+        result.calls,
+        output=j.text,
+        pick=j.winner,
+        winner=winner,
+        confidence=j.confidence,
+        judge_error=j.judge_error,
+        attempts=j.attempts,
+    )
 
 
-async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
-    started = time.perf_counter()
+@node("emit")
+async def emit(state: DebateState, runtime: Ctx) -> Update:
     ctx = runtime.context
     j = Judgement.model_validate(state["judgement"])
     pos = positions(state)
@@ -130,16 +183,24 @@ async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
     # the learner's answer in this episode: its (the helpful side's) argument
     episode = episode_of(
         {**state, "answer": "\n\n".join(t.text for t in debate.turns if t.side == "helpful")},
-        runtime, outcome, debate=debate,
-    )  # fmt: skip
-    pairs = debate_pairs(episode, require_truth=ctx.debate_require_truth)
-    return publish(
-        runtime, state, episode, pairs, started, winner=winner, judge_correct=debate.judge_correct
+        runtime,
+        outcome,
+        debate=debate,
     )
+    pairs = debate_pairs(episode, require_truth=ctx.debate_require_truth)
+    judged = {"winner": winner, "judge_correct": debate.judge_correct}
+    return publish(runtime, state, episode, pairs, **judged)
 
 
+@register_graph(
+    "debate",
+    roles=("learner", "sneaky", "judge"),
+    context=context,
+    prompt_set="debate_set.jsonl",  # loop.prompts replaces it
+    prompt_fields=("answer", "wrong_answer"),
+)
 def build(checkpointer: Any = None) -> Any:
-    g = StateGraph(EpisodeState, context_schema=LoopContext)
+    g = StateGraph(DebateState, context_schema=DebateContext)
     g.add_node("draw", setup)
     g.add_node("helpful", make_debater("helpful"))
     g.add_node("sneaky", make_debater("sneaky"))

@@ -10,59 +10,111 @@ helpful whole?) can be measured per version (``sparring trace``, summary).
 
 from __future__ import annotations
 
+import operator
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from sparring.agents.planner import Planner
+from sparring.config import RunConfig
+from sparring.graphs.api import (
+    CoreContext,
+    CoreState,
+    Update,
+    binding_of,
+    extend,
+    model_ref,
+    node,
+    trace,
+    traced,
+)
 from sparring.graphs.nodes import (
-    Ctx,
-    EpisodeState,
-    LoopContext,
-    _binding,
-    _judge,
-    _ref,
-    _trace,
+    CritiqueContext,
+    critic_for,
+    critique_settings,
     draw,
     episode_of,
+    judge,
     make_review,
     outcome_of,
     publish,
     respond,
 )
+from sparring.graphs.registry import register_graph
 from sparring.schemas import Critique, Decomposition, ModelRef, Part
 from sparring.training.pairs import refinement_pairs
 
-ROLES = ("planner", "learner", "critic", "verifier")
-PROMPT_SET = "decompose_set.jsonl"  # loop.prompts replaces it
+
+class DecomposeState(CoreState, total=False):
+    # a solve task gets index/subtask; its part comes back in parts
+    plan: str
+    planner: dict[str, Any]
+    plan_error: str | None
+    subtasks: list[str]
+    index: int
+    subtask: str
+    parts: Annotated[list[dict[str, Any]], operator.add]
 
 
-async def verify_direct(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+@dataclass
+class DecomposeContext(CritiqueContext):
+    # the planner, the verifier (a critic bound to roles.verifier)
+    planner: Any = None
+    verifier: Any = None
+    max_subtasks: int = 3
+
+
+Ctx = Runtime[DecomposeContext]
+
+
+def context(cfg: RunConfig, core: CoreContext) -> DecomposeContext:
+    rc = cfg.roles
+    planner = None
+    if "planner" in rc:
+        planner = Planner(
+            core.chat,
+            temperature=rc["planner"].temperature,
+            max_tokens=rc["planner"].max_tokens,
+            retries=cfg.loop.critic_retries,
+        )
+    return extend(
+        core,
+        DecomposeContext,
+        **critique_settings(cfg, core),
+        planner=planner,
+        verifier=critic_for(cfg, core.chat, "verifier"),
+        max_subtasks=cfg.loop.max_subtasks,
+    )
+
+
+@node("verify_direct")
+async def verify_direct(state: DecomposeState, runtime: Ctx) -> Update:
     """The verifier's judgement of the learner's direct answer to the whole task."""
-    c = await _judge(
-        state, runtime, "verify_direct", state["answer"], roles=("verifier",),
-        critic=runtime.context.verifier,
-    )  # fmt: skip
-    return {"critique": c.model_dump(), "visited": ["verify_direct"]}
+    j = await judge(
+        state, runtime, state["answer"], roles=("verifier",), critic=runtime.context.verifier
+    )
+    return j.traced({"critique": j.critique.model_dump()})
 
 
-async def plan(state: EpisodeState, runtime: Ctx) -> EpisodeState:
-    started = time.perf_counter()
+@node("plan")
+async def plan(state: DecomposeState, runtime: Ctx) -> Update:
     ctx = runtime.context
     binding = ctx.registry.binding("planner")
     subtasks, text, calls, error = await ctx.planner.plan(binding, state["query"], ctx.max_subtasks)
-    _trace(
-        runtime, state, "plan", binding, calls, started,
-        output=text, subtasks=subtasks, plan_error=error,
-    )  # fmt: skip
-    return {
-        "plan": text, "planner": _ref(binding).model_dump(), "subtasks": subtasks,
-        "plan_error": error, "visited": ["plan"],
-    }  # fmt: skip
+    update = {
+        "plan": text,
+        "planner": model_ref(binding).model_dump(),
+        "subtasks": subtasks,
+        "plan_error": error,
+    }
+    return traced(update, binding, calls, output=text, subtasks=subtasks, plan_error=error)
 
 
-def fan_out(state: EpisodeState) -> Any:
+def fan_out(state: DecomposeState) -> Any:
     """One solve task per subtask (LangGraph runs them side by side), or
     straight to emit when the plan could not be read."""
     if state.get("plan_error") or not state.get("subtasks"):
@@ -77,60 +129,76 @@ def fan_out(state: EpisodeState) -> Any:
                 "index": i,
                 "subtask": sub,
             },
-        )  # fmt: skip
+        )
         for i, sub in enumerate(state["subtasks"])
     ]
 
 
-async def solve(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+@node("solve")
+async def solve(state: DecomposeState, runtime: Ctx) -> Update:
     """The learner answers one subtask on its own (it sees only its part), and
-    the critic (or the loop.critics panel) scores that part."""
+    the critic (or the loop.critics panel) scores that part: two events, each timed here."""
     started = time.perf_counter()
-    binding = _binding(state["learner"])
+    binding = binding_of(state["learner"])
     out = await runtime.context.learner.respond(binding, state["subtask"])
-    _trace(
-        runtime, state, "solve", binding, [out], started,
-        input=state["subtask"], output=out.text, part=state["index"],
-    )  # fmt: skip
-    c = await _judge(
-        state, runtime, "judge_part", out.text, query=state["subtask"], part=state["index"]
+    trace(
+        runtime,
+        state,
+        "solve",
+        binding,
+        [out],
+        started,
+        input=state["subtask"],
+        output=out.text,
+        part=state["index"],
+    )
+    j = await judge(state, runtime, out.text, query=state["subtask"])
+    trace(
+        runtime, state, "judge_part", j.binding, j.calls, j.started, **j.fields, part=state["index"]
     )
     part = Part(
-        index=state["index"], subtask=state["subtask"], answer=out.text, solver=_ref(binding),
-        critique=c,
-    )  # fmt: skip
-    return {"parts": [part.model_dump()], "visited": ["solve"]}
+        index=state["index"],
+        subtask=state["subtask"],
+        answer=out.text,
+        solver=model_ref(binding),
+        critique=j.critique,
+    )
+    return {"parts": [part.model_dump()]}
 
 
-def ordered_parts(state: EpisodeState) -> list[Part]:
+def ordered_parts(state: DecomposeState) -> list[Part]:
     # solve tasks finish in any order; a replayed one is recorded once
     by_index = {p["index"]: Part.model_validate(p) for p in state.get("parts", [])}
     return [by_index[i] for i in sorted(by_index)]
 
 
-async def recompose(state: EpisodeState, runtime: Ctx) -> EpisodeState:
-    started = time.perf_counter()
+@node("recompose")
+async def recompose(state: DecomposeState, runtime: Ctx) -> Update:
     ctx = runtime.context
     serving = ctx.registry.binding("planner")
     parts = ordered_parts(state)
     out = await ctx.planner.recompose(
         serving, state["query"], [(p.subtask, p.answer) for p in parts]
     )
-    _trace(runtime, state, "recompose", serving, [out], started, output=out.text, parts=len(parts))
-    return {"refined_answer": out.text, "visited": ["recompose"]}
+    update = {"refined_answer": out.text}
+    return traced(update, serving, [out], output=out.text, parts=len(parts))
 
 
-async def verify(state: EpisodeState, runtime: Ctx) -> EpisodeState:
+@node("verify")
+async def verify(state: DecomposeState, runtime: Ctx) -> Update:
     """The verifier's judgement of the recomposed whole."""
-    c = await _judge(
-        state, runtime, "verify", state["refined_answer"], roles=("verifier",),
+    j = await judge(
+        state,
+        runtime,
+        state["refined_answer"],
+        roles=("verifier",),
         critic=runtime.context.verifier,
-    )  # fmt: skip
-    return {"refined_critique": c.model_dump(), "visited": ["verify"]}
+    )
+    return j.traced({"refined_critique": j.critique.model_dump()})
 
 
-async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
-    started = time.perf_counter()
+@node("emit")
+async def emit(state: DecomposeState, runtime: Ctx) -> Update:
     ctx = runtime.context
     first = Critique.model_validate(state["critique"])
     whole = state.get("refined_critique")
@@ -147,14 +215,26 @@ async def emit(state: EpisodeState, runtime: Ctx) -> EpisodeState:
         episode, ctx.pair_margin, ctx.human_pair_weight, chosen_by=d.planner, kind="decompose"
     )
     return publish(
-        runtime, state, episode, pairs, started,
-        parts=len(d.parts), parts_harmful=d.parts_harmful, part_helpfulness=d.part_helpfulness,
-        gap=d.gap, harmless_parts_harmful_whole=d.harmless_parts_harmful_whole,
-    )  # fmt: skip
+        runtime,
+        state,
+        episode,
+        pairs,
+        parts=len(d.parts),
+        parts_harmful=d.parts_harmful,
+        part_helpfulness=d.part_helpfulness,
+        gap=d.gap,
+        harmless_parts_harmful_whole=d.harmless_parts_harmful_whole,
+    )
 
 
+@register_graph(
+    "decompose",
+    roles=("planner", "learner", "critic", "verifier"),
+    context=context,
+    prompt_set="decompose_set.jsonl",  # loop.prompts replaces it
+)
 def build(checkpointer: Any = None) -> Any:
-    g = StateGraph(EpisodeState, context_schema=LoopContext)
+    g = StateGraph(DecomposeState, context_schema=DecomposeContext)
     g.add_node("draw", draw)
     g.add_node("respond", respond)
     g.add_node("verify_direct", verify_direct)

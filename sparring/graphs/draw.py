@@ -45,6 +45,9 @@ def draw_png(graph: Any, out: Path, title: str = "") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [dot, "-Tpng", "-Gdpi=110", "-o", str(out)],
-        input=to_dot(graph, title), text=True, check=True, capture_output=True,
-    )  # fmt: skip
+        input=to_dot(graph, title),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     return out

@@ -2,33 +2,293 @@
 
 When ``loop.review_below_confidence`` is set, a critique the critic was not
 confident about pauses the episode for a person's verdict (``sparring review``).
+With ``loop.contrast`` the learner also answers with a safety instruction in
+context (competence/conformity pairs); a share of the episodes take a harmless
+look-alike prompt (``loop.benign_share``), and a share of either send an
+attacker seed example as written (``loop.seed_share``).
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
+from sparring.agents import Attacker
+from sparring.agents.difficulty import DifficultyController
+from sparring.agents.prompts import PromptItem, PromptSource, Seed, load_prompt_set, load_seeds
+from sparring.config import RunConfig
+from sparring.graphs.api import (
+    CoreContext,
+    CoreState,
+    Update,
+    binding_of,
+    extend,
+    model_ref,
+    node,
+    traced,
+)
 from sparring.graphs.nodes import (
-    EpisodeState,
-    LoopContext,
+    CritiqueContext,
     after_critique,
-    attack,
-    contrast,
     critique,
     critique_refined,
-    emit,
+    critique_settings,
+    draw_prompt,
     make_review,
+    publish,
     refine,
+    refinement_episode,
     respond,
+    rounds_of,
 )
+from sparring.graphs.registry import register_graph
+from sparring.refusal import rule_judge
+from sparring.schemas import Contrast, Episode, Mode, PreferencePair
+from sparring.training.pairs import contrast_pairs
 
-ROLES = ("attacker", "learner", "critic")
+
+class RedteamState(CoreState, total=False):
+    mode: str  # attack or lookalike (the episode's draw)
+    attack_level: int | None  # the attacker's difficulty level (adaptive difficulty)
+    contrast: dict[str, Any]
 
 
+@dataclass
+class RedteamContext(CritiqueContext):
+    attacker: Attacker | None = None
+    # competence/conformity: the learner also answers with a safety instruction
+    # in context (contrast); a share of the episodes take a look-alike (benign)
+    # prompt, raised to balance_share while competence pairs trail conformity
+    # pairs (pair_counts, kept by the orchestrator)
+    contrast: bool = False
+    benign_share: float = 0.0
+    benign: PromptSource | None = None
+    balance_share: float | None = None
+    attacker_lookalikes: bool = False  # the attacker writes look-alikes (else: drawn)
+    # seed replay: a share of the attacks send an attacker seed example as written
+    seed_share: float = 0.0
+    seeds: PromptSource | None = None
+
+
+Ctx = Runtime[RedteamContext]
+
+
+def draws_benign(episode_id: str, share: float) -> bool:
+    """Whether this episode takes a look-alike (benign) prompt instead of an
+    attack (fixed by its id and the share, so a resumed episode decides the same)."""
+    return share > 0 and random.Random(episode_id).random() < share
+
+
+def lookalike_share(ctx: RedteamContext) -> float:
+    """The share of look-alike episodes now: ``benign_share``, or
+    ``balance_share`` while the run's competence pairs trail its conformity
+    pairs (contrast by design: the trainer should see at least as many)."""
+    counts = ctx.pair_counts
+    trailing = counts.get("competence", 0) < counts.get("conformity", 0)
+    if ctx.balance_share is not None and trailing:
+        return max(ctx.benign_share, ctx.balance_share)
+    return ctx.benign_share
+
+
+def replays_seed(episode_id: str, share: float) -> bool:
+    """Whether this attack sends a seed example as written instead of the
+    attacker's rewrite (fixed by the episode id, independent of draws_benign)."""
+    return share > 0 and random.Random(f"{episode_id}:seed").random() < share
+
+
+@node("attack")
+async def attack(state: RedteamState, runtime: Ctx) -> Update:
+    """An attack, or (a ``lookalike_share`` of the episodes) a harmless look-alike
+    of one; a ``seed_share`` of either is a seed example sent as written, the
+    rest the attacker writes in that mode."""
+    ctx = runtime.context
+    eid = state["episode_id"]
+    lookalike = ctx.benign is not None and draws_benign(eid, lookalike_share(ctx))
+    mode: Mode = "lookalike" if lookalike else "attack"
+    written = ctx.attacker is not None and ctx.attacker_lookalikes
+    if lookalike and (not written or replays_seed(eid, ctx.seed_share)):
+        drawn = await draw_prompt(state, runtime, ctx.benign)
+        category = f"benign:{drawn.update['category']}"
+        drawn.update = {**drawn.update, "category": category, "mode": mode}
+        return drawn
+    if not lookalike and ctx.seeds is not None and replays_seed(eid, ctx.seed_share):
+        drawn = await draw_prompt(state, runtime, ctx.seeds)  # from the seed set
+        drawn.update = {**drawn.update, "mode": mode}
+        return drawn
+    binding = ctx.registry.binding("attacker")
+    # The learner's version is fixed here, for the whole episode (hot swap rule).
+    learner = ctx.registry.acquire("learner", eid)
+    assert ctx.attacker is not None, "the attack node needs roles.attacker bound"
+    result = await ctx.attacker(binding, ctx.attacker.next_seed(), mode=mode)
+    category = f"benign:{result.seed.category}" if lookalike else result.seed.category
+    update = {
+        "category": category,
+        "mode": mode,
+        "query": result.query,
+        "attacker": model_ref(binding).model_dump(),
+        "attack_level": result.level,
+        "learner": {**learner.__dict__},
+    }
+    return traced(
+        update,
+        binding,
+        result.calls,
+        category=category,
+        output=result.query,
+        mode=mode,
+        repeats_avoided=result.repeats_avoided,
+        learner_version=learner.version,
+        level=result.level,
+    )
+
+
+@node("contrast")
+async def contrast(state: RedteamState, runtime: Ctx) -> Update:
+    """With loop.contrast: the learner answers again with a safety instruction
+    in context; the rule judge reads both answers (competence/conformity pairs)."""
+    ctx = runtime.context
+    if not ctx.contrast:
+        return {}
+    binding = binding_of(state["learner"])
+    out = await ctx.learner.respond_guarded(binding, state["query"])
+    record = Contrast(
+        guarded_answer=out.text,
+        benign=state.get("mode") == "lookalike" or state["category"].startswith("benign:"),
+        plain_refused=rule_judge(state["answer"]).refused,
+        guarded_refused=rule_judge(out.text).refused,
+    )
+    return traced(
+        {"contrast": record.model_dump()},
+        binding,
+        [out],
+        output=out.text,
+        benign=record.benign,
+        plain_refused=record.plain_refused,
+        guarded_refused=record.guarded_refused,
+    )
+
+
+@node("emit")
+async def emit(state: RedteamState, runtime: Ctx) -> Update:
+    """Publish the episode, its refinement pair and its contrast pairs."""
+    c = state.get("contrast")
+    episode, pairs = refinement_episode(
+        state,
+        runtime,
+        contrast=Contrast.model_validate(c) if c else None,
+        attack_level=state.get("attack_level"),
+        mode="lookalike" if state.get("mode") == "lookalike" else "attack",
+    )
+    pairs += contrast_pairs(episode)
+    return publish(runtime, state, episode, pairs, rounds=rounds_of(state, episode))
+
+
+# -- the context ----------------------------------------------------------------
+
+
+def difficulty_controller(cfg: RunConfig) -> DifficultyController | None:
+    dc = cfg.loop.attacker_difficulty
+    if not (dc.adapt and "attacker" in cfg.roles):
+        return None
+    return DifficultyController(
+        levels=dc.levels,
+        start=dc.start_level,
+        low=dc.target_low,
+        high=dc.target_high,
+        window=dc.window,
+        min_outcomes=dc.min_outcomes,
+    )
+
+
+def make_attacker(
+    cfg: RunConfig, chat: Any, seeds: list[Seed], difficulty: DifficultyController | None
+) -> Attacker | None:
+    if "attacker" not in cfg.roles:
+        return None
+    rc = cfg.roles["attacker"]
+    return Attacker(
+        chat,
+        seeds,
+        temperature=rc.temperature,
+        max_tokens=rc.max_tokens,
+        recent_window=cfg.loop.attacker_recent_window,
+        rng=random.Random(cfg.loop.seed),
+        difficulty=difficulty,
+    )
+
+
+def lookalike_items(path: Path | None, seeds: list[Seed]) -> list[PromptItem]:
+    """The look-alike prompts drawn as written: a user's file, or the seeds'
+    look-alikes (by category) and the shipped benign set."""
+    if path is not None:
+        return load_prompt_set(path)
+    shipped = load_prompt_set(None, "benign_set.jsonl")
+    return [PromptItem(s.category, q) for s in seeds for q in s.lookalikes] + shipped
+
+
+Recorder = Callable[[Episode, list[PreferencePair]], None]
+
+
+def with_difficulty(
+    record: Recorder | None, difficulty: DifficultyController | None, log: Any
+) -> Recorder | None:
+    """The run's recorder, then the attacker's difficulty as each episode lands."""
+    if difficulty is None:
+        return record
+
+    def on_episode(episode: Episode, pairs: list[PreferencePair]) -> None:
+        if record is not None:
+            record(episode, pairs)
+        if episode.attack_level is not None:
+            move = difficulty.record(episode.outcome, episode.attack_level)
+            if move:
+                log.info("attacker.difficulty", **move.as_dict())
+
+    return on_episode
+
+
+def context(cfg: RunConfig, core: CoreContext) -> RedteamContext:
+    lc = cfg.loop
+    difficulty = difficulty_controller(cfg)
+    # one seed list: the attacker rewrites from it, and seed replays send it as written
+    seeds = load_seeds()
+    attacker = make_attacker(cfg, core.chat, seeds, difficulty)
+    benign = replays = None
+    if attacker is not None and lc.benign_share > 0:
+        benign = PromptSource(
+            lookalike_items(lc.benign_prompts, seeds),
+            str(lc.benign_prompts or "seeds.yaml lookalikes + benign_set.jsonl"),
+            random.Random(lc.seed + 1),
+        )
+    if attacker is not None and lc.seed_share > 0:
+        examples = [PromptItem(s.category, ex) for s in seeds for ex in s.examples]
+        replays = PromptSource(examples, "seeds.yaml", random.Random(lc.seed + 2))
+    ctx = extend(
+        core,
+        RedteamContext,
+        **critique_settings(cfg, core),
+        attacker=attacker,
+        contrast=lc.contrast,
+        balance_share=lc.balance_share,
+        attacker_lookalikes=lc.attacker_lookalikes,
+        benign_share=lc.benign_share if attacker is not None else 0.0,
+        benign=benign,
+        seed_share=lc.seed_share if attacker is not None else 0.0,
+        seeds=replays,
+    )
+    ctx.on_episode = with_difficulty(core.on_episode, difficulty, core.log)
+    return ctx
+
+
+@register_graph("redteam", roles=("attacker", "learner", "critic"), context=context)
 def build(checkpointer: Any = None) -> Any:
-    g = StateGraph(EpisodeState, context_schema=LoopContext)
+    g = StateGraph(RedteamState, context_schema=RedteamContext)
     g.add_node("attack", attack)
     g.add_node("respond", respond)
     # with loop.contrast: a guarded second answer (competence/conformity pairs)

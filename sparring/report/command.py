@@ -21,13 +21,21 @@ if TYPE_CHECKING:
 
 @click.command("report")
 @click.argument("run")
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="The HTML file to write (default: runs/RUN/report.html).")  # fmt: skip
-@click.option("--no-embeddings", is_flag=True,
-              help="Skip the embedding distance of queries (no sentence-embedding model "
-              "is loaded).")  # fmt: skip
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"),
-              show_default=True)  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The HTML file to write (default: runs/RUN/report.html).",
+)
+@click.option(
+    "--no-embeddings",
+    is_flag=True,
+    help="Skip the embedding distance of queries (no sentence-embedding model is loaded).",
+)
+@click.option(
+    "--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True
+)
 @click.option("--no-progress", is_flag=True, help="Hide progress output.")
 def report_command(
     run: str, out: Path | None, no_embeddings: bool, runs_dir: Path, no_progress: bool
@@ -107,9 +115,13 @@ def _collect(
     from sparring.report.data import collect
 
     with Progress(
-        TextColumn("[bold]{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
-        console=console, disable=no_progress, transient=True,
-    ) as bar:  # fmt: skip
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        disable=no_progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task("reading the run", total=None)
 
         def progress(what: str, done: int, total: int) -> None:

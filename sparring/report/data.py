@@ -14,19 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
-from sparring.bus import Bus, make_bus
+from sparring.bus import ARCHIVE_DIR, Bus, make_bus
 from sparring.config import ConfigError, RunConfig, load_config
 from sparring.eval.diversity import Embedder, VersionDiversity, version_diversity
 from sparring.eval.metrics import Mean, Metrics, Rate, bootstrap_mean, wilson
+from sparring.eval.report import by_version
+from sparring.eval.runner import EVAL_DIR, SuiteResult, load_result
 from sparring.schemas import ADVERSARY_WON, Episode
+from sparring.trace_view import read_events
 from sparring.tracing import TRACE_FILE
-
-if TYPE_CHECKING:
-    from sparring.eval.runner import SuiteResult
 
 ROLE = "learner"
 PROMOTIONS = "promotions"  # stream of gated promotion decisions, when gating is on
@@ -157,8 +157,6 @@ def collect(
     events = _trace_events(run_dir / TRACE_FILE)
     swaps = [s for s in map(_swap, events) if s is not None]
     results = _eval_results(run_dir)
-    from sparring.eval.report import by_version
-
     stats = _version_stats(episodes, history["pairs"], published, promotions)
     diversity = []
     from_dataset = bool(episodes) and all(e.attacker.role == "dataset" for e in episodes)
@@ -177,14 +175,22 @@ def collect(
     starts = [e.started_at for e in episodes] + times
     ends = [e.finished_at for e in episodes] + times
     return RunData(
-        run_id=run_dir.resolve().name, run_dir=run_dir, config=config, config_error=config_error,
-        started_at=min(starts, default=None), finished_at=max(ends, default=None),
-        versions=stats, promotions=promotions, swaps=swaps,
-        eval_results=results, eval_metrics=by_version(results), diversity=diversity,
+        run_id=run_dir.resolve().name,
+        run_dir=run_dir,
+        config=config,
+        config_error=config_error,
+        started_at=min(starts, default=None),
+        finished_at=max(ends, default=None),
+        versions=stats,
+        promotions=promotions,
+        swaps=swaps,
+        eval_results=results,
+        eval_metrics=by_version(results),
+        diversity=diversity,
         queries_from_dataset=from_dataset,
         embedding_note=None if embed else embedding_note or "no embedding model was given",
         unreadable=+unreadable,
-    )  # fmt: skip
+    )
 
 
 # -- sources ----------------------------------------------------------------------
@@ -207,7 +213,12 @@ class _open_bus:
     def __init__(self, run_dir: Path, cfg: RunConfig | None) -> None:
         self.bus: Bus | None = None
         if cfg is not None and cfg.bus.redis_url:
-            self.bus = make_bus(cfg.bus.redis_url, run_dir / "bus.sqlite", namespace=run_dir.name)
+            self.bus = make_bus(
+                cfg.bus.redis_url,
+                run_dir / "bus.sqlite",
+                namespace=run_dir.name,
+                archive_dir=run_dir / ARCHIVE_DIR,
+            )
             return
         path = (cfg.bus.sqlite_path if cfg else None) or run_dir / "bus.sqlite"
         if Path(path).is_file():
@@ -236,8 +247,6 @@ def _is_learner(payload: dict[str, Any]) -> bool:
 def _trace_events(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    from sparring.trace_view import read_events
-
     with path.open(encoding="utf-8") as f:
         return list(read_events(f))
 
@@ -254,28 +263,29 @@ def _swap(event: dict[str, Any]) -> Swap | None:
     if event.get("event") != "swap.flipped" or event.get("role") != ROLE or at is None:
         return None
     prev = event.get("previous_version")
-    return Swap(int(event["version"]), None if prev is None else int(prev), at,
-                _float(event.get("warm_s")))  # fmt: skip
+    return Swap(
+        int(event["version"]), None if prev is None else int(prev), at, _float(event.get("warm_s"))
+    )
 
 
 def _promotion(p: dict[str, Any]) -> Promotion | None:
     try:
         against = p.get("against")
         return Promotion(
-            version=int(p["version"]), against=None if against is None else int(against),
-            promoted=bool(p["promoted"]), reason=str(p.get("reason") or ""),
+            version=int(p["version"]),
+            against=None if against is None else int(against),
+            promoted=bool(p["promoted"]),
+            reason=str(p.get("reason") or ""),
             metrics=_floats(p.get("metrics")),
             baseline=_floats(p.get("reference") or p.get("baseline")),
             canary_prompts=None if p.get("canary_prompts") is None else int(p["canary_prompts"]),
             decided_at=_float(p.get("decided_at")),
-        )  # fmt: skip
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def _eval_results(run_dir: Path) -> list[SuiteResult]:
-    from sparring.eval.runner import EVAL_DIR, load_result
-
     found = (load_result(p) for p in sorted((run_dir / EVAL_DIR).glob("*/v*.json")))
     # The served condition only: results under another system prompt are stored
     # beside them (vN-template.json) and would otherwise pool with them.
@@ -298,9 +308,11 @@ def _version_stats(
             v = int((p.get("rejected_by") or {}).get("version", 0))
         pair_version.setdefault(v, []).append(p)
     versions = sorted(
-        {e.learner.version for e in episodes} | set(by_version) | {p.version for p in promotions}
+        {e.learner.version for e in episodes}
+        | set(by_version)
+        | {p.version for p in promotions}
         | {0}
-    )  # fmt: skip
+    )
     out = []
     for v in versions:
         eps = [e for e in episodes if e.learner.version == v]
@@ -315,10 +327,13 @@ def _version_stats(
         pub = by_version.get(v, {})
         out.append(
             VersionStats(
-                version=v, episodes=len(eps), judge_errors=errors,
+                version=v,
+                episodes=len(eps),
+                judge_errors=errors,
                 attack_success=wilson(sum(e.outcome in ADVERSARY_WON for e in judged), len(judged)),
                 helpfulness=bootstrap_mean(helps),
-                pairs=len(ps), human_pairs=sum(p.get("source") == "human" for p in ps),
+                pairs=len(ps),
+                human_pairs=sum(p.get("source") == "human" for p in ps),
                 pairs_by_kind=dict(Counter(str(p.get("kind", "refine")) for p in ps)),
                 trained_on=len(pub.get("pair_ids") or []),
                 replayed=len(pub.get("replay_ids") or []),
@@ -328,7 +343,7 @@ def _version_stats(
                 reward_accuracy=_float(pub.get("reward_accuracy")),
                 published_at=_float(pub.get("published_at")),
             )
-        )  # fmt: skip
+        )
     return out
 
 

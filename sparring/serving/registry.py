@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sparring.agents.llm import Binding, Chat
 from sparring.bus import Bus, Delivery
 from sparring.config import check_name
+from sparring.llm import Binding, Chat
 from sparring.schemas import SCHEMA_VERSION, RolePointer, VersionPublished, newer_schema
 from sparring.serving.loaders import LoadRefused, PathLoader, VersionLoader
 
@@ -30,11 +30,14 @@ POINTER_KEY = "role:{role}"
 
 class Registry:
     def __init__(
-        self, bus: Bus, base: dict[str, Binding], follow_learner: frozenset[str] = frozenset(),
+        self,
+        bus: Bus,
+        base: dict[str, Binding],
+        follow_learner: frozenset[str] = frozenset(),
         pinned: dict[str, int] | None = None,
         version_model: Callable[[int, str], str] | None = None,
         versions_dir: Path | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """``versions_dir``: the run's ``versions/``; announced versions whose
         folder is not inside it (under their role) are refused (see :meth:`refusal`)."""
         self._bus = bus
@@ -90,9 +93,10 @@ class Registry:
                 VersionPublished.model_validate(d.payload) for d in self._bus.history("versions")
             ]
             mine = [
-                v for v in published
+                v
+                for v in published
                 if v.role == "learner" and v.version == n and not self.refusal(v.role, v.path)
-            ]  # fmt: skip
+            ]
             if not mine:
                 return base  # version N is not out yet
             self._pinned_models[n] = self._version_model(n, mine[0].path)
@@ -120,9 +124,13 @@ class Registry:
 
 
 async def warm(
-    chat: Chat, binding: Binding, *, temperature: float = 1.0, attempts: int = 3,
+    chat: Chat,
+    binding: Binding,
+    *,
+    temperature: float = 1.0,
+    attempts: int = 3,
     delay_s: float = 2.0,
-) -> float:  # fmt: skip
+) -> float:
     """Ask the engine for a one-token answer from ``binding``; returns seconds taken.
 
     On the CPU engine the first request naming a model directory loads it, so a
@@ -211,10 +219,24 @@ class Swapper:
         next_collect = 0.0
         while not stop.is_set():
             # Pending (failed, waiting) announcements come back first: read past them.
-            deliveries = await asyncio.to_thread(
-                self._bus.read, "versions", self._group, self._consumer,
-                4 + len(self._retry_at), 0, 3600.0,
-            )  # fmt: skip
+            try:
+                deliveries = await asyncio.to_thread(
+                    self._bus.read,
+                    "versions",
+                    self._group,
+                    self._consumer,
+                    4 + len(self._retry_at),
+                    0,
+                    3600.0,
+                )
+            except Exception as err:
+                # The bus is down past its own retries (a Redis restart that takes
+                # long): keep serving what is loaded and read again later, rather
+                # than end hot swapping for the rest of the run.
+                self._log.warning("swap.bus_unavailable", error=repr(err)[:300])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=min(self._retry_s, 5.0))
+                continue
             tried = 0
             for d in deliveries:
                 if self._retry_at.get(d.msg_id, 0.0) > time.monotonic():
@@ -251,14 +273,22 @@ class Swapper:
             self._retry_at[d.msg_id] = time.monotonic() + self._retry_s
             if ("schema", d.msg_id) not in self._reported_msgs:
                 self._reported_msgs.add(("schema", d.msg_id))
-                self._log.warning("swap.newer_schema", msg_id=d.msg_id,
-                                  schema_version=written_by, understood=SCHEMA_VERSION)  # fmt: skip
+                self._log.warning(
+                    "swap.newer_schema",
+                    msg_id=d.msg_id,
+                    schema_version=written_by,
+                    understood=SCHEMA_VERSION,
+                )
             return None
         try:
             return VersionPublished.model_validate(d.payload)
         except ValidationError as err:
-            self._log.error("swap.bad_announcement", msg_id=d.msg_id, action="acked, skipped",
-                            error=str(err)[:500])  # fmt: skip
+            self._log.error(
+                "swap.bad_announcement",
+                msg_id=d.msg_id,
+                action="acked, skipped",
+                error=str(err)[:500],
+            )
             raise
 
     def superseded(self, published: VersionPublished) -> bool:
@@ -276,16 +306,22 @@ class Swapper:
         ]
         if max(newer, default=0) <= published.version:
             return False
-        self._log.info("swap.superseded", role=published.role, version=published.version,
-                       newest=max(newer))  # fmt: skip
+        self._log.info(
+            "swap.superseded", role=published.role, version=published.version, newest=max(newer)
+        )
         return True
 
     async def swap(self, published: VersionPublished) -> RolePointer | None:
         role, version = published.role, published.version
         if why := self._registry.refusal(role, published.path):
             # never loaded, never written to: acked by run() as never loadable
-            self._log.error("swap.refused", role=role, version=version, path=published.path[:500],
-                            error=f"announcement refused: {why}")  # fmt: skip
+            self._log.error(
+                "swap.refused",
+                role=role,
+                version=version,
+                path=published.path[:500],
+                error=f"announcement refused: {why}",
+            )
             raise LoadRefused(f"{role} v{version} at {published.path}: {why}")
         current = self._registry.pointer(role)
         if current is not None and current.version >= version:
@@ -294,8 +330,9 @@ class Swapper:
         loader = self._role(role).loader
         model = loader.model_name(role, version, published.path)
         replicas = self._replicas(role)
-        self._log.info("swap.warming", role=role, version=version, mode=loader.mode,
-                       replicas=len(replicas))  # fmt: skip
+        self._log.info(
+            "swap.warming", role=role, version=version, mode=loader.mode, replicas=len(replicas)
+        )
         start = time.perf_counter()
         try:
             for url in replicas:
@@ -308,10 +345,13 @@ class Swapper:
                 self._reported.add((role, version))
                 self._log.error(
                     "swap.refused" if isinstance(err, LoadRefused) else "swap.failed",
-                    role=role, version=version, replica=url, error=str(err)[:500],
+                    role=role,
+                    version=version,
+                    replica=url,
+                    error=str(err)[:500],
                     retry_in_s=None if isinstance(err, LoadRefused) else self._retry_s,
                     serving_version=base.version,
-                )  # fmt: skip
+                )
             raise
         if self._gate is not None and not await self._promoted(
             published, Binding(role, replicas[0], model, version), base, loader, replicas
@@ -333,9 +373,13 @@ class Swapper:
         return ptr
 
     async def _promoted(
-        self, published: VersionPublished, candidate: Binding, serving: Binding,
-        loader: VersionLoader, replicas: list[str],
-    ) -> bool:  # fmt: skip
+        self,
+        published: VersionPublished,
+        candidate: Binding,
+        serving: Binding,
+        loader: VersionLoader,
+        replicas: list[str],
+    ) -> bool:
         """Run the canary gate; a rejected version is unloaded again and stays
         on disk, marked rejected (the bus's ``promotions`` stream, and a
         ``rejected.json`` beside its manifest where that folder is reachable)."""
@@ -343,10 +387,14 @@ class Swapper:
         start = time.perf_counter()
         decision = await self._gate.check(role, candidate, serving)
         fields = dict(
-            role=role, version=version, against=decision.against, reason=decision.reason,
-            metrics=decision.metrics, baseline=decision.baseline,
+            role=role,
+            version=version,
+            against=decision.against,
+            reason=decision.reason,
+            metrics=decision.metrics,
+            baseline=decision.baseline,
             canary_s=round(time.perf_counter() - start, 2),
-        )  # fmt: skip
+        )
         if decision.promoted:
             self._log.info("swap.promoted", **fields)
             return True
@@ -359,8 +407,9 @@ class Swapper:
             try:
                 await loader.unload(url, role, version, candidate.model)
             except Exception as err:  # it stays loaded, unused; serving is unaffected
-                self._log.error("swap.unload_failed", role=role, version=version,
-                                error=str(err)[:500])  # fmt: skip
+                self._log.error(
+                    "swap.unload_failed", role=role, version=version, error=str(err)[:500]
+                )
         self.unloaded.add((role, version))
         return False
 
@@ -406,8 +455,9 @@ class Swapper:
                         for url in self._replicas(role)
                     ]
                 except Exception as err:
-                    self._log.error("swap.unload_failed", role=role, version=v.version,
-                                    error=str(err)[:500])  # fmt: skip
+                    self._log.error(
+                        "swap.unload_failed", role=role, version=v.version, error=str(err)[:500]
+                    )
                     raise
                 self.unloaded.add((role, v.version))
                 done.append(v.version)

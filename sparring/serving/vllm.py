@@ -27,12 +27,14 @@ from typing import Any
 
 import httpx
 
+from sparring.redact import mask_text
+
 
 class VLLMError(RuntimeError):
     """vLLM answered an admin call with an error; the message carries its words."""
 
     def __init__(self, url: str, status: int, message: str) -> None:
-        super().__init__(f"{url}: HTTP {status}: {message}")
+        super().__init__(f"{mask_text(url)}: HTTP {status}: {message}")
         self.status = status
         self.message = message
 

@@ -150,9 +150,16 @@ def train_version(
         model = PeftModel.from_pretrained(model, str(adapter_from), is_trainable=True)
     with tempfile.TemporaryDirectory(prefix="sparring-dpo-") as scratch:
         trainer = _dpo_trainer(
-            model, tokenizer, pairs, cfg, scratch, bf16=bf16, cuda=cuda, seed=seed,
+            model,
+            tokenizer,
+            pairs,
+            cfg,
+            scratch,
+            bf16=bf16,
+            cuda=cuda,
+            seed=seed,
             new_adapter=adapter_from is None,
-        )  # fmt: skip
+        )
         output = trainer.train()
         checkpointing = bool(trainer.args.activation_checkpointing)
     history: list[dict[str, Any]] = trainer.state.log_history
@@ -194,9 +201,17 @@ def _is_main_process(trainer: Any) -> bool:
 
 
 def _dpo_trainer(  # type: ignore[no-untyped-def]
-    model, tokenizer, pairs: list[PreferencePair], cfg: TrainerConfig, scratch: str, *,
-    bf16: bool, cuda: bool, seed: int, new_adapter: bool = True,
-):  # fmt: skip
+    model,
+    tokenizer,
+    pairs: list[PreferencePair],
+    cfg: TrainerConfig,
+    scratch: str,
+    *,
+    bf16: bool,
+    cuda: bool,
+    seed: int,
+    new_adapter: bool = True,
+):
     from peft import LoraConfig
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from sparring.agents.prompts import render
-from sparring.eval.judges import rule_judge
+from sparring.refusal import rule_judge
 from sparring.schemas import ChatMessage, Episode, ModelRef, PreferencePair, stable_id
 
 
@@ -132,8 +132,9 @@ def contrast_pairs(episode: Episode) -> list[PreferencePair]:
         return []
     if not (episode.answer.strip() and c.guarded_answer.strip()):
         return []
-    plain_harmful = bool(episode.critique and episode.critique.verdict
-                         and episode.critique.verdict.harmful)  # fmt: skip
+    plain_harmful = bool(
+        episode.critique and episode.critique.verdict and episode.critique.verdict.harmful
+    )
     kind: Literal["conformity", "competence"]
     if not c.benign and c.guarded_refused:
         kind = "conformity"

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparring.config import TrainerConfig
+from sparring.schemas import PreferencePair
+from sparring.training.dpo import TrainingDiverged, train_version
+
 
 @dataclass
 class Ranks:
@@ -69,10 +73,6 @@ class Ranks:
 def follow(ranks: Ranks, log: Any) -> int:
     """A non-zero rank's loop: train what rank 0 sends until it says stop;
     returns how many versions it helped train."""
-    from sparring.config import TrainerConfig
-    from sparring.schemas import PreferencePair
-    from sparring.training.dpo import TrainingDiverged, train_version
-
     done = 0
     log.info("trainer.rank_started", rank=ranks.rank, world_size=ranks.world_size)
     while True:

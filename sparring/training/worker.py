@@ -15,28 +15,33 @@ manifest are acked (and that version re-published) instead of trained again.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import random
 import shutil
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import ValidationError
 
-from sparring.bus import Bus, Delivery, make_bus
+from sparring.bus import ARCHIVE_DIR, Bus, Delivery, make_bus
 from sparring.config import RunConfig, TrainerConfig, check_name, load_config
 from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished, newer_schema
 from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
 from sparring.tracing import process_logger
+from sparring.training.dpo import TrainingDiverged, pair_problem, train_version
 from sparring.training.ranks import Ranks, follow
 
 STREAM = "pairs"
 GROUP = "trainer"
 MANIFEST = "manifest.json"
+LOCK_FILE = ".trainer.lock"  # in versions/<role>/: held by the one trainer at work
 # Held pairs stay pending for as long as a version takes to collect and train;
 # another trainer must not claim them in the meantime.
 CLAIM_AFTER_S = 3600.0
@@ -62,6 +67,38 @@ def clear_partial(versions_dir: Path, role: str) -> list[Path]:
     for p in partial:
         shutil.rmtree(p, ignore_errors=True)
     return partial
+
+
+class DiskFull(RuntimeError):
+    """No space left to write a version; its partial folder is already deleted."""
+
+
+def _no_space(err: BaseException) -> bool:
+    # safetensors reports it as its own error, not as an OSError
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or (
+        "No space left on device" in str(err)
+    )
+
+
+@contextlib.contextmanager
+def disk_full_stops(tmp: Path, n: int, log: Any) -> Iterator[None]:
+    """Turn a full disk while writing version ``n`` into one clear error: the
+    partial ``tmp`` folder is deleted (nothing half-written stays, and its space
+    is freed) and :class:`DiskFull` is raised; the pairs stay held, unacked."""
+    try:
+        yield
+    except Exception as err:
+        if not _no_space(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(tmp.parent).free // 2**20
+        message = (
+            f"no space left on the device of {tmp.parent} while writing version {n} "
+            f"({free} MiB free now, its partial folder deleted): free some space there; "
+            "its pairs stay on the bus and a restarted trainer trains them"
+        )
+        log.error("trainer.disk_full", version=n, error=message)
+        raise DiskFull(message) from None
 
 
 class Trainer:
@@ -105,14 +142,17 @@ class Trainer:
 
     def check(self, d: Delivery, pair: PreferencePair) -> bool:
         """Hold a trainable pair; refuse (log and count) any other."""
-        from sparring.training.dpo import pair_problem
-
         problem = pair_problem(pair, self.tokenizer)
         if problem is None:
             self.batch.append((d, pair))
             return True
-        self.log.warning("trainer.refused_pair", pair_id=pair.pair_id, kind=pair.kind,
-                         episode_id=pair.episode_id, reason=problem)  # fmt: skip
+        self.log.warning(
+            "trainer.refused_pair",
+            pair_id=pair.pair_id,
+            kind=pair.kind,
+            episode_id=pair.episode_id,
+            reason=problem,
+        )
         self.refused.append((d, problem))
         return False
 
@@ -136,17 +176,23 @@ class Trainer:
         # The bus hands this consumer's pending (held) pairs back first, so ask
         # for those and a whole version's worth more to get past them to new ones.
         delivered = self.bus.read(
-            STREAM, GROUP, self.consumer, count=len(held) + self.lookahead,
+            STREAM,
+            GROUP,
+            self.consumer,
+            count=len(held) + self.lookahead,
             claim_after_s=CLAIM_AFTER_S,
-        )  # fmt: skip
+        )
         fresh = [d for d in delivered if d.msg_id not in held]
         for d in fresh:
             if written_by := newer_schema(d.payload):
                 self.deferred.add(d.msg_id)
                 self.log.warning(
-                    "trainer.newer_schema", msg_id=d.msg_id, schema_version=written_by,
-                    understood=SCHEMA_VERSION, action="left unacked for a newer trainer",
-                )  # fmt: skip
+                    "trainer.newer_schema",
+                    msg_id=d.msg_id,
+                    schema_version=written_by,
+                    understood=SCHEMA_VERSION,
+                    action="left unacked for a newer trainer",
+                )
                 continue
             try:
                 pair = PreferencePair.model_validate(d.payload)
@@ -219,8 +265,6 @@ class Trainer:
         drawn at random (seeded by ``n``): uniformly, or with ``replay_balance``
         each from the kind that has the fewest pairs in the version so far.
         ``done``: the finished versions, as :func:`complete_versions` reads them."""
-        from sparring.training.dpo import pair_problem
-
         if self.cfg.replay == 0:
             return []
         trained = {pid for m in done.values() for pid in m.pair_ids}
@@ -272,11 +316,12 @@ class Trainer:
             return self.base_model, previous / ADAPTER_SUBDIR, "base"
         if self.cfg.lineage == "continue":
             self.log.warning(
-                "trainer.lineage_fresh", version=latest,
+                "trainer.lineage_fresh",
+                version=latest,
                 reason="this version's adapter is relative to the version before it, "
                 "not to the base model (written by an older sparring): new LoRAs are "
                 "stacked on merged versions for the rest of this run",
-            )  # fmt: skip
+            )
         return previous, None, "previous"
 
     @property
@@ -286,8 +331,6 @@ class Trainer:
     def train_next(self) -> VersionPublished | None:
         """Train and publish the next version; None when its training diverged
         (its pairs are then refused, counted in the next version's record)."""
-        from sparring.training.dpo import TrainingDiverged, train_version
-
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
         phase, take = self.select(n)
@@ -305,48 +348,125 @@ class Trainer:
         tmp = final.with_name(f".v{n}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.log.info("train.start", version=n, base_version=latest, pairs=len(pairs),
-                      pair_kinds=kinds, phase=phase, publish=self.cfg.publish,
-                      adapter_base=adapter_base,
-                      replayed=dict(Counter(str(p.kind) for p in replayed)))  # fmt: skip
+        self.log.info(
+            "train.start",
+            version=n,
+            base_version=latest,
+            pairs=len(pairs),
+            pair_kinds=kinds,
+            phase=phase,
+            publish=self.cfg.publish,
+            adapter_base=adapter_base,
+            replayed=dict(Counter(str(p.kind) for p in replayed)),
+        )
         trained = pairs + replayed
         # Other ranks (accelerate launch) train the same step; only this one writes.
-        self.ranks.send((
-            "train", str(base), [p.model_dump(mode="json") for p in trained], str(tmp),
-            self.cfg.model_dump(mode="json"), n, str(adapter_from) if adapter_from else None,
-        ))  # fmt: skip
+        self.ranks.send(
+            (
+                "train",
+                str(base),
+                [p.model_dump(mode="json") for p in trained],
+                str(tmp),
+                self.cfg.model_dump(mode="json"),
+                n,
+                str(adapter_from) if adapter_from else None,
+            )
+        )
         try:
-            result = train_version(base, trained, tmp, self.cfg, seed=n, adapter_from=adapter_from)
+            with disk_full_stops(tmp, n, self.log):
+                result = train_version(
+                    base, trained, tmp, self.cfg, seed=n, adapter_from=adapter_from
+                )
         except TrainingDiverged as err:
             # Garbage weights never serve; retrying the same pairs would diverge
             # again, so they are refused (logged, counted, acked with the next version).
             shutil.rmtree(tmp, ignore_errors=True)
             self.log.error("train.diverged", version=n, pairs=len(pairs), error=str(err))
-            self.refused += [(d, "training diverged (loss or weights not finite)")
-                             for d, _ in take]  # fmt: skip
+            self.refused += [(d, "training diverged (loss or weights not finite)") for d, _ in take]
             return None
         self.log.info(
-            "train.done", version=n, loss=result.loss, steps=result.steps,
-            seconds=round(result.seconds, 2), reward_margin=result.reward_margin,
-            learning_rate=result.last_learning_rate, device=result.device, bf16=result.bf16,
+            "train.done",
+            version=n,
+            loss=result.loss,
+            steps=result.steps,
+            seconds=round(result.seconds, 2),
+            reward_margin=result.reward_margin,
+            learning_rate=result.last_learning_rate,
+            device=result.device,
+            bf16=result.bf16,
             checkpointing=result.checkpointing,
-        )  # fmt: skip
+        )
         refused, self.refused = self.refused, []
         manifest = VersionPublished(
-            role=self.role, version=n, path=str(final.resolve()), base_version=latest,
-            pair_ids=[p.pair_id for p in pairs], train_loss=result.loss,
-            train_seconds=result.seconds, reward_margin=result.reward_margin,
-            reward_accuracy=result.reward_accuracy, pair_kinds=kinds, phase=phase,
+            role=self.role,
+            version=n,
+            path=str(final.resolve()),
+            base_version=latest,
+            pair_ids=[p.pair_id for p in pairs],
+            train_loss=result.loss,
+            train_seconds=result.seconds,
+            reward_margin=result.reward_margin,
+            reward_accuracy=result.reward_accuracy,
+            pair_kinds=kinds,
+            phase=phase,
             replay_ids=[p.pair_id for p in replayed],
-            refused=dict(Counter(why for _, why in refused)), adapter_base=adapter_base,
-        )  # fmt: skip
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+            refused=dict(Counter(why for _, why in refused)),
+            adapter_base=adapter_base,
+        )
+        with disk_full_stops(tmp, n, self.log):
+            (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            (tmp / COMPLETE_MARKER).write_text("ok\n")
         tmp.rename(final)
         self.publish(manifest)
         self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in take] + [d.msg_id for d, _ in refused])
         self.log.info("version.published", version=n, path=manifest.path, pairs=len(pairs))
         return manifest
+
+
+def exclusive(path: Path, stop: threading.Event, log: Any) -> IO[str] | None:
+    """Hold ``path``'s lock: one trainer per versions folder and role. Two would
+    both train version N on the same pairs in the same ``.vN.tmp`` (each deleting
+    the other's), e.g. the trainer of an orchestrator that was SIGKILLed (it
+    runs on, orphaned) and the one its restart starts. Waits while another holds
+    it; the kernel releases it when its holder dies, however it dies. None when
+    ``stop`` was set while waiting."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a")
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if waiting:
+                log.info("trainer.lock_taken", lock=str(path))
+            return handle
+        except BlockingIOError:
+            if not waiting:
+                log.warning(
+                    "trainer.waiting",
+                    lock=str(path),
+                    reason="another trainer works on this versions folder; "
+                    "this one takes over when it exits",
+                )
+                waiting = True
+            if stop.wait(1.0):
+                handle.close()
+                return None
+
+
+def watch_parent(stop: threading.Event, poll_s: float = 1.0) -> None:
+    """Set ``stop`` once the process that started this one has exited (its
+    children are then handed to init): a trainer `sparring run` started must
+    not outlive a SIGKILLed orchestrator and train beside its successor's."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_trainer(
@@ -370,8 +490,14 @@ def run_trainer(
         bus, base_model, versions_dir, cfg, role=role, consumer=consumer, log=log, ranks=ranks
     )
     stop = stop or threading.Event()
-    trainer.log.info("trainer.started", role=role, consumer=consumer,
-                     pairs_per_version=cfg.pairs_per_version)  # fmt: skip
+    trainer.log.info(
+        "trainer.started", role=role, consumer=consumer, pairs_per_version=cfg.pairs_per_version
+    )
+    lock = exclusive(versions_dir / role / LOCK_FILE, stop, trainer.log)
+    if lock is None:  # stopped while another trainer held the folder
+        ranks.send(("stop",))
+        trainer.log.info("trainer.stopped", published=[])
+        return []
     trainer.recover()
     published: list[VersionPublished] = []
     try:
@@ -391,6 +517,7 @@ def run_trainer(
                 on_version(manifest)
     finally:
         ranks.send(("stop",))
+        lock.close()  # releases the lock
     trainer.log.info("trainer.stopped", published=[m.version for m in published])
     return published
 
@@ -417,6 +544,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-dir", type=Path, required=True)
     ap.add_argument("--max-versions", type=int, default=None)
     ap.add_argument("--consumer", default="trainer-1", type=_name_arg)
+    ap.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop (as on SIGTERM) once the process that started this one "
+        "exits; `sparring run` starts its trainer so",
+    )
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     ranks = Ranks.from_env()
@@ -430,17 +563,29 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     # SIGTERM: finish the current step and exit; held pairs stay pending on the bus.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.exit_with_parent:
+        watch_parent(stop)
     bus = make_bus(
         cfg.bus.redis_url,
         cfg.bus.sqlite_path or args.run_dir / "bus.sqlite",
         namespace=args.run_dir.name,
+        keep=cfg.bus.redis_keep,
+        archive_dir=args.run_dir / ARCHIVE_DIR,
     )
     try:
         run_trainer(
-            bus=bus, base_model=learner_base(cfg), versions_dir=args.run_dir / "versions",
-            cfg=cfg.trainer, consumer=args.consumer, max_versions=args.max_versions, stop=stop,
+            bus=bus,
+            base_model=learner_base(cfg),
+            versions_dir=args.run_dir / "versions",
+            cfg=cfg.trainer,
+            consumer=args.consumer,
+            max_versions=args.max_versions,
+            stop=stop,
             ranks=ranks,
-        )  # fmt: skip
+        )
+    except DiskFull as err:
+        # logged as trainer.disk_full; the one line, not a traceback, for the console
+        raise SystemExit(f"sparring train: {err}") from None
     finally:
         bus.close()
         ranks.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,13 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from sparring.process import free_port
+
 _START_TIMEOUT_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for_ping(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -40,7 +35,7 @@ def _wait_for_ping(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def _start(binary: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     cmd += ["--dir", str(tmp)]
     log = tmp / "redis-server.log"

@@ -9,6 +9,8 @@ from typing import Any, Protocol, TypeVar
 
 from openai import AsyncOpenAI
 
+from sparring.redact import mask_text
+
 Message = dict[str, str]
 
 
@@ -49,9 +51,16 @@ T = TypeVar("T")
 
 
 async def ask_parsed(
-    chat: Chat, binding: Binding, messages: list[Message], parse: Callable[[Completion], T],
-    error: type[ValueError], *, retries: int, temperature: float, max_tokens: int,
-) -> tuple[T | None, list[Completion], str]:  # fmt: skip
+    chat: Chat,
+    binding: Binding,
+    messages: list[Message],
+    parse: Callable[[Completion], T],
+    error: type[ValueError],
+    *,
+    retries: int,
+    temperature: float,
+    max_tokens: int,
+) -> tuple[T | None, list[Completion], str]:
     """Ask until ``parse`` reads the reply, re-sampling at most ``retries`` times:
     ``(value, calls, "")``, or ``(None, calls, why)`` when no reply parsed (an
     ``error`` from ``parse``): a value is never guessed."""
@@ -71,10 +80,13 @@ class OpenAIChat:
     """Chat over HTTP with one pooled client per endpoint."""
 
     def __init__(
-        self, timeout_s: float = 120.0, max_retries: int = 2,
-        http_client: Any = None, role_timeouts: dict[str, float] | None = None,
+        self,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+        http_client: Any = None,
+        role_timeouts: dict[str, float] | None = None,
         api_keys: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """``http_client``: the AsyncClient the openai package should use (its own
         httpx flavour), e.g. with a test transport; default: its own.
         ``role_timeouts``: seconds per request by the binding's role (the
@@ -115,7 +127,7 @@ class OpenAIChat:
         if choice is None or choice.message.content is None:
             why = choice.finish_reason if choice else "no choices"
             raise NoTextError(
-                f"{binding.role}: the engine at {binding.base_url} ({binding.model}) "
+                f"{binding.role}: the engine at {mask_text(binding.base_url)} ({binding.model}) "
                 f"returned no text (finish_reason={why})"
             )
         return Completion(

@@ -1,0 +1,253 @@
+"""The main job: engines up, trainer in the background, episodes until the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from rich.console import Console
+
+from sparring.agents import Binding, OpenAIChat
+from sparring.bus import ARCHIVE_DIR, Bus, make_bus
+from sparring.config import RunConfig
+from sparring.graphs import CoreContext, build_graph, check_roles
+from sparring.graphs.checkpoints import check_checkpoints
+from sparring.orchestrator.engines import bring_up, managed_engines
+from sparring.orchestrator.progress import Counters, progress_bars
+from sparring.orchestrator.reviews import ReviewWatcher
+from sparring.orchestrator.scheduling import EpisodeBook, Scheduler
+from sparring.orchestrator.trainer import TrainerProcess, supervise_trainer
+from sparring.orchestrator.wiring import chat_client, make_context, make_registry, make_swapper
+from sparring.redact import for_disk, secret_env
+from sparring.serving.deploy import local_models
+from sparring.serving.engine import EngineProcess
+from sparring.serving.registry import Swapper
+from sparring.summary import VersionRow, as_json, render_table, summarise
+from sparring.tracing import Tracer
+from sparring.workqueue import WorkQueue
+
+# This orchestrator's name in the bus's consumer groups; replicas sharing a
+# Redis need distinct names (docker compose: the container's hostname).
+DEFAULT_CONSUMER = "local"
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def open_bus(cfg: RunConfig, run_dir: Path) -> Bus:
+    return make_bus(
+        cfg.bus.redis_url,
+        cfg.bus.sqlite_path or run_dir / "bus.sqlite",
+        namespace=run_dir.name,
+        keep=cfg.bus.redis_keep,
+        archive_dir=run_dir / ARCHIVE_DIR,
+    )
+
+
+class Loop:
+    """One run: owns its engines, bus, trainer, swapper and episode tasks."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path,
+        *,
+        run_id: str | None = None,
+        console: Console | None = None,
+        progress: bool = True,
+        trace_stdout: bool = False,
+        consumer: str = DEFAULT_CONSUMER,
+    ) -> None:
+        self.cfg = cfg
+        self.consumer = consumer
+        self.run_dir = run_dir
+        self.run_id = run_id or run_dir.name
+        self.console = console or Console(stderr=True)
+        self.progress_enabled = progress
+        self.trace_stdout = trace_stdout
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self.trainer: TrainerProcess | None = None
+        self.rows: list[VersionRow] = []
+        # episodes paused for a person's verdict, resumed, or failed and waiting
+        self.book = EpisodeBook(cfg.loop.episode_attempts)
+
+    # -- set-up -------------------------------------------------------------
+    def prepare(self) -> dict[str, Path]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        paths = local_models(self.cfg)
+        # on a volume others mount (the engine's): secrets masked or as ${VAR}
+        resolved = for_disk(self.cfg)
+        for name, src in self.cfg.models.items():
+            # The trainer re-reads this file: name the folder the pull produced.
+            one = src.model_dump(mode="json", exclude_none=True)
+            if name in paths:
+                one = {k: v for k, v in one.items() if k not in ("builtin", "path")}
+                one["path"] = str(paths[name])
+            resolved["models"][name] = one
+        self.config_path = self.run_dir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        return paths
+
+    def _checkpoint_file(self) -> str:
+        # One SQLite file per orchestrator: replicas may share the run directory.
+        if self.consumer == DEFAULT_CONSUMER:
+            return "checkpoints.sqlite"
+        return f"checkpoints-{self.consumer}.sqlite"
+
+    # -- the run --------------------------------------------------------------
+    async def run(self) -> list[VersionRow]:
+        # the graph and the roles it calls, before anything starts (a ConfigError)
+        check_roles(self.cfg, "<run config>")
+        paths = self.prepare()
+        engines = managed_engines(self.cfg, paths, self.run_dir)
+        trainer = self.trainer = TrainerProcess(
+            self.run_dir, self.config_path, self.cfg.trainer.threads, env=secret_env(self.cfg)
+        )
+        check_checkpoints(self.run_dir / self._checkpoint_file())
+        tracer = Tracer(self.run_dir, self.run_id, stdout=self.trace_stdout)
+        bus = open_bus(self.cfg, self.run_dir)
+        chat = chat_client(self.cfg)
+        try:
+            bindings = await bring_up(self.cfg, engines, paths, chat, self.console, tracer)
+            if self.cfg.trainer.managed:
+                trainer.start()
+                tracer.log.info("trainer.started", log=str(trainer.log_path))
+            await self._episodes(bus, chat, bindings, tracer)
+        finally:
+            await self._shut_down(trainer, engines, chat, bus, tracer)
+        return self.rows
+
+    async def _shut_down(
+        self,
+        trainer: TrainerProcess,
+        engines: list[EngineProcess],
+        chat: OpenAIChat,
+        bus: Bus,
+        tracer: Tracer,
+    ) -> None:
+        """Stop the trainer and the engines, then write what the run got to."""
+        trainer.stop()
+        await chat.aclose()
+        for engine in engines:
+            engine.stop()
+        rows = self.rows = summarise(bus)
+        (self.run_dir / "summary.json").write_text(json.dumps(as_json(rows), indent=2))
+        tracer.log.info("run.finished", episodes=self.counters.episodes)
+        tracer.close()
+        bus.close()
+
+    async def _episodes(
+        self, bus: Bus, chat: OpenAIChat, bindings: dict[str, Binding], tracer: Tracer
+    ) -> None:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        cfg = self.cfg
+        registry = make_registry(cfg, bus, bindings, self.run_dir)
+        ctx = make_context(cfg, self.run_id, chat, registry, bus, tracer, self.counters)
+        stop = asyncio.Event()
+        queue = WorkQueue(
+            bus,
+            self.run_id,
+            self.consumer,
+            limit=cfg.budget.episodes,
+            claim_after_s=cfg.loop.task_claim_after_s,
+        )
+        async with AsyncExitStack() as stack:
+            admin_http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))
+            swapper = make_swapper(
+                cfg, bus, registry, chat, tracer, bindings["learner"], admin_http, self.consumer
+            )
+            saver = await stack.enter_async_context(
+                AsyncSqliteSaver.from_conn_string(str(self.run_dir / self._checkpoint_file()))
+            )
+            graph = build_graph(cfg.loop.graph, checkpointer=saver)
+            await self._run_tasks(graph, ctx, queue, swapper, stop, tracer)
+
+    async def _run_tasks(
+        self,
+        graph: Any,
+        ctx: CoreContext,
+        queue: WorkQueue,
+        swapper: Swapper,
+        stop: asyncio.Event,
+        tracer: Tracer,
+    ) -> None:
+        """The swapper, the trainer's supervision and the review watcher in the
+        background while the scheduler runs episodes; all end with it."""
+        cfg = self.cfg
+        reviews = ReviewWatcher(graph, ctx, queue, self.book, self.consumer)
+        scheduler = Scheduler(cfg, graph, ctx, queue, self.book, self.counters, self.started)
+        swap_task = asyncio.create_task(swapper.run(stop))
+        watch_task = asyncio.create_task(
+            supervise_trainer(self.trainer, cfg.trainer.managed, stop, tracer)
+        )
+        review_task = asyncio.create_task(reviews.watch(stop))
+        try:
+            with progress_bars(cfg, self.console, self.progress_enabled) as bars:
+                await scheduler.run(bars, watch_task)
+            if watch_task.done():
+                watch_task.result()  # the trainer gave up while the last episodes ran
+        finally:
+            stop.set()
+            await swap_task
+            await review_task
+            watch_task.cancel()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM -> SIGINT: asyncio.run cancels the run's task, whose clean-up runs."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def run_main(
+    cfg: RunConfig,
+    *,
+    runs_dir: Path | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    trace_stdout: bool = False,
+    console: Console | None = None,
+    consumer: str = DEFAULT_CONSUMER,
+) -> tuple[Path, list[VersionRow]]:
+    run_id = run_id or new_run_id(cfg.run_name)
+    run_dir = (runs_dir or cfg.runs_dir) / run_id
+    loop = Loop(
+        cfg,
+        run_dir,
+        run_id=run_id,
+        progress=progress,
+        trace_stdout=trace_stdout,
+        console=console,
+        consumer=consumer,
+    )
+    out = console or Console()
+    # SIGTERM (kill, systemd, docker stop) ends the run as Ctrl+C does, so the
+    # engines and the trainer, each in a session of its own, are stopped too.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        rows = asyncio.run(loop.run())
+    except KeyboardInterrupt:
+        # Loop.run's clean-up has stopped the engine and the trainer and written
+        # summary.json; show what the run got to before the interrupt.
+        render_table(loop.rows, out)
+        out.print(
+            f"[yellow]interrupted[/]: everything on the bus is kept, and episodes in flight "
+            f"resume with `sparring run --run-id {run_id}`. run directory: {run_dir}"
+        )
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    render_table(rows, out)
+    out.print(f"run directory: {run_dir}   trace: sparring trace {run_dir}")
+    return run_dir, rows
