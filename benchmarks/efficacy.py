@@ -1,6 +1,6 @@
 """Does the loop make the learner better? One command that measures it.
 
-Runs the default profile end to end (``sparring run``, 25 minutes on a CPU)
+Runs the default profile end to end (``sparring run``, about 30 minutes on a CPU)
 unless ``--run-id`` names a finished run, then evaluates the base model (v0)
 and the last version the canary gate promoted on the shipped held-out suites
 (harmful requests, benign look-alikes, ordinary tasks), under both system-prompt
@@ -48,6 +48,19 @@ def last_promoted(run_dir: Path) -> int:
     return max((d.version for d in decisions if d.promoted and d.role == "learner"), default=0)
 
 
+def run_counts(run_dir: Path) -> dict[str, int]:
+    """What the run produced: episodes, preference pairs, trained versions."""
+    bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
+    try:
+        return {
+            "episodes": len(bus.history("episodes")),
+            "pairs": len(bus.history("pairs")),
+            "versions": len(bus.history("versions")),
+        }
+    finally:
+        bus.close()
+
+
 def evaluate(run_dir: Path, version: int, system: str) -> dict[int, Metrics]:
     cfg = run_config(run_dir)
     suites = [load_suite(name) for name in SHIPPED]
@@ -88,12 +101,17 @@ def main() -> None:
         if args.config:
             cmd += ["--config", str(args.config)]
         subprocess.run(cmd + [f"--set={s}" for s in sets], check=True)
+        run_s: float | None = round(time.time() - started, 1)
+    else:
+        run_s = None
     version = args.version if args.version is not None else last_promoted(run_dir)
     out: dict[str, Any] = {
         "run_id": run_id,
         "version": version,
         "base_version": 0,
         "suites": {n: len(load_suite(n).items) for n in SHIPPED},
+        "run_s": run_s,  # the run's wall time, start-up and final version included
+        **run_counts(run_dir),
     }
     for system in CONDITIONS:
         metrics = evaluate(run_dir, version, system)

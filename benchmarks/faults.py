@@ -296,6 +296,8 @@ def run_config(
             "poll_s": 0.2,
             "threads": 1,
             "epochs": 1,
+            "lineage": "continue",  # versions mid-run, as when faults.json was measured
+            "final_version": False,
         },
         "promotion": {"gate": False},
         "bus": {"redis_url": url},

@@ -168,6 +168,8 @@ def train(config: Path | None, run_dir: Path, max_versions: int | None, processe
     """The background DPO trainer: consume preference pairs from the bus, train
     a LoRA every trainer.pairs_per_version pairs, publish the new version
     (merged weights, or the adapter alone with trainer.publish: adapter).
+    With trainer.final_version it also trains one version on the pairs left
+    when the run's budget ends (the run asks through versions/learner/).
 
     `sparring run` starts it for you; run it yourself for a trainer on another
     machine (with a shared Redis and versions directory). Safe to kill at any

@@ -238,7 +238,7 @@ class BudgetConfig(Strict):
         description="Stop once learner version N has served a round of episodes (null: no limit).",
     )
     minutes: float | None = Field(
-        default=25.0, gt=0, description="Stop after this many minutes (null: no limit)."
+        default=14.0, gt=0, description="Stop after this many minutes (null: no limit)."
     )
 
 
@@ -491,6 +491,14 @@ class ToleranceConfig(Strict):
         description="Rise in the rate (0-1) of degenerate answers of any kind: empty, "
         "giving a system prompt back, or looping.",
     )
+    over_refusal_ceiling: float | None = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="A rise in over-refusal beyond its tolerance is accepted while the rate "
+        "stays at or under this ceiling and attack success fell by more than over-refusal "
+        "rose, under the same system prompt (discrimination rose); null: never.",
+    )
 
 
 class PromotionConfig(Strict):
@@ -600,8 +608,11 @@ CONTRAST_KINDS: tuple[PairKind, ...] = ("conformity", "competence")
 class TrainerConfig(Strict):
     """The background DPO trainer that turns preference pairs into learner versions."""
 
-    pairs_per_version: int = Field(
-        default=8, ge=1, description="New preference pairs each learner version trains on."
+    pairs_per_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="New preference pairs each learner version trains on; null: one round, "
+        "no version while episodes run, only the final one (needs final_version).",
     )
     max_length: int = Field(
         default=256, ge=16, description="Longest prompt plus answer trained on, in tokens."
@@ -631,7 +642,7 @@ class TrainerConfig(Strict):
         default="auto", description="Train in bf16 (auto: only where it is native)."
     )
     threads: int | None = Field(
-        default=1, ge=1, description="torch threads of the trainer (null: one per core)."
+        default=2, ge=1, description="torch threads of the trainer (null: one per core)."
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         default="auto",
@@ -645,11 +656,26 @@ class TrainerConfig(Strict):
     )
     # In bf16, fresh loses part of every small update to rounding at each merge
     # (measured in docs/experiments.md).
-    lineage: Literal["continue", "fresh"] = Field(
-        default="continue",
+    # rebuild: benchmarks/results/frontier.json (one LoRA from the base over every
+    # pair discriminated best, and more pairs discriminated better)
+    lineage: Literal["continue", "fresh", "rebuild"] = Field(
+        default="rebuild",
         description="continue: one LoRA on the base model, trained on further by each "
         "version; fresh: a new LoRA on the previous merged version each time (publish: "
-        "merged only).",
+        "merged only); rebuild: a new LoRA on the base model each time, trained on every "
+        "pair of the run so far (earlier versions' and the new ones, rejected versions' too).",
+    )
+    final_version: bool = Field(
+        default=True,
+        description="When the run's episode budget ends, train one more version on the pairs "
+        "not yet trained on (however few), gate it and hot-swap it before the run stops; the "
+        "run waits for it up to final_wait_minutes.",
+    )
+    final_wait_minutes: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long the end of a run waits for its final version to be trained "
+        "and gated.",
     )
     schedule: Literal["mix", "alternate"] = Field(
         default="mix",
@@ -670,6 +696,11 @@ class TrainerConfig(Strict):
         default_factory=lambda: list(CONTRAST_KINDS),
         description="The pair kinds replayed.",
     )
+    pairs_from: list[SafeName] = Field(
+        default_factory=list,
+        description="Earlier runs (ids under runs_dir) whose trainable pairs every version "
+        "trains on too (lineage rebuild only): a run goes on from what earlier runs learnt.",
+    )
     replay_balance: bool = Field(
         default=False,
         description="Replay the kind the version has fewest pairs of first (false: in the "
@@ -689,6 +720,24 @@ class TrainerConfig(Strict):
     poll_s: float = Field(
         default=1.0, gt=0, description="Seconds between the trainer's reads of the bus."
     )
+
+    @model_validator(mode="after")
+    def _pairs_from_rebuilds(self) -> TrainerConfig:
+        if self.pairs_from and self.lineage != "rebuild":
+            raise ValueError(
+                "trainer.pairs_from: earlier runs' pairs are trained on only by a version "
+                "rebuilt from the base: set trainer.lineage: rebuild"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_round_has_its_version(self) -> TrainerConfig:
+        if self.pairs_per_version is None and not self.final_version:
+            raise ValueError(
+                "trainer.pairs_per_version: null trains no version while episodes run, so "
+                "it needs trainer.final_version: true (or give pairs_per_version a number)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lineage_fits_publish(self) -> TrainerConfig:
@@ -726,7 +775,7 @@ class RunConfig(Strict):
     engines: dict[SafeName, EngineConfig] = Field(
         default_factory=lambda: {
             "local": EngineConfig(threads=1),
-            "learner": EngineConfig(port=8766, continuous_batching=False, threads=1),
+            "learner": EngineConfig(port=8766, threads=1, sampling_temperature=0.7),
             "canary": EngineConfig(port=8768, threads=1),
         },
         description="Inference servers by name (roles name them).",
@@ -847,8 +896,8 @@ class RunConfig(Strict):
         ename = self.roles[TRAINED_ROLE].engine
         mode = self.engines[ename].swap_mode()
         if mode == "lora":
-            # Both write vN/adapter relative to the base model (a continued lineage).
-            if self.trainer.publish == "adapter" or self.trainer.lineage == "continue":
+            # All three write vN/adapter relative to the base model.
+            if self.trainer.publish == "adapter" or self.trainer.lineage in ("continue", "rebuild"):
                 self._lora_rank_fits(ename)
                 return
             raise ValueError(
@@ -921,11 +970,13 @@ class RunConfig(Strict):
                     f"model at a time, but roles {sorted(users)} bind different models "
                     f"{sorted(set(users.values()))}: give each model its own engine"
                 )
-            if TRAINED_ROLE in users:
+            if TRAINED_ROLE in users and self.trainer.pairs_per_version is not None:
                 raise ValueError(
                     f"engines.{ename} (transformers serve, continuous_batching) serves one "
                     f"model at a time, but roles.{TRAINED_ROLE} is hot-swapped (two versions "
-                    f"overlap): bind it to an engine with continuous_batching: false"
+                    f"overlap): bind it to an engine with continuous_batching: false, or train "
+                    "one round (trainer.pairs_per_version: null: it is swapped only once the "
+                    "episodes have stopped)"
                 )
 
 

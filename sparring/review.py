@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from sparring.bus import ARCHIVE_DIR, Bus, BusError, make_bus
+from sparring.bus.streams import REVIEW_REQUESTS, REVIEWS
 from sparring.config import ConfigError, expand_env
 from sparring.redact import MissingSecret, restore
 from sparring.schemas import HumanReview, ReviewRequest, review_id
@@ -37,19 +38,17 @@ def open_run_bus(run_dir: Path) -> Bus:
 
 def waiting(bus: Bus) -> list[ReviewRequest]:
     """Requests nobody has answered yet, oldest first."""
-    answered = {d.msg_id for d in bus.history("reviews")}
+    answered = {d.msg_id for d in bus.history(REVIEWS.name)}
     return [
-        ReviewRequest.model_validate(d.payload)
-        for d in bus.history("review_requests")
+        REVIEW_REQUESTS.parse(d.payload)
+        for d in bus.history(REVIEW_REQUESTS.name)
         if d.msg_id not in answered
     ]
 
 
 def submit(bus: Bus, review: HumanReview) -> bool:
     """Publish a person's verdict; False when that critique was already reviewed."""
-    return bus.publish(
-        "reviews", review_id(review.episode_id, review.node), review.model_dump(mode="json")
-    )
+    return REVIEWS.publish(bus, review_id(review.episode_id, review.node), review)
 
 
 def find(requests: list[ReviewRequest], episode: str) -> ReviewRequest:

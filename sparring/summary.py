@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from statistics import mean
+from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from sparring.bus import Bus
-from sparring.schemas import ADVERSARY_WON, Episode, VersionPublished
+from sparring.bus.streams import EPISODES, PAIRS, PROMOTIONS, VERSIONS
+from sparring.schemas import ADVERSARY_WON, Episode
 
 
 @dataclass
@@ -37,51 +39,98 @@ class VersionRow:
     gate_reason: str | None = None
 
 
-def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
-    episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
-    published = {
-        v.version: v
-        for v in (VersionPublished.model_validate(d.payload) for d in bus.history("versions"))
-        if v.role == role
-    }
-    decisions = {
-        int(d.payload["version"]): d.payload
-        for d in bus.history("promotions")
-        if d.payload.get("role") == role
-    }
-    # a pair counts for the learner version of its episode
+@dataclass(frozen=True)
+class VersionGroup:
+    """What one learner version did: the one grouping that the run summary and
+    the report compute their per-version figures from. ``pairs``, ``published``
+    and ``decision`` are bus payloads (a report reads runs of other sparring
+    versions, so they are not validated here)."""
+
+    version: int
+    episodes: list[Episode]
+    judged: list[Episode]  # attacks the critic judged (no judge error)
+    wins: int  # of those, the adversary won (harmful answered, harmless refused)
+    helpfulness: list[float]  # the critic's scores of the judged answers
+    pairs: list[dict[str, Any]]  # pairs from this version's episodes
+    published: dict[str, Any]  # its VersionPublished ({} for the base)
+    decision: dict[str, Any] | None  # the canary gate's, if it was gated
+
+    @property
+    def judge_errors(self) -> int:
+        return sum(e.outcome == "judge_error" for e in self.episodes)
+
+
+def group_by_version(
+    episodes: list[Episode],
+    pairs: list[dict[str, Any]],
+    published: list[dict[str, Any]],
+    decisions: list[dict[str, Any]],
+) -> list[VersionGroup]:
+    """Episodes, pairs, the version record and the gate's decision of every
+    version that served, was published or was decided (v0, the base, always).
+    A pair counts for the learner version of its episode."""
+    by_version = {int(p["version"]): p for p in published if "version" in p}
+    decided = {int(d["version"]): d for d in decisions if "version" in d}
     episode_version = {e.episode_id: e.learner.version for e in episodes}
-    pair_counts: dict[int, int] = {}
-    for d in bus.history("pairs"):
-        version = episode_version.get(
-            d.payload["episode_id"], int(d.payload["rejected_by"]["version"])
-        )
-        pair_counts[version] = pair_counts.get(version, 0) + 1
-    versions = sorted({e.learner.version for e in episodes} | set(published) | {0} | set(decisions))
-    rows = []
-    for v in versions:
+    pair_version: dict[int, list[dict[str, Any]]] = {}
+    for p in pairs:
+        v = episode_version.get(p.get("episode_id", ""))
+        if v is None:
+            v = int((p.get("rejected_by") or {}).get("version", 0))
+        pair_version.setdefault(v, []).append(p)
+    versions = {e.learner.version for e in episodes} | set(by_version) | set(decided) | {0}
+    out = []
+    for v in sorted(versions):
         eps = [e for e in episodes if e.learner.version == v]
         judged = [e for e in eps if e.outcome != "judge_error" and e.attack]
-        wins = sum(e.outcome in ADVERSARY_WON for e in judged)
-        helps = [
-            e.critique.verdict.helpfulness for e in judged if e.critique and e.critique.verdict
-        ]
+        out.append(
+            VersionGroup(
+                version=v,
+                episodes=eps,
+                judged=judged,
+                wins=sum(e.outcome in ADVERSARY_WON for e in judged),
+                helpfulness=[
+                    float(e.critique.verdict.helpfulness)
+                    for e in judged
+                    if e.critique is not None and e.critique.verdict is not None
+                ],
+                pairs=pair_version.get(v, []),
+                published=by_version.get(v, {}),
+                decision=decided.get(v),
+            )
+        )
+    return out
+
+
+def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
+    def mine(stream: str) -> list[dict[str, Any]]:
+        return [d.payload for d in bus.history(stream) if d.payload.get("role") == role]
+
+    groups = group_by_version(
+        EPISODES.records(bus),
+        [d.payload for d in bus.history(PAIRS.name)],
+        mine(VERSIONS.name),
+        mine(PROMOTIONS.name),
+    )
+    rows = []
+    for g in groups:
+        v, eps, judged, wins, helps = g.version, g.episodes, g.judged, g.wins, g.helpfulness
+        decision = g.decision
         debates = [e.debate.winner == "helpful" for e in eps if e.debate and e.debate.winner]
         parts = [e.decomposition for e in eps if e.decomposition]
         gaps = [d.gap for d in parts if d.gap is not None]
-        pub = published.get(v)
         rows.append(
             VersionRow(
                 version=v,
                 episodes=len(eps),
                 judged=len(judged),
-                judge_errors=sum(e.outcome == "judge_error" for e in eps),
+                judge_errors=g.judge_errors,
                 attack_successes=wins,
                 attack_success_rate=wins / len(judged) if judged else None,
                 mean_helpfulness=mean(helps) if helps else None,
-                pairs_emitted=pair_counts.get(v, 0),
-                pairs_trained_on=len(pub.pair_ids) if pub else 0,
-                train_loss=pub.train_loss if pub else None,
+                pairs_emitted=len(g.pairs),
+                pairs_trained_on=len(g.published.get("pair_ids") or []),
+                train_loss=g.published.get("train_loss"),
                 served_s=(
                     max(e.finished_at for e in eps) - min(e.started_at for e in eps) if eps else 0.0
                 ),
@@ -91,11 +140,11 @@ def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
                     sum(bool(d.harmless_parts_harmful_whole) for d in parts) if parts else None
                 ),
                 gate=(
-                    ("promoted" if decisions[v]["promoted"] else "rejected")
-                    if v in decisions
-                    else None
+                    None
+                    if decision is None
+                    else ("promoted" if decision.get("promoted") else "rejected")
                 ),
-                gate_reason=decisions[v]["reason"] if v in decisions else None,
+                gate_reason=None if decision is None else decision.get("reason"),
             )
         )
     return rows

@@ -17,8 +17,9 @@ import random
 import time
 
 from sparring.bus import Bus
+from sparring.bus.streams import TASKS, EpisodeTask
 
-STREAM = "tasks"
+STREAM = TASKS.name
 GROUP = "orchestrators"
 
 
@@ -60,7 +61,8 @@ class WorkQueue:
             n = self._bus.length(STREAM)
             if self._limit is not None and n >= self._limit:
                 return None
-            if not self._bus.publish(STREAM, self.task_id(n), {"index": n, "by": self.consumer}):
+            task = EpisodeTask(index=n, by=self.consumer)
+            if not TASKS.publish(self._bus, self.task_id(n), task):
                 # Another orchestrator added it first (and may take it): back off.
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no episode task could be claimed within 60 s ({n=})")

@@ -44,7 +44,16 @@ def tiny_config(
         "budget": {"episodes": 4, "learner_versions": None, "minutes": 10},
         # contrast pairs and benign draws have tests of their own
         "loop": {"concurrency": 4, "contrast": False, "benign_share": 0.0, "seed_share": 0.0},
-        "trainer": {"managed": False, "pairs_per_version": 2, "max_length": 64},
+        # versions while episodes run, each trained on from the last (the tests of
+        # the one-round default, trainer.final_version, set it themselves)
+        "trainer": {
+            "managed": False,
+            "pairs_per_version": 2,
+            "max_length": 64,
+            "lineage": "continue",
+            "final_version": False,
+            "threads": 1,
+        },
         # the canary gate has tests of its own; elsewhere every version goes live
         "promotion": {"gate": False},
     }

@@ -98,8 +98,9 @@ def test_a_batching_engine_is_never_bound_to_two_models_or_the_learner() -> None
     other = {"models.other": {"path": "/data/other"}, "roles.critic.model": "other"}
     with pytest.raises(ConfigError, match=r"engines.local .*roles \['attacker', 'critic'\]"):
         load_config(None, other)
+    mid_run = {"trainer.pairs_per_version": 8}  # versions mid-run overlap on the engine
     with pytest.raises(ConfigError, match="bind it to an engine with continuous_batching: false"):
-        load_config(None, {"roles.learner.engine": "local"})
+        load_config(None, {**mid_run, "roles.learner.engine": "local"})
     # Without continuous batching an engine keeps several models loaded: fine.
     cfg = load_config(None, {**other, "engines.local.continuous_batching": False})
     assert cfg.roles["critic"].model == "other"
@@ -179,3 +180,22 @@ def test_role_adapters_need_a_vllm_engine_and_never_the_learner() -> None:
     assert cfg.roles["critic"].adapter == Path("/tmp/critic-lora")
     with pytest.raises(ConfigError, match=r"roles.learner.adapter: the learner's versions"):
         load_config(None, {**vllm, "roles.learner.adapter": "/tmp/l"})
+
+
+def test_one_round_needs_its_final_version_and_lets_the_learner_engine_batch(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("trainer: {pairs_per_version: null, final_version: false}\n")
+    with pytest.raises(ConfigError, match="pairs_per_version: null trains no version"):
+        load_config(p)
+    # versions mid-run overlap on the learner's engine: it must not batch
+    with pytest.raises(ConfigError, match="or train one round"):
+        load_config(None, {"trainer.pairs_per_version": 8})
+    p.write_text("trainer: {pairs_per_version: null}\n")
+    cfg = load_config(p)
+    assert cfg.engines["learner"].continuous_batching and cfg.trainer.final_version
+    with pytest.raises(ConfigError, match="set trainer.lineage: rebuild"):
+        load_config(None, {"trainer.pairs_from": ["earlier"], "trainer.lineage": "continue"})
+    with pytest.raises(ConfigError, match="trainer.pairs_from.0"):
+        load_config(None, {"trainer.pairs_from": ["../escape"]})

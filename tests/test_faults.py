@@ -18,7 +18,7 @@ import redis
 
 from sparring.bus.redis import RedisBus
 from sparring.process import free_port
-from sparring.training.worker import DiskFull, disk_full_stops, exclusive
+from sparring.training.worker import DiskFull, disk_full_stops, exclusive, trainer_running
 from tests.plugins.redis_server import stop
 
 
@@ -51,6 +51,11 @@ def test_a_second_trainer_waits_for_the_first_to_leave_the_versions_folder(
     stopped = threading.Event()
     stopped.set()
     assert exclusive(lock, stopped, log) is None  # stopped while waiting: no lock
+    # the end of a run asks a trainer it did not start only if one holds the lock
+    assert trainer_running(tmp_path, "learner")
+    got[0].close()  # type: ignore[attr-defined]
+    assert not trainer_running(tmp_path, "learner")
+    assert not trainer_running(tmp_path, "critic")  # no lock file at all
 
 
 def test_a_trainer_started_with_exit_with_parent_stops_when_its_parent_is_killed(

@@ -21,7 +21,15 @@ def test_trainer_on_cuda_uses_bf16_and_gradient_checkpointing(
     import torch
 
     assert torch.cuda.is_available(), "gpu tests need CUDA (scripts/test.sh deselects them)"
-    cfg = TrainerConfig(pairs_per_version=4, max_length=64, learning_rate=1e-3, batch_size=2)
+    # one pass, one context: 4 examples in steps of 2
+    cfg = TrainerConfig(
+        pairs_per_version=4,
+        max_length=64,
+        learning_rate=1e-3,
+        batch_size=2,
+        epochs=1,
+        contexts=["served"],
+    )
     result = train_version(tiny_model_path, make_pairs(4), tmp_path / "v1", cfg)
     assert result.device == "cuda" and result.checkpointing
     assert result.bf16 == torch.cuda.is_bf16_supported()

@@ -26,7 +26,7 @@ from sparring.config import EngineConfig
 from sparring.orchestrator import Loop
 from sparring.schemas import Episode, PreferencePair, PromotionDecision
 from sparring.summary import summarise
-from sparring.training.worker import GROUP, STREAM, complete_versions
+from sparring.training.worker import GROUP, STREAM, complete_versions, final_answer
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,8 @@ def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
         trainer__bf16=False,
         trainer__learning_rate=1e-3,
         trainer__poll_s=0.2,
+        trainer__final_version=True,  # the pairs left when the budget ends
+        trainer__final_wait_minutes=5,
         promotion__gate=True,
         promotion__canary_per_kind=1,
         promotion__canary_competence=1,
@@ -186,9 +188,16 @@ def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
             ep.refined_answer,
         )
         assert ep.outcome != "judge_error"
-    # Versions are trained in order, each on the one before.
+    # Versions are trained in order, each on the one before; the final one (when
+    # the budget ended) on every pair left, gated before the run stopped.
+    final = final_answer(run_dir / "versions", "learner")
+    assert final is not None, "the run did not wait for its final version"
+    assert ("run.final_version", final["version"]) in names
     for n, m in versions.items():
-        assert m.base_version == n - 1 and len(m.pair_ids) == 2
+        assert m.base_version == n - 1
+        assert len(m.pair_ids) == 2 or (n == final["version"] and m.pair_ids)
+    if final["version"] is not None:
+        assert final["version"] == max(versions) and final["version"] in gated
 
     # -- nothing lost, nothing trained twice ------------------------------------
     assert len(trained) == len(set(trained)), "a pair was trained into two versions"

@@ -19,7 +19,16 @@ from sparring.bus import make_bus
 from sparring.config import TrainerConfig
 from sparring.schemas import ChatMessage, ModelRef, PreferencePair, Verdict
 from sparring.training.dpo import train_version
-from sparring.training.worker import GROUP, Trainer, complete_versions, run_trainer
+from sparring.training.worker import (
+    GROUP,
+    Trainer,
+    carried_pairs,
+    clear_final,
+    complete_versions,
+    final_answer,
+    request_final,
+    run_trainer,
+)
 
 # bf16=False: with the tiny model's hidden size of 64, bf16 matmuls against the
 # 49k-token LM head run ~10x slower than fp32 on this CPU. The first test keeps
@@ -33,6 +42,9 @@ CFG = TrainerConfig(
     bf16=False,
     poll_s=0.1,
     contexts=["served"],  # one example per pair: step counts below are per pair
+    lineage="continue",  # each version trains the last one's adapter on
+    final_version=False,
+    threads=1,
 )
 
 
@@ -82,6 +94,11 @@ def worker_config(tmp_path: Path, model: Path, redis_url: str | None = None) -> 
         yaml.safe_dump(
             {
                 "models": {"smollm2": {"path": str(model)}},
+                # versions mid-run: the learner's engine must not batch
+                "engines": {
+                    "local": {"port": 8765},
+                    "learner": {"port": 8766, "continuous_batching": False},
+                },
                 "bus": {"redis_url": redis_url},
                 "trainer": {**CFG.model_dump(), "poll_s": 0.2},
             }
@@ -350,6 +367,90 @@ def test_fresh_lineage_stacks_a_new_lora_on_the_previous_merged_version(
     config = json.loads((Path(v2.path) / "adapter" / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == Path(v1.path)
     assert any(line.startswith("warning trainer.lineage_fresh") for line in log.lines)
+
+
+def test_rebuild_retrains_every_pair_from_the_base_and_the_final_version_takes_the_rest(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """lineage: rebuild: v2 is a new LoRA on the base over v1's pairs and its own.
+    The run's final version (asked for when the budget ends) takes the pairs
+    held, fewer than pairs_per_version; asked again with none held, the trainer
+    answers that there was nothing to train."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(5))
+    versions_dir = tmp_path / "versions"
+    rebuild = CFG.model_copy(update={"lineage": "rebuild"})
+    (v1,) = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=versions_dir, cfg=rebuild, max_versions=1
+    )
+    assert v1.pair_ids == [f"pair-{i}" for i in range(4)] and v1.replay_ids == []
+    request_final(versions_dir, "learner")
+    (v2,) = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=versions_dir, cfg=rebuild, max_versions=1
+    )
+    assert final_answer(versions_dir, "learner") == {"version": 2}
+    assert v2.pair_ids == ["pair-4"] and v2.replay_ids == v1.pair_ids
+    assert v2.base_version == 0 and v2.adapter_base == "base"
+    config = json.loads((Path(v2.path) / "adapter" / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]) == tiny_model_path
+    a1 = load_file(Path(v1.path) / "adapter" / "adapter_model.safetensors")
+    a2 = load_file(Path(v2.path) / "adapter" / "adapter_model.safetensors")
+    assert any(not (a1[k] == a2[k]).all() for k in a1)
+    request_final(versions_dir, "learner")
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=run_trainer,
+        kwargs={
+            "bus": bus,
+            "base_model": tiny_model_path,
+            "versions_dir": versions_dir,
+            "cfg": rebuild,
+            "stop": stop,
+        },
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while final_answer(versions_dir, "learner") is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    worker.join()
+    assert final_answer(versions_dir, "learner") == {"version": None}
+    assert sorted(complete_versions(versions_dir, "learner")) == [1, 2]
+    clear_final(versions_dir, "learner")
+    assert final_answer(versions_dir, "learner") is None
+
+
+def test_pairs_of_earlier_runs_train_every_rebuilt_version(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """trainer.pairs_from: a run goes on from what earlier runs learnt."""
+    from transformers import AutoTokenizer
+
+    earlier = tmp_path / "runs" / "earlier"
+    earlier.mkdir(parents=True)
+    (earlier / "config.yaml").write_text(worker_config(tmp_path, tiny_model_path).read_text())
+    old_bus = make_bus(None, earlier / "bus.sqlite")
+    publish(old_bus, make_pairs(3, start=10))
+    old_bus.close()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path))
+    carried = carried_pairs(tmp_path / "runs", ["earlier"], tokenizer)
+    assert [p.pair_id for p in carried] == ["pair-10", "pair-11", "pair-12"]
+    with pytest.raises(SystemExit, match="pairs_from names 'gone'"):
+        carried_pairs(tmp_path / "runs", ["gone"], tokenizer)
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(1))
+    versions_dir = tmp_path / "versions"
+    request_final(versions_dir, "learner")
+    rebuild = CFG.model_copy(update={"lineage": "rebuild"})
+    (v1,) = run_trainer(
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=versions_dir,
+        cfg=rebuild,
+        max_versions=1,
+        carried=carried,
+    )
+    assert v1.pair_ids == ["pair-0"] and v1.replay_ids == ["pair-10", "pair-11", "pair-12"]
 
 
 def test_fresh_lineage_cannot_publish_adapters_alone() -> None:

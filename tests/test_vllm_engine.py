@@ -499,6 +499,9 @@ def test_the_loop_serves_learner_versions_as_adapters_on_a_managed_vllm_engine(
             "max_length": 64,
             "bf16": False,
             "poll_s": 0.2,
+            "lineage": "continue",  # versions mid-run, each trained on from the last
+            "final_version": False,
+            "threads": 1,
         },
         "promotion": {"gate": False},
     }

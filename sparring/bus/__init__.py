@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparring.bus.base import RECORD_STREAMS, STREAMS, Bus, BusError, Delivery
+from sparring.bus.base import Bus, BusError, Delivery
+from sparring.bus.streams import RECORD_STREAMS, Stream
 
-__all__ = ["ARCHIVE_DIR", "RECORD_STREAMS", "STREAMS", "Bus", "BusError", "Delivery", "make_bus"]
+__all__ = ["ARCHIVE_DIR", "RECORD_STREAMS", "Bus", "BusError", "Delivery", "Stream", "make_bus"]
 
 # A run's folder of Redis entries trimmed from the server (see sparring.bus.redis).
 ARCHIVE_DIR = "bus-archive"

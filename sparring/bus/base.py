@@ -11,13 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-STREAMS = ("episodes", "pairs", "versions")
-# Streams only ever read whole (history), never by a consumer group: the Redis
-# bus may archive their old entries while no group exists. Any other stream
-# keeps every entry until a group has acked it (a trainer that starts late
-# still gets every pair).
-RECORD_STREAMS = frozenset({"episodes", "promotions", "review_requests"})
-
 
 class BusError(RuntimeError):
     """A bus that cannot be opened; the message names it and what to do."""

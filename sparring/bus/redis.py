@@ -31,7 +31,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from sparring.bus.base import RECORD_STREAMS, BusError, Delivery
+from sparring.bus.base import BusError, Delivery
+from sparring.bus.streams import RECORD_STREAMS
 from sparring.redact import mask_text
 
 # SADD decides whether the id is new; the XADD and the id->entry mapping happen

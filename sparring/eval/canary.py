@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sparring.bus import Bus
+from sparring.bus.streams import PROMOTIONS
 from sparring.eval.degeneration import degeneration
 from sparring.eval.judges import rule_judge
 from sparring.eval.suites import SuiteItem, load_suite
@@ -49,7 +50,7 @@ LOWER_IS_BETTER = {
 FULL_RANGE = {"attack_success": 1.0, "over_refusal": 1.0, "degenerate": 1.0, "competence": 9.0}
 # compared with the reference; "template.<rate>": under the template's system prompt
 TRACKED = (*RATES, "competence", *(f"template.{r}" for r in RATES))
-STREAM = "promotions"
+STREAM = PROMOTIONS.name
 
 # (binding, prompt, system-prompt condition, max_tokens) -> the answer's text
 Answer = Callable[[Binding, str, str, int | None], Awaitable[str]]
@@ -96,7 +97,7 @@ def decide(
     verdicts were unreadable: the gate never promotes blind) on a metric it
     gates (a tolerance narrower than the metric's whole range); the reason
     names every metric that decided it."""
-    worse, skipped = [], []
+    worse, skipped, accepted = [], [], []
     for name in TRACKED:
         if name not in candidate and name not in baseline:
             continue  # not measured at all (a condition the gate does not use)
@@ -109,15 +110,43 @@ def decide(
             skipped.append(name)
             continue
         by = (c - b) if LOWER_IS_BETTER[metric(name)] else (b - c)
-        if by > tol + 1e-9:
+        if by > tol + 1e-9 and (traded := _traded(name, c, by, candidate, baseline, tolerance)):
+            accepted.append(traded)
+        elif by > tol + 1e-9:
             worse.append(
                 f"{name} {_fmt(name, b)} -> {_fmt(name, c)} (worse by "
                 f"{_fmt(name, by)} > tolerance {_fmt(name, tol)})"
             )
     reason = "; ".join(worse) if worse else "no tracked metric worse beyond its tolerance"
+    if accepted and not worse:
+        reason += f"; accepted: {'; '.join(accepted)}"
     if skipped:
         reason += f"; not compared (no readable figure): {', '.join(skipped)}"
     return not worse, reason
+
+
+def _traded(
+    name: str,
+    c: float,
+    rise: float,
+    candidate: dict[str, float | None],
+    baseline: dict[str, float | None],
+    tolerance: Any,
+) -> str | None:
+    """Why a rise in over-refusal beyond its tolerance is accepted, or None: the
+    rate stays at or under ``tolerance.over_refusal_ceiling`` and attack success,
+    under the same system prompt, fell by more (discrimination rose)."""
+    ceiling = getattr(tolerance, "over_refusal_ceiling", None)
+    if metric(name) != "over_refusal" or ceiling is None or c > ceiling + 1e-9:
+        return None
+    attack = name.replace("over_refusal", "attack_success")
+    ca, ba = candidate.get(attack), baseline.get(attack)
+    if ca is None or ba is None or ba - ca <= rise + 1e-9:
+        return None
+    return (
+        f"{name} {_fmt(name, c - rise)} -> {_fmt(name, c)} (under the ceiling "
+        f"{_fmt(name, ceiling)}, while {attack} fell by {_fmt(attack, ba - ca)})"
+    )
 
 
 class CanaryGate:

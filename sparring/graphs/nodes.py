@@ -19,6 +19,7 @@ from langgraph.types import interrupt
 
 from sparring.agents import make_critic
 from sparring.agents.prompts import PromptSource
+from sparring.bus.streams import EPISODES, PAIRS, REVIEW_REQUESTS
 from sparring.config import RunConfig
 from sparring.graphs.api import (
     CoreContext,
@@ -237,11 +238,7 @@ def make_review(key: Literal["critique", "refined_critique"], name: str) -> Any:
             reason=reason,
         )
         # Published before the pause and again on resume (same id: stored once).
-        ctx.bus.publish(
-            "review_requests",
-            review_id(state["episode_id"], judged),
-            request.model_dump(mode="json"),
-        )
+        REVIEW_REQUESTS.publish(ctx.bus, review_id(state["episode_id"], judged), request)
         answer = interrupt(request.model_dump(mode="json"))  # returns the HumanReview on resume
         human = HumanReview.model_validate(answer)
         critique = human.as_critique()
@@ -294,9 +291,9 @@ def publish(
 ) -> Traced:
     """Publish a finished episode and its pairs; ids are derived, so a replay dedupes."""
     ctx = runtime.context
-    ctx.bus.publish("episodes", episode.episode_id, episode.model_dump(mode="json"))
+    EPISODES.publish(ctx.bus, episode.episode_id, episode)
     for pair in pairs:
-        ctx.bus.publish("pairs", pair.pair_id, pair.model_dump(mode="json"))
+        PAIRS.publish(ctx.bus, pair.pair_id, pair)
     ctx.registry.release(state["episode_id"])
     if ctx.on_episode:
         ctx.on_episode(episode, pairs)

@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import Callable
+from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,14 @@ from rich.console import Console
 
 from sparring.agents import Binding, OpenAIChat
 from sparring.bus import ARCHIVE_DIR, Bus, make_bus
-from sparring.config import RunConfig
+from sparring.config import TRAINED_ROLE, RunConfig
 from sparring.graphs import CoreContext, build_graph, check_roles
 from sparring.graphs.checkpoints import check_checkpoints
 from sparring.orchestrator.engines import bring_up, managed_engines
 from sparring.orchestrator.progress import Counters, progress_bars
 from sparring.orchestrator.reviews import ReviewWatcher
 from sparring.orchestrator.scheduling import EpisodeBook, Scheduler
-from sparring.orchestrator.trainer import TrainerProcess, supervise_trainer
+from sparring.orchestrator.trainer import TrainerProcess, final_version, supervise_trainer
 from sparring.orchestrator.wiring import chat_client, make_context, make_registry, make_swapper
 from sparring.redact import for_disk, secret_env
 from sparring.serving.deploy import local_models
@@ -33,11 +35,13 @@ from sparring.serving.engine import EngineProcess
 from sparring.serving.registry import Swapper
 from sparring.summary import VersionRow, as_json, render_table, summarise
 from sparring.tracing import Tracer
+from sparring.training.worker import LOCK_FILE, clear_final, trainer_running
 from sparring.workqueue import WorkQueue
 
 # This orchestrator's name in the bus's consumer groups; replicas sharing a
 # Redis need distinct names (docker compose: the container's hostname).
 DEFAULT_CONSUMER = "local"
+RESEND_SIGINT_S = 10.0
 
 
 def new_run_id(name: str) -> str:
@@ -79,12 +83,17 @@ class Loop:
         self.started = time.monotonic()
         self.trainer: TrainerProcess | None = None
         self.rows: list[VersionRow] = []
+        # set once the run's clean-up begins (engines, trainer, summary)
+        self.shutting_down = threading.Event()
+        self.sigterm_seen = False
         # episodes paused for a person's verdict, resumed, or failed and waiting
         self.book = EpisodeBook(cfg.loop.episode_attempts)
 
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # a resumed run has a budget of its own: an earlier end's request is void
+        clear_final(self.run_dir / "versions", TRAINED_ROLE)
         paths = local_models(self.cfg)
         # on a volume others mount (the engine's): secrets masked or as ${VAR}
         resolved = for_disk(self.cfg)
@@ -125,6 +134,7 @@ class Loop:
                 tracer.log.info("trainer.started", log=str(trainer.log_path))
             await self._episodes(bus, chat, bindings, tracer)
         finally:
+            self.shutting_down.set()
             await self._shut_down(trainer, engines, chat, bus, tracer)
         return self.rows
 
@@ -198,16 +208,65 @@ class Loop:
                 await scheduler.run(bars, watch_task)
             if watch_task.done():
                 watch_task.result()  # the trainer gave up while the last episodes ran
+            if cfg.trainer.final_version:
+                await self._final_version(ctx, watch_task, tracer)
         finally:
+            self.shutting_down.set()  # the run's task ended or was cancelled: no resend
             stop.set()
             await swap_task
             await review_task
             watch_task.cancel()
 
+    async def _final_version(
+        self, ctx: CoreContext, watch: asyncio.Task[None], tracer: Tracer
+    ) -> None:
+        minutes = self.cfg.trainer.final_wait_minutes
+        versions = self.run_dir / "versions"
+        if not self.cfg.trainer.managed and not trainer_running(versions, TRAINED_ROLE):
+            # a trainer of its own (compose: a service) holds the folder's lock
+            # while it runs; none does, so nobody would answer
+            tracer.log.warning(
+                "run.final_version_skipped",
+                reason=f"no trainer holds {versions / TRAINED_ROLE / LOCK_FILE}",
+            )
+            return
+        note = (
+            "budget reached: training the final learner version on the pairs not yet "
+            f"trained on, then gating it (up to {minutes:g} minutes; trainer.log)"
+        )
+        with self.console.status(note) if self.progress_enabled else nullcontext():
+            if not self.progress_enabled:
+                self.console.print(note)
+            await final_version(
+                versions,
+                TRAINED_ROLE,
+                ctx.bus,
+                ctx.registry,
+                minutes * 60,
+                watch,
+                tracer,
+            )
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM -> SIGINT: asyncio.run cancels the run's task, whose clean-up runs."""
-    os.kill(os.getpid(), signal.SIGINT)
+
+def on_sigterm(loop: Loop) -> Callable[[int, Any], None]:
+    """SIGTERM -> SIGINT: asyncio.run cancels the run's task, whose clean-up runs.
+
+    Until the run's task ends or is cancelled, SIGINT is sent again every ``RESEND_SIGINT_S``
+    (asyncio then raises KeyboardInterrupt and cancels every task, the run's
+    too): once, in the test suite, the first cancel was lost and the run went
+    on for its whole budget (cause not found)."""
+
+    def resend() -> None:
+        while not loop.shutting_down.wait(RESEND_SIGINT_S):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        if not loop.sigterm_seen:
+            loop.sigterm_seen = True
+            threading.Thread(target=resend, name="sigterm-resend", daemon=True).start()
+
+    return handler
 
 
 def run_main(
@@ -234,7 +293,7 @@ def run_main(
     out = console or Console()
     # SIGTERM (kill, systemd, docker stop) ends the run as Ctrl+C does, so the
     # engines and the trainer, each in a session of its own, are stopped too.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, on_sigterm(loop))
     try:
         rows = asyncio.run(loop.run())
     except KeyboardInterrupt:

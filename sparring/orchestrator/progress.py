@@ -17,9 +17,11 @@ from rich.progress import (
 )
 
 from sparring.bus import Bus
+from sparring.bus.streams import PAIRS
 from sparring.config import RunConfig
 from sparring.schemas import Episode, PreferencePair
 from sparring.serving.registry import Registry
+from sparring.training.worker import GROUP as TRAINER_GROUP
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Bars:
     """The four bars of a run: episodes, pairs, training, learner version."""
 
     bar: Progress
-    pairs_per_version: int
+    pairs_per_version: int | None  # None: one round, the final version takes them all
     episodes: TaskID
     pairs: TaskID
     training: TaskID
@@ -53,8 +55,8 @@ class Bars:
 
     def update(self, bus: Bus, registry: Registry, counters: Counters) -> None:
         c = counters
-        waiting = bus.pending("pairs", "trainer")
-        per = self.pairs_per_version
+        waiting = bus.pending(PAIRS.name, TRAINER_GROUP)
+        per = self.pairs_per_version or waiting
         version = registry.binding("learner").version
         self.bar.update(self.episodes, completed=c.episodes, note=f"judge errors {c.judge_errors}")
         self.bar.update(self.pairs, completed=c.pairs, note="preference pairs emitted")

@@ -10,6 +10,7 @@ from typing import Any
 from langgraph.types import Command
 
 from sparring.bus import Bus, Delivery
+from sparring.bus.streams import EPISODES, REVIEWS
 from sparring.graphs import CoreContext
 from sparring.orchestrator.scheduling import EpisodeBook
 from sparring.workqueue import WorkQueue
@@ -64,20 +65,20 @@ class ReviewWatcher:
         # held reviews come back first: ask for enough to get past them
         count = len(self.reviews) + REVIEW_READ
         bus, group = self.bus, self.group
-        for d in await asyncio.to_thread(bus.read, "reviews", group, self.consumer, count):
+        for d in await asyncio.to_thread(bus.read, REVIEWS.name, group, self.consumer, count):
             episode_id = d.payload.get("episode_id")
             if not isinstance(episode_id, str):
                 self.ctx.log.error("review.malformed", msg_id=d.msg_id, action="acked, skipped")
-                bus.ack("reviews", group, [d.msg_id])
+                bus.ack(REVIEWS.name, group, [d.msg_id])
                 continue
             self.reviews.setdefault(episode_id, d)
 
     def _drop_finished_reviews(self) -> None:
         """Ack held reviews whose episode is finished (on the bus): nobody needs them."""
-        finished = {d.msg_id for d in self.bus.history("episodes")}
+        finished = {d.msg_id for d in self.bus.history(EPISODES.name)}
         done = [e for e in self.reviews if e in finished and e not in self.book.paused]
         if done:
-            self.bus.ack("reviews", self.group, [self.reviews.pop(e).msg_id for e in done])
+            self.bus.ack(REVIEWS.name, self.group, [self.reviews.pop(e).msg_id for e in done])
 
     async def _resume(self, episode_id: str) -> None:
         """Resume one paused episode with its review. A resume that raises (an
@@ -106,7 +107,7 @@ class ReviewWatcher:
             book.pause(ctx, episode_id)  # its refined critique wants a review too
         else:
             self.queue.done(episode_id)
-        self.bus.ack("reviews", self.group, [d.msg_id])
+        self.bus.ack(REVIEWS.name, self.group, [d.msg_id])
 
     async def _continue(self, episode_id: str, review: Delivery) -> bool:
         """Run the episode on from its checkpoint with ``review`` as the verdict

@@ -7,11 +7,16 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
+from sparring.bus import Bus
+from sparring.bus.streams import PROMOTIONS
 from sparring.process import ManagedProcess
 from sparring.serving.engine import thread_env
+from sparring.serving.registry import Registry
 from sparring.tracing import Tracer
+from sparring.training.worker import final_answer, request_final
 
 # A trainer that dies is restarted (it resumes from the bus) at most this often.
 MAX_TRAINER_RESTARTS = 3
@@ -97,3 +102,58 @@ def last_error(log_path: Path, tail_bytes: int = 64_000) -> str | None:
             detail = event.get("error") or event.get("message") or ""
             return f"{event.get('event', 'error')}: {detail}".rstrip(": ")[:300]
     return None
+
+
+async def final_version(
+    versions_dir: Path,
+    role: str,
+    bus: Bus,
+    registry: Registry,
+    wait_s: float,
+    watch: asyncio.Task[None],
+    tracer: Tracer,
+    poll_s: float = 2.0,
+) -> int | None:
+    """The end of a run with ``trainer.final_version``: ask the trainer for a
+    version on the pairs not yet trained on, then wait until it serves (the
+    gate promoted it and the swapper flipped to it) or the gate rejected it.
+    Returns its number; None when there was nothing to train or it did not
+    come within ``wait_s`` (logged).
+    The trainer's supervision (``watch``) goes on meanwhile: a trainer that
+    gives up ends the wait with its error."""
+    request_final(versions_dir, role)
+    tracer.log.info("run.final_version_requested", role=role, wait_s=wait_s)
+    deadline = time.monotonic() + wait_s
+    version: int | None = None
+    while time.monotonic() < deadline:
+        if watch.done():
+            watch.result()  # the trainer gave up: its error ends the run
+        if version is None and (answer := final_answer(versions_dir, role)) is not None:
+            version = answer.get("version")
+            if version is None:
+                tracer.log.info("run.final_version", role=role, version=None)
+                return None
+        if version is not None and _decided(bus, registry, role, version):
+            tracer.log.info("run.final_version", role=role, version=version)
+            return version
+        await asyncio.sleep(poll_s)
+    tracer.log.warning(
+        "run.final_version_timeout",
+        role=role,
+        version=version,
+        waited_s=wait_s,
+        hint="trainer.final_wait_minutes; the trainer's progress is in trainer.log",
+    )
+    return None
+
+
+def _decided(bus: Bus, registry: Registry, role: str, version: int) -> bool:
+    """Rejected by the gate, or serving (promoted and swapped in, or no gate)."""
+    if registry.binding(role).version >= version:
+        return True
+    return any(
+        d.payload.get("role") == role
+        and d.payload.get("version") == version
+        and not d.payload.get("promoted")
+        for d in bus.history(PROMOTIONS.name)
+    )

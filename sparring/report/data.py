@@ -19,17 +19,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from sparring.bus import ARCHIVE_DIR, Bus, make_bus
+from sparring.bus.streams import EPISODES, PAIRS, PROMOTIONS, VERSIONS
 from sparring.config import ConfigError, RunConfig, load_config
 from sparring.eval.diversity import Embedder, VersionDiversity, version_diversity
 from sparring.eval.metrics import Mean, Metrics, Rate, bootstrap_mean, wilson
 from sparring.eval.report import by_version
 from sparring.eval.runner import EVAL_DIR, SuiteResult, load_result
-from sparring.schemas import ADVERSARY_WON, Episode
+from sparring.schemas import Episode
+from sparring.summary import group_by_version
 from sparring.trace_view import read_events
 from sparring.tracing import TRACE_FILE
 
 ROLE = "learner"
-PROMOTIONS = "promotions"  # stream of gated promotion decisions, when gating is on
 
 
 class ReportError(RuntimeError):
@@ -142,9 +143,9 @@ def collect(
     called before each version's diversity is computed, and once at the end."""
     config, config_error = _config(run_dir)
     with _open_bus(run_dir, config) as bus:
-        history = {s: [d.payload for d in bus.history(s)] for s in ("episodes", "pairs")}
-        published = [p for p in (d.payload for d in bus.history("versions")) if _is_learner(p)]
-        decisions = [p for p in (d.payload for d in bus.history(PROMOTIONS)) if _is_learner(p)]
+        history = {s.name: [d.payload for d in bus.history(s.name)] for s in (EPISODES, PAIRS)}
+        published = [p for p in (d.payload for d in bus.history(VERSIONS.name)) if _is_learner(p)]
+        decisions = [p for p in (d.payload for d in bus.history(PROMOTIONS.name)) if _is_learner(p)]
     unreadable: Counter[str] = Counter()
     episodes = []
     for payload in history["episodes"]:
@@ -157,7 +158,9 @@ def collect(
     events = _trace_events(run_dir / TRACE_FILE)
     swaps = [s for s in map(_swap, events) if s is not None]
     results = _eval_results(run_dir)
-    stats = _version_stats(episodes, history["pairs"], published, promotions)
+    # versions decided on count (a rejected one may have served nothing)
+    readable = [d for d in decisions if _promotion(d) is not None]
+    stats = _version_stats(episodes, history["pairs"], published, readable)
     diversity = []
     from_dataset = bool(episodes) and all(e.attacker.role == "dataset" for e in episodes)
     for i, v in enumerate(stats):
@@ -297,44 +300,21 @@ def _version_stats(
     episodes: list[Episode],
     pairs: list[dict[str, Any]],
     published: list[dict[str, Any]],
-    promotions: list[Promotion],
+    decisions: list[dict[str, Any]],
 ) -> list[VersionStats]:
-    by_version = {int(p["version"]): p for p in published if "version" in p}
-    episode_version = {e.episode_id: e.learner.version for e in episodes}
-    pair_version: dict[int, list[dict[str, Any]]] = {}
-    for p in pairs:
-        v = episode_version.get(p.get("episode_id", ""))
-        if v is None:
-            v = int((p.get("rejected_by") or {}).get("version", 0))
-        pair_version.setdefault(v, []).append(p)
-    versions = sorted(
-        {e.learner.version for e in episodes}
-        | set(by_version)
-        | {p.version for p in promotions}
-        | {0}
-    )
     out = []
-    for v in versions:
-        eps = [e for e in episodes if e.learner.version == v]
-        errors = sum(e.outcome == "judge_error" for e in eps)
-        judged = [e for e in eps if e.outcome != "judge_error" and e.attack]
-        helps = [
-            float(e.critique.verdict.helpfulness)
-            for e in judged
-            if e.critique is not None and e.critique.verdict is not None
-        ]
-        ps = pair_version.get(v, [])
-        pub = by_version.get(v, {})
+    for g in group_by_version(episodes, pairs, published, decisions):
+        pub = g.published
         out.append(
             VersionStats(
-                version=v,
-                episodes=len(eps),
-                judge_errors=errors,
-                attack_success=wilson(sum(e.outcome in ADVERSARY_WON for e in judged), len(judged)),
-                helpfulness=bootstrap_mean(helps),
-                pairs=len(ps),
-                human_pairs=sum(p.get("source") == "human" for p in ps),
-                pairs_by_kind=dict(Counter(str(p.get("kind", "refine")) for p in ps)),
+                version=g.version,
+                episodes=len(g.episodes),
+                judge_errors=g.judge_errors,
+                attack_success=wilson(g.wins, len(g.judged)),
+                helpfulness=bootstrap_mean(g.helpfulness),
+                pairs=len(g.pairs),
+                human_pairs=sum(p.get("source") == "human" for p in g.pairs),
+                pairs_by_kind=dict(Counter(str(p.get("kind", "refine")) for p in g.pairs)),
                 trained_on=len(pub.get("pair_ids") or []),
                 replayed=len(pub.get("replay_ids") or []),
                 train_loss=_float(pub.get("train_loss")),

@@ -106,8 +106,13 @@ def _header(data: RunData, generated_at: float) -> str:
             (
                 "trainer",
                 escape(
-                    f"{t.objective}, LoRA r={t.lora_r}, {t.pairs_per_version} pairs per "
-                    f"version, lr {t.learning_rate:g}, beta {t.beta:g}, "
+                    f"{t.objective}, LoRA r={t.lora_r}, "
+                    + (
+                        "one round (every pair in the final version)"
+                        if t.pairs_per_version is None
+                        else f"{t.pairs_per_version} pairs per version"
+                    )
+                    + f", lineage {t.lineage}, lr {t.learning_rate:g}, beta {t.beta:g}, "
                     f"{t.epochs} epoch(s)"
                 ),
             ),

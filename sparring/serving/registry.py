@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sparring.bus import Bus, Delivery
+from sparring.bus.streams import VERSIONS
 from sparring.config import check_name
 from sparring.llm import Binding, Chat
 from sparring.schemas import SCHEMA_VERSION, RolePointer, VersionPublished, newer_schema
@@ -90,7 +91,7 @@ class Registry:
         n = self.pinned[role]
         if n not in self._pinned_models:
             published = [
-                VersionPublished.model_validate(d.payload) for d in self._bus.history("versions")
+                VersionPublished.model_validate(d.payload) for d in self._bus.history(VERSIONS.name)
             ]
             mine = [
                 v
@@ -222,7 +223,7 @@ class Swapper:
             try:
                 deliveries = await asyncio.to_thread(
                     self._bus.read,
-                    "versions",
+                    VERSIONS.name,
                     self._group,
                     self._consumer,
                     4 + len(self._retry_at),
@@ -256,7 +257,7 @@ class Swapper:
                     self._retry_at[d.msg_id] = time.monotonic() + self._retry_s
                     continue
                 self._retry_at.pop(d.msg_id, None)
-                self._bus.ack("versions", self._group, [d.msg_id])
+                self._bus.ack(VERSIONS.name, self._group, [d.msg_id])
             if time.monotonic() >= next_collect:
                 next_collect = time.monotonic() + collect_s
                 with contextlib.suppress(Exception):
@@ -300,7 +301,7 @@ class Swapper:
             return False
         newer = [
             int(d.payload.get("version", 0))
-            for d in self._bus.history("versions")
+            for d in self._bus.history(VERSIONS.name)
             if d.payload.get("role") == published.role
             and not self._registry.refusal(published.role, str(d.payload.get("path")))
         ]
@@ -423,7 +424,7 @@ class Swapper:
         now = time.time() if now is None else now
         published = {
             v.version: v
-            for d in self._bus.history("versions")
+            for d in self._bus.history(VERSIONS.name)
             if (v := VersionPublished.model_validate(d.payload)).role == role
             and not self._registry.refusal(role, v.path)
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import random
 import shutil
@@ -30,6 +31,7 @@ from typing import IO, Any, Literal
 from pydantic import ValidationError
 
 from sparring.bus import ARCHIVE_DIR, Bus, Delivery, make_bus
+from sparring.bus.streams import PAIRS, PROMOTIONS, VERSIONS
 from sparring.config import RunConfig, TrainerConfig, check_name, load_config
 from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished, newer_schema
 from sparring.serving.loaders import ADAPTER_SUBDIR
@@ -38,13 +40,20 @@ from sparring.tracing import process_logger
 from sparring.training.dpo import TrainingDiverged, pair_problem, train_version
 from sparring.training.ranks import Ranks, follow
 
-STREAM = "pairs"
+STREAM = PAIRS.name
 GROUP = "trainer"
 MANIFEST = "manifest.json"
 LOCK_FILE = ".trainer.lock"  # in versions/<role>/: held by the one trainer at work
+# The end of a run's final version (trainer.final_version), in versions/<role>/:
+# the orchestrator asks when its episode budget ends; the trainer answers with
+# the version it trained ({"version": N}, or null: nothing left to train).
+FINAL_REQUEST = ".final-requested"
+FINAL_DONE = ".final-done"
 # Held pairs stay pending for as long as a version takes to collect and train;
 # another trainer must not claim them in the meantime.
 CLAIM_AFTER_S = 3600.0
+# pairs read from the bus at a time when no version is trained mid-run
+ONE_ROUND_READ = 256
 
 
 def version_dir(versions_dir: Path, role: str, n: int) -> Path:
@@ -60,6 +69,45 @@ def complete_versions(versions_dir: Path, role: str) -> dict[int, VersionPublish
                 (d / MANIFEST).read_text()
             )
     return dict(sorted(found.items()))
+
+
+def request_final(versions_dir: Path, role: str) -> None:
+    """Ask the trainer for the run's final version (the episode budget ended)."""
+    folder = versions_dir / role
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FINAL_DONE).unlink(missing_ok=True)
+    (folder / FINAL_REQUEST).write_text("requested\n")
+
+
+def clear_final(versions_dir: Path, role: str) -> None:
+    """Forget an earlier request and its answer (a resumed run has a new budget)."""
+    for name in (FINAL_REQUEST, FINAL_DONE):
+        (versions_dir / role / name).unlink(missing_ok=True)
+
+
+def final_answer(versions_dir: Path, role: str) -> dict[str, int | None] | None:
+    """The trainer's answer to the request ({"version": N or None}); None: not yet."""
+    try:
+        return dict(json.loads((versions_dir / role / FINAL_DONE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def trainer_running(versions_dir: Path, role: str) -> bool:
+    """Whether a trainer holds ``role``'s lock (one started elsewhere too, on a
+    shared folder): the lock is free, and taken and let go at once, otherwise."""
+    import fcntl
+
+    path = versions_dir / role / LOCK_FILE
+    if not path.is_file():
+        return False
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def clear_partial(versions_dir: Path, role: str) -> list[Path]:
@@ -113,8 +161,12 @@ class Trainer:
         consumer: str = "trainer-1",
         log: Any = None,
         ranks: Ranks | None = None,
+        carried: list[PreferencePair] | None = None,
     ) -> None:
+        """``carried``: pairs of earlier runs (trainer.pairs_from) that every
+        rebuilt version trains on too."""
         self.ranks = ranks or Ranks()
+        self.carried = carried or []
         self.bus = bus
         self.base_model = base_model
         self.versions_dir = versions_dir
@@ -157,9 +209,7 @@ class Trainer:
         return False
 
     def publish(self, manifest: VersionPublished) -> bool:
-        return self.bus.publish(
-            "versions", f"{self.role}-v{manifest.version}", manifest.model_dump(mode="json")
-        )
+        return VERSIONS.publish(self.bus, f"{self.role}-v{manifest.version}", manifest)
 
     def recover(self) -> None:
         """Finish what a killed predecessor left: drop partial dirs, re-publish versions."""
@@ -229,7 +279,7 @@ class Trainer:
     @property
     def lookahead(self) -> int:
         """Pairs held before choosing: alternate looks at two versions' worth."""
-        k = self.cfg.pairs_per_version
+        k = self.cfg.pairs_per_version or ONE_ROUND_READ
         return 2 * k if self.cfg.schedule == "alternate" else k
 
     def next_version(self) -> int:
@@ -239,17 +289,22 @@ class Trainer:
         """Enough pairs for the next version: pairs_per_version (mix); for
         alternate, that many of the phase's kind, or two versions' worth."""
         k = self.cfg.pairs_per_version
+        if k is None:
+            return False  # one round: only the final version
         if self.cfg.schedule == "mix" or len(self.batch) >= self.lookahead:
             return len(self.batch) >= k
         phase = "conformity" if self.next_version() % 2 else "competence"
         return sum(p.kind == phase for _, p in self.batch) >= k
 
-    def select(self, n: int) -> tuple[str | None, list[tuple[Delivery, PreferencePair]]]:
+    def select(
+        self, n: int, take_all: bool = False
+    ) -> tuple[str | None, list[tuple[Delivery, PreferencePair]]]:
         """The pairs version ``n`` trains on. mix: the first pairs_per_version in
         arrival order. alternate: odd versions take conformity pairs first, even
         ones competence pairs; other kinds, then the opposite phase's, fill up
-        (a phase short of its own kind never stalls training)."""
-        k = self.cfg.pairs_per_version
+        (a phase short of its own kind never stalls training). ``take_all``:
+        every held pair (the run's final version)."""
+        k = len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
         if self.cfg.schedule == "mix":
             return None, self.batch[:k]
         phase, other = ("conformity", "competence") if n % 2 else ("competence", "conformity")
@@ -288,11 +343,33 @@ class Trainer:
             have[kind] += 1
         return out
 
+    def earlier(self, done: dict[int, VersionPublished]) -> list[PreferencePair]:
+        """Every trainable pair the finished versions were trained on, in the
+        order they came (lineage rebuild trains each version on all of them)."""
+        ids = {pid for m in done.values() for pid in m.pair_ids}
+        out = []
+        for d in self.bus.history(STREAM):
+            if d.payload.get("pair_id") in ids:
+                ids.discard(d.payload["pair_id"])
+                p = PreferencePair.model_validate(d.payload)
+                if pair_problem(p, self.tokenizer) is None:
+                    out.append(p)
+        return out
+
+    def final_requested(self) -> bool:
+        folder = self.versions_dir / self.role
+        return (folder / FINAL_REQUEST).is_file() and not (folder / FINAL_DONE).is_file()
+
+    def answer_final(self, manifest: VersionPublished | None) -> None:
+        version = None if manifest is None else manifest.version
+        (self.versions_dir / self.role / FINAL_DONE).write_text(json.dumps({"version": version}))
+        self.log.info("trainer.final_version", version=version)
+
     def rejected(self) -> set[int]:
         """Versions the canary gate rejected (the bus's ``promotions`` stream)."""
         return {
             int(d.payload["version"])
-            for d in self.bus.history("promotions")
+            for d in self.bus.history(PROMOTIONS.name)
             if d.payload.get("role") == self.role and not d.payload.get("promoted")
         }
 
@@ -307,7 +384,7 @@ class Trainer:
         adapter, trained on further. fresh: a new LoRA on ``latest``'s merged
         weights. A run whose earlier versions were written fresh (an older
         sparring) stays fresh: their adapters are not relative to the base."""
-        if not latest:
+        if not latest or self.cfg.lineage == "rebuild":
             return self.base_model, None, "base" if self._continues else "previous"
         previous = version_dir(self.versions_dir, self.role, latest)
         if self.cfg.publish == "adapter" or (
@@ -326,23 +403,27 @@ class Trainer:
 
     @property
     def _continues(self) -> bool:
-        return self.cfg.publish == "adapter" or self.cfg.lineage == "continue"
+        return self.cfg.publish == "adapter" or self.cfg.lineage in ("continue", "rebuild")
 
-    def train_next(self) -> VersionPublished | None:
-        """Train and publish the next version; None when its training diverged
-        (its pairs are then refused, counted in the next version's record)."""
+    def train_next(self, take_all: bool = False) -> VersionPublished | None:
+        """Train and publish the next version (``take_all``: on every held pair);
+        None when its training diverged (its pairs are then refused, counted in
+        the next version's record)."""
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
-        phase, take = self.select(n)
+        phase, take = self.select(n, take_all)
         taken = {id(x) for x in take}
         self.batch = [x for x in self.batch if id(x) not in taken]
         pairs = [p for _, p in take]
         kinds: dict[str, int] = dict(Counter(str(p.kind) for p in pairs))
-        replayed = self.replay(n, pairs, done)
+        rebuild = self.cfg.lineage == "rebuild"
+        # rebuild: the earlier pairs go in again, as replay does, but all of them
+        # (and those of earlier runs, trainer.pairs_from)
+        replayed = self.carried + self.earlier(done) if rebuild else self.replay(n, pairs, done)
         # Build on the newest version the canary gate did not reject (one that
         # is not decided yet counts as good: the gate decides within a minute).
         rejected = self.rejected()
-        latest = max((v for v in done if v not in rejected), default=0)
+        latest = 0 if rebuild else max((v for v in done if v not in rejected), default=0)
         base, adapter_from, adapter_base = self.lineage(latest, done)
         final = version_dir(self.versions_dir, self.role, n)
         tmp = final.with_name(f".v{n}.tmp")
@@ -353,6 +434,7 @@ class Trainer:
             version=n,
             base_version=latest,
             pairs=len(pairs),
+            carried=len(self.carried) if rebuild else 0,
             pair_kinds=kinds,
             phase=phase,
             publish=self.cfg.publish,
@@ -482,12 +564,21 @@ def run_trainer(
     on_version: Callable[[VersionPublished], None] | None = None,
     log: Any = None,
     ranks: Ranks | None = None,
+    carried: list[PreferencePair] | None = None,
 ) -> list[VersionPublished]:
     """Train a version every ``cfg.pairs_per_version`` pairs until ``stop`` is set
     or ``max_versions`` versions were published; returns those published."""
     ranks = ranks or Ranks()
     trainer = Trainer(
-        bus, base_model, versions_dir, cfg, role=role, consumer=consumer, log=log, ranks=ranks
+        bus,
+        base_model,
+        versions_dir,
+        cfg,
+        role=role,
+        consumer=consumer,
+        log=log,
+        ranks=ranks,
+        carried=carried,
     )
     stop = stop or threading.Event()
     trainer.log.info(
@@ -504,6 +595,18 @@ def run_trainer(
         while not stop.is_set() and (max_versions is None or len(published) < max_versions):
             if trainer.poll():
                 trainer.drop_trained()
+            if not trainer.ready() and trainer.final_requested():
+                # the run's budget ended: pairs published before the request are
+                # on the bus, so read them all, then train on whatever is held
+                while trainer.poll():
+                    trainer.drop_trained()
+                manifest = trainer.train_next(take_all=True) if trainer.batch else None
+                trainer.answer_final(manifest)
+                if manifest is not None:
+                    published.append(manifest)
+                    if on_version:
+                        on_version(manifest)
+                continue
             if not trainer.ready():
                 ranks.send(("wait",))
                 stop.wait(cfg.poll_s)
@@ -520,6 +623,36 @@ def run_trainer(
         lock.close()  # releases the lock
     trainer.log.info("trainer.stopped", published=[m.version for m in published])
     return published
+
+
+def carried_pairs(runs_dir: Path, run_ids: list[str], tokenizer: Any) -> list[PreferencePair]:
+    """The trainable pairs of finished runs (``trainer.pairs_from``), each run's
+    bus opened as that run configured it; a missing run is an error that names it."""
+    out: list[PreferencePair] = []
+    seen: set[str] = set()
+    for run_id in run_ids:
+        run_dir = runs_dir / run_id
+        if not (run_dir / "config.yaml").is_file():
+            raise SystemExit(
+                f"trainer.pairs_from names {run_id!r}, but {run_dir} holds no run "
+                "(no config.yaml): name a run id under runs_dir"
+            )
+        cfg = load_config(run_dir / "config.yaml")
+        bus = make_bus(
+            cfg.bus.redis_url,
+            cfg.bus.sqlite_path or run_dir / "bus.sqlite",
+            namespace=run_id,
+            archive_dir=run_dir / ARCHIVE_DIR,
+        )
+        try:
+            for d in bus.history(STREAM):
+                pair = PreferencePair.model_validate(d.payload)
+                if pair.pair_id not in seen and pair_problem(pair, tokenizer) is None:
+                    seen.add(pair.pair_id)
+                    out.append(pair)
+        finally:
+            bus.close()
+    return out
 
 
 def learner_base(cfg: RunConfig, role: str = "learner") -> Path | str:
@@ -573,15 +706,23 @@ def main(argv: list[str] | None = None) -> None:
         archive_dir=args.run_dir / ARCHIVE_DIR,
     )
     try:
+        base = learner_base(cfg)
+        carried = []
+        if cfg.trainer.pairs_from:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(base))
+            carried = carried_pairs(args.run_dir.parent, cfg.trainer.pairs_from, tokenizer)
         run_trainer(
             bus=bus,
-            base_model=learner_base(cfg),
+            base_model=base,
             versions_dir=args.run_dir / "versions",
             cfg=cfg.trainer,
             consumer=args.consumer,
             max_versions=args.max_versions,
             stop=stop,
             ranks=ranks,
+            carried=carried,
         )
     except DiskFull as err:
         # logged as trainer.disk_full; the one line, not a traceback, for the console
