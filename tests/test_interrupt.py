@@ -75,6 +75,9 @@ def test_sigterm_stops_the_engines_and_the_trainer_the_run_started(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        # started with SIGINT ignored, as a shell's background job is (and as this
+        # test's process was, after earlier tests): SIGTERM must still end it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     deadline = time.monotonic() + 240
     while not (run_dir / "trainer.log").is_file() or not _processes_naming(str(run_dir)):

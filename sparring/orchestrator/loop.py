@@ -6,10 +6,8 @@ import asyncio
 import json
 import os
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import AsyncExitStack, nullcontext
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,6 @@ from sparring.workqueue import WorkQueue
 # This orchestrator's name in the bus's consumer groups; replicas sharing a
 # Redis need distinct names (docker compose: the container's hostname).
 DEFAULT_CONSUMER = "local"
-RESEND_SIGINT_S = 10.0
 
 
 def new_run_id(name: str) -> str:
@@ -83,9 +80,6 @@ class Loop:
         self.started = time.monotonic()
         self.trainer: TrainerProcess | None = None
         self.rows: list[VersionRow] = []
-        # set once the run's clean-up begins (engines, trainer, summary)
-        self.shutting_down = threading.Event()
-        self.sigterm_seen = False
         # episodes paused for a person's verdict, resumed, or failed and waiting
         self.book = EpisodeBook(cfg.loop.episode_attempts)
 
@@ -134,7 +128,6 @@ class Loop:
                 tracer.log.info("trainer.started", log=str(trainer.log_path))
             await self._episodes(bus, chat, bindings, tracer)
         finally:
-            self.shutting_down.set()
             await self._shut_down(trainer, engines, chat, bus, tracer)
         return self.rows
 
@@ -211,7 +204,6 @@ class Loop:
             if cfg.trainer.final_version:
                 await self._final_version(ctx, watch_task, tracer)
         finally:
-            self.shutting_down.set()  # the run's task ended or was cancelled: no resend
             stop.set()
             await swap_task
             await review_task
@@ -248,25 +240,9 @@ class Loop:
             )
 
 
-def on_sigterm(loop: Loop) -> Callable[[int, Any], None]:
-    """SIGTERM -> SIGINT: asyncio.run cancels the run's task, whose clean-up runs.
-
-    Until the run's task ends or is cancelled, SIGINT is sent again every ``RESEND_SIGINT_S``
-    (asyncio then raises KeyboardInterrupt and cancels every task, the run's
-    too): once, in the test suite, the first cancel was lost and the run went
-    on for its whole budget (cause not found)."""
-
-    def resend() -> None:
-        while not loop.shutting_down.wait(RESEND_SIGINT_S):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
-        if not loop.sigterm_seen:
-            loop.sigterm_seen = True
-            threading.Thread(target=resend, name="sigterm-resend", daemon=True).start()
-
-    return handler
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM -> SIGINT: asyncio.run cancels the run's task, whose clean-up runs."""
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def run_main(
@@ -293,7 +269,11 @@ def run_main(
     out = console or Console()
     # SIGTERM (kill, systemd, docker stop) ends the run as Ctrl+C does, so the
     # engines and the trainer, each in a session of its own, are stopped too.
-    previous = signal.signal(signal.SIGTERM, on_sigterm(loop))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # asyncio.run cancels the run on SIGINT only where SIGINT has Python's default
+    # handler; a process started with SIGINT ignored (a shell's background job,
+    # nohup, a test runner's child) would ignore Ctrl+C and SIGTERM alike
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rows = asyncio.run(loop.run())
     except KeyboardInterrupt:
@@ -307,6 +287,7 @@ def run_main(
         raise SystemExit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     render_table(rows, out)
     out.print(f"run directory: {run_dir}   trace: sparring trace {run_dir}")
     return run_dir, rows
