@@ -53,23 +53,17 @@ CONDITIONS = ("served", "template")
 def export(runs: list[str], runs_dir: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
-    from sparring.bus import make_bus
-    from sparring.training.dpo import pair_problem
-    from sparring.training.worker import learner_base
+    from sparring.training.worker import carried_pairs, learner_base
 
     rows, seen = [], set()
     for run in runs:
-        src = runs_dir / run
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(learner_base(load_config(src / "config.yaml")))
-        )
-        bus = make_bus(None, src / "bus.sqlite", namespace=run)
-        for d in bus.history("pairs"):
-            pair = PreferencePair.model_validate(d.payload)
-            if pair.pair_id not in seen and pair_problem(pair, tokenizer) is None:
+        base = learner_base(load_config(runs_dir / run / "config.yaml"))
+        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        # the trainer's own reading of a finished run (trainer.pairs_from)
+        for pair in carried_pairs(runs_dir, [run], tokenizer):
+            if pair.pair_id not in seen:
                 seen.add(pair.pair_id)
                 rows.append({"run": run, "pair": pair.model_dump(mode="json")})
-        bus.close()
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(
         json.dumps(

@@ -153,13 +153,14 @@ def collect(
             episodes.append(Episode.model_validate(payload))
         except ValidationError:
             unreadable["episodes"] += 1
-    promotions = [p for p in map(_promotion, decisions) if p is not None]
+    parsed = [(d, _promotion(d)) for d in decisions]
+    promotions = [p for _, p in parsed if p is not None]
     unreadable["promotions"] = len(decisions) - len(promotions)
     events = _trace_events(run_dir / TRACE_FILE)
     swaps = [s for s in map(_swap, events) if s is not None]
     results = _eval_results(run_dir)
     # versions decided on count (a rejected one may have served nothing)
-    readable = [d for d in decisions if _promotion(d) is not None]
+    readable = [d for d, p in parsed if p is not None]
     stats = _version_stats(episodes, history["pairs"], published, readable)
     diversity = []
     from_dataset = bool(episodes) and all(e.attacker.role == "dataset" for e in episodes)

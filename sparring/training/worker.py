@@ -322,13 +322,10 @@ class Trainer:
         ``done``: the finished versions, as :func:`complete_versions` reads them."""
         if self.cfg.replay == 0:
             return []
-        trained = {pid for m in done.values() for pid in m.pair_ids}
         pool: dict[str, list[PreferencePair]] = {k: [] for k in self.cfg.replay_kinds}
-        for d in self.bus.history(STREAM):
-            if d.payload.get("pair_id") in trained and d.payload.get("kind") in pool:
-                p = PreferencePair.model_validate(d.payload)
-                if pair_problem(p, self.tokenizer) is None:
-                    pool[str(p.kind)].append(p)
+        for p in self.earlier(done):
+            if p.kind in pool:
+                pool[str(p.kind)].append(p)
         rng = random.Random(n)
         if not self.cfg.replay_balance:
             everything = [p for kind in pool for p in pool[kind]]
