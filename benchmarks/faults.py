@@ -594,6 +594,23 @@ def last_event(path: Path) -> str:
 
 
 # -- the faults --------------------------------------------------------------------
+def run_legs(
+    scn: Scenario,
+    name: str,
+    fault: Callable[[Leg], None],
+    deadline: float,
+    enough: Callable[[], bool],
+) -> list[dict[str, Any]]:
+    """Runs of the loop one after another (``name``-0, -1, ...), each faulted by
+    ``fault``, until ``enough()`` or the deadline; each leg's record."""
+    legs = []
+    while not enough() and time.monotonic() < deadline:
+        leg = Leg(f"{name}-{len(scn.legs)}", scn.runs_dir / f"{name}-{len(scn.legs)}")
+        scn.run_leg(leg, fault, deadline)
+        legs.append(leg_record(scn, leg))
+    return legs
+
+
 class Clock:
     """When the next fault is due: a seeded uniform draw after ``since``."""
 
@@ -632,11 +649,7 @@ def trainer_faults(scn: Scenario, n: int, bar: Callable[[], None], deadline: flo
                 clock.due = None
                 bar()
 
-    legs = []
-    while len(done) < n and time.monotonic() < deadline:
-        leg = Leg(f"trainer-{len(scn.legs)}", scn.runs_dir / f"trainer-{len(scn.legs)}")
-        scn.run_leg(leg, fault, deadline)
-        legs.append(leg_record(scn, leg))
+    legs = run_legs(scn, "trainer", fault, deadline, lambda: len(done) >= n)
     return [{"kills": len(done), "kill_points": dict(phases), "legs": legs}]
 
 
@@ -668,11 +681,7 @@ def orchestrator_faults(
             orphans.extend(p for p in trainers if p in scn.trainer_pids(leg))
             bar()
 
-    legs = []
-    while kills < n and time.monotonic() < deadline:
-        leg = Leg(f"orch-{len(scn.legs)}", scn.runs_dir / f"orch-{len(scn.legs)}")
-        scn.run_leg(leg, fault, deadline)
-        legs.append(leg_record(scn, leg))
+    legs = run_legs(scn, "orch", fault, deadline, lambda: kills >= n)
     return [
         {
             "kills": kills,
@@ -702,11 +711,7 @@ def redis_faults(scn: Scenario, n: int, bar: Callable[[], None], deadline: float
             clock.arm()
             bar()
 
-    legs = []
-    while len(downtimes) < n and time.monotonic() < deadline:
-        leg = Leg(f"redis-{len(scn.legs)}", scn.runs_dir / f"redis-{len(scn.legs)}")
-        scn.run_leg(leg, fault, deadline)
-        legs.append(leg_record(scn, leg))
+    legs = run_legs(scn, "redis", fault, deadline, lambda: len(downtimes) >= n)
     return [{"kills": len(downtimes), "downtime_s": downtimes, "legs": legs}]
 
 
@@ -733,11 +738,7 @@ def engine_faults(
             clock.arm()
             bar()
 
-    legs = []
-    while len(outages) < n and time.monotonic() < deadline:
-        leg = Leg(f"engine-{len(scn.legs)}", scn.runs_dir / f"engine-{len(scn.legs)}")
-        scn.run_leg(leg, fault, deadline)
-        legs.append(leg_record(scn, leg))
+    legs = run_legs(scn, "engine", fault, deadline, lambda: len(outages) >= n)
     return [{"kills": len(outages), "outage_s": outages, "legs": legs}]
 
 
