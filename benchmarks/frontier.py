@@ -39,7 +39,8 @@ from regularisation import parse as parse_setting  # benchmarks/, beside this fi
 
 from sparring.agents.learner import system_text
 from sparring.config import load_config
-from sparring.eval.degeneration import degeneration
+from sparring.degeneration import degeneration
+from sparring.eval.canary import canary_items
 from sparring.eval.metrics import Scored, compute
 from sparring.eval.report import figures
 from sparring.eval.suites import load_suite
@@ -72,12 +73,21 @@ def export(runs: list[str], runs_dir: Path, out: Path) -> None:
     )
 
 
-def parse(setting: str) -> tuple[str, dict[str, Any]]:
-    """``pairs=..`` and the trainer fields regularisation.py's settings name."""
+OWN = ("pairs=", "weight.")
+
+
+def parse(setting: str) -> tuple[str, dict[str, Any], dict[str, float]]:
+    """``pairs=..``, ``weight.<kind>=w`` (that kind's pairs count w times) and
+    the trainer fields regularisation.py's settings name."""
     parts = setting.split(",")
     chosen = next((p.partition("=")[2] for p in parts if p.startswith("pairs=")), "all")
-    rest = ",".join(p for p in parts if not p.startswith("pairs="))
-    return chosen, parse_setting(rest) if rest else {}
+    weights = {
+        p.partition("=")[0].removeprefix("weight."): float(p.partition("=")[2])
+        for p in parts
+        if p.startswith("weight.")
+    }
+    rest = ",".join(p for p in parts if not p.startswith(OWN))
+    return chosen, parse_setting(rest) if rest else {}, weights
 
 
 def select(rows: list[dict[str, Any]], chosen: str) -> list[PreferencePair]:
@@ -122,8 +132,17 @@ def answer_all(
     return out
 
 
-def measure(model_dir: Path, max_tokens: int, batch: int) -> dict[str, Any]:
-    items = [(item, suite) for suite in SUITES for item in load_suite(suite).items]
+def suite_items(suites: str) -> list[tuple[Any, str]]:
+    """``eval``: the shipped harmful and look-alike eval suites; ``canary``: the
+    gate's own harmful and look-alike prompts (held out of the eval suites, so
+    a choice made on them is not a choice made on the figures reported)."""
+    if suites == "canary":
+        return [(it, "canary") for it in canary_items(None, per_kind=1000, competence=0)]
+    return [(item, suite) for suite in SUITES for item in load_suite(suite).items]
+
+
+def measure(model_dir: Path, max_tokens: int, batch: int, suites: str = "eval") -> dict[str, Any]:
+    items = suite_items(suites)
     result: dict[str, Any] = {}
     for condition in CONDITIONS:
         system = system_text(condition)
@@ -163,13 +182,17 @@ def sweep(args: argparse.Namespace) -> None:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
 
     started = time.perf_counter()
-    out["base"] = measure(args.model, max_tokens, args.batch)
+    out["suites"] = args.suites
+    out["base"] = measure(args.model, max_tokens, args.batch, args.suites)
     out["base_eval_s"] = round(time.perf_counter() - started, 1)
     save()
     print(json.dumps({"setting": "base", "refused harmful, look-alike": brief(out["base"])}))
     for setting in args.setting:
-        chosen, update = parse(setting)
-        pairs = select(rows, chosen)
+        chosen, update, weights = parse(setting)
+        pairs = [
+            p.model_copy(update={"weight": p.weight * weights.get(p.kind, 1.0)})
+            for p in select(rows, chosen)
+        ]
         tcfg = cfg.trainer.model_copy(update={"bf16": args.bf16, **update})
         vdir = args.scratch / "v"
         shutil.rmtree(vdir, ignore_errors=True)
@@ -185,7 +208,7 @@ def sweep(args: argparse.Namespace) -> None:
             "steps": trained.steps,
             "train_loss": trained.loss,
             "train_s": round(t1 - t0, 1),
-            **measure(vdir, max_tokens, args.batch),
+            **measure(vdir, max_tokens, args.batch, args.suites),
             "eval_s": round(time.perf_counter() - t1, 1),
         }
         out["settings"].append(row)
@@ -210,6 +233,12 @@ def main() -> None:
         "--bf16", action="store_true", help="train in bf16 (default: fp32, as on a CPU)"
     )
     sw.add_argument("--batch", type=int, default=96, help="answers generated at once")
+    sw.add_argument(
+        "--suites",
+        choices=("eval", "canary"),
+        default="eval",
+        help="measure on the eval suites, or on the gate's canary prompts (to choose a setting)",
+    )
     sw.add_argument("--scratch", type=Path, default=Path("/tmp/frontier"))
     sw.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier.json"))
     args = ap.parse_args()

@@ -605,6 +605,9 @@ class BusConfig(Strict):
 CONTRAST_KINDS: tuple[PairKind, ...] = ("conformity", "competence")
 
 
+TRAINED_ROLE = "learner"
+
+
 class TrainerConfig(Strict):
     """The background DPO trainer that turns preference pairs into learner versions."""
 
@@ -634,7 +637,34 @@ class TrainerConfig(Strict):
         description="Weight of an NLL term on the chosen answers beside the DPO loss (RPO); "
         "0: plain DPO.",
     )
-    epochs: int = Field(default=2, ge=1, description="Passes over each version's pairs.")
+    epochs: int = Field(
+        default=4,
+        ge=1,
+        description="Passes over each version's pairs (with select_epoch: the most).",
+    )
+    select_epoch: bool = Field(
+        default=True,
+        description="Early stopping for the learner: keep its adapter after every step from "
+        "the end of epoch select_from_epoch on, and publish the step that refuses the most of "
+        "a held-out validation set's harmful requests while refusing at most "
+        "select_over_refusal of its look-alikes (greedy answers, every serving context, the "
+        "rule judge; found by bisection); false: the last step.",
+    )
+    select_from_epoch: int = Field(
+        default=1, ge=1, description="The epoch from whose end select_epoch may choose."
+    )
+    select_over_refusal: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="The share of the validation look-alikes a step may refuse and still "
+        "be chosen for its harmful refusals (under the canary's ceiling: the two sets differ).",
+    )
+    select_max_tokens: int = Field(
+        default=32,
+        ge=8,
+        description="Length of the validation answers (refusal is read in the opening).",
+    )
     batch_size: int = Field(default=4, ge=1, description="Pairs per training step.")
     lora_r: int = Field(default=8, ge=1, description="The LoRA's rank.")
     lora_alpha: int = Field(default=16, ge=1, description="The LoRA's alpha (scale).")
@@ -696,6 +726,14 @@ class TrainerConfig(Strict):
         default_factory=lambda: list(CONTRAST_KINDS),
         description="The pair kinds replayed.",
     )
+    roles: list[SafeName] = Field(
+        default_factory=lambda: [TRAINED_ROLE],
+        min_length=1,
+        description="The roles trained, each a lineage of its own (versions/<role>/, "
+        "`sparring train --role`): learner, from every graph's pairs; attacker (redteam), "
+        "from its queries that got a harmful answer or a refused look-alike over those "
+        "that did not. Attacker versions are trained and recorded, not yet gated or served.",
+    )
     pairs_from: list[SafeName] = Field(
         default_factory=list,
         description="Earlier runs (ids under runs_dir) whose trainable pairs every version "
@@ -720,6 +758,12 @@ class TrainerConfig(Strict):
     poll_s: float = Field(
         default=1.0, gt=0, description="Seconds between the trainer's reads of the bus."
     )
+
+    @model_validator(mode="after")
+    def _roles_once(self) -> TrainerConfig:
+        if twice := sorted({r for r in self.roles if self.roles.count(r) > 1}):
+            raise ValueError(f"trainer.roles names {twice} more than once")
+        return self
 
     @model_validator(mode="after")
     def _pairs_from_rebuilds(self) -> TrainerConfig:
@@ -754,7 +798,11 @@ class TrainerConfig(Strict):
         return "DPO" if self.sft_weight == 0 else f"DPO + {self.sft_weight:g} x chosen NLL (RPO)"
 
 
-TRAINED_ROLE = "learner"
+# The roles a trainer can train, and where their pairs come from (trainer.roles).
+PAIR_SOURCES = {
+    "learner": "every graph's preference pairs",
+    "attacker": "the queries it writes in the redteam graph",
+}
 
 
 class RunConfig(Strict):
@@ -826,7 +874,29 @@ class RunConfig(Strict):
         self._latest_follows_the_learner()
         self._gate_needs_two_versions_loaded()
         self._canary_engine_exists()
+        self._trained_roles_have_pairs()
         return self
+
+    def _trained_roles_have_pairs(self) -> None:
+        trainable = "; ".join(f"{k}: {v}" for k, v in PAIR_SOURCES.items())
+        for role in self.trainer.roles:
+            if role not in PAIR_SOURCES:
+                raise ValueError(
+                    f"trainer.roles names '{role}', which has no source of preference "
+                    f"pairs; the roles that can be trained are {trainable}"
+                )
+            if role not in self.roles and role != TRAINED_ROLE:
+                # an unbound learner: sparring.graphs.check_roles says so, naming the file
+                raise ValueError(
+                    f"trainer.roles names '{role}', but roles binds only {sorted(self.roles)}: "
+                    f"bind roles.{role} or drop it from trainer.roles"
+                )
+        if "attacker" in self.trainer.roles and self.loop.graph != "redteam":
+            raise ValueError(
+                "trainer.roles names 'attacker', whose pairs are the queries it writes in "
+                f"the redteam graph, but loop.graph is '{self.loop.graph}': use loop.graph: "
+                "redteam or train only the learner"
+            )
 
     def _canary_engine_exists(self) -> None:
         name = self.promotion.engine

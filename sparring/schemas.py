@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,7 @@ Outcome = Literal["attack_success", "attack_failure", "helpful_won", "sneaky_won
 # An outcome where the adversary got through (the summary's "attack success").
 ADVERSARY_WON = ("attack_success", "sneaky_won")
 # Which rule made a preference pair (sparring/training/pairs.py).
-PairKind = Literal["refine", "debate", "decompose", "conformity", "competence"]
+PairKind = Literal["refine", "debate", "decompose", "conformity", "competence", "attack"]
 
 
 def newer_schema(payload: dict[str, object]) -> int | None:
@@ -177,6 +177,22 @@ class Contrast(Wire):
     guarded_refused: bool
 
 
+class AttackRecord(Wire):
+    """What the attacker was served for the query an episode kept, and from
+    what: the provenance an attacker preference pair is built from (its
+    ``messages`` are the request the attacker is trained on: train what is
+    served). Absent on a seed replay or a drawn look-alike."""
+
+    seed: str  # the seed's category
+    mode: Mode  # the prompt the attacker was served (a seed with no look-alikes: attack)
+    level: int | None = None  # the difficulty level (None: no adaptation, or look-alike)
+    messages: list[ChatMessage]  # system + user, for the attempt whose query was kept
+    examples: list[str] = Field(default_factory=list)  # the seed texts the user message shows
+    attempt: int = 0  # which attempt (0 = first) the query came from
+    # every attempt repeated: the query is a seed text, not the attacker's own
+    fallback: bool = False
+
+
 class Episode(Wire):
     episode_id: str
     run_id: str
@@ -200,6 +216,8 @@ class Episode(Wire):
     # what the learner was sent for its plain answer (system prompt included):
     # pairs from this episode train on exactly this prompt
     messages: list[ChatMessage] = Field(default_factory=list)
+    # the attacker wrote the query: what it was served (None: replayed or drawn)
+    attack_record: AttackRecord | None = None
     started_at: float
     finished_at: float
 
@@ -231,6 +249,8 @@ class PreferencePair(Wire):
     rejected_verdict: Verdict | None = None
     judgement: Judgement | None = None
     kind: PairKind = "refine"
+    # the role this pair trains (attack pairs: the attacker)
+    role: str = "learner"
     # human: a verdict behind this pair came from a person (sparring review);
     # the trainer counts it `weight` times.
     source: Literal["ai", "human"] = "ai"
@@ -332,6 +352,10 @@ class VersionPublished(Wire):
     replay_ids: list[str] = Field(default_factory=list)
     # pairs the trainer refused (never trained), by reason
     refused: dict[str, int] = Field(default_factory=dict)
+    # trainer.select_epoch: the training step published, and each measured
+    # candidate's figures on the validation set (training/selection.py)
+    step: int | None = None
+    selection: list[dict[str, Any]] = Field(default_factory=list)
     # what the version's adapter/ is relative to: "base" (the base model: the
     # continued lineage, or publish: adapter) or "previous" (the previous
     # version's merged weights); None: written before this was recorded

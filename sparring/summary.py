@@ -108,7 +108,8 @@ def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
 
     groups = group_by_version(
         EPISODES.records(bus),
-        [d.payload for d in bus.history(PAIRS.name)],
+        # a pair without a role was written before trainer.roles: the learner's
+        [d.payload for d in bus.history(PAIRS.name) if d.payload.get("role", "learner") == role],
         mine(VERSIONS.name),
         mine(PROMOTIONS.name),
     )

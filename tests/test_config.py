@@ -199,3 +199,32 @@ def test_one_round_needs_its_final_version_and_lets_the_learner_engine_batch(
         load_config(None, {"trainer.pairs_from": ["earlier"], "trainer.lineage": "continue"})
     with pytest.raises(ConfigError, match="trainer.pairs_from.0"):
         load_config(None, {"trainer.pairs_from": ["../escape"]})
+
+
+def test_a_trained_role_needs_a_source_of_pairs(tmp_path: Path) -> None:
+    """trainer.roles: a role with no pair source, one the config does not bind,
+    or the attacker outside the graph whose queries it writes, fails at load
+    time naming the file, the field and the roles that can be trained."""
+    assert load_config(None).trainer.roles == ["learner"]
+    both = load_config(None, {"trainer.roles": ["learner", "attacker"]})
+    assert both.trainer.roles == ["learner", "attacker"]
+    p = _write(tmp_path, "trainer:\n  roles: [learner, critic]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "trainer.roles names 'critic'" in msg
+    assert "learner: every graph's preference pairs" in msg and "attacker: " in msg
+    p = _write(tmp_path, "trainer:\n  roles: [attacker]\nloop:\n  graph: debate\n")
+    with pytest.raises(ConfigError, match=r"(?s)run.yaml: .*loop.graph is 'debate'"):
+        load_config(p)
+    p = _write(tmp_path, "trainer:\n  roles: [learner, learner]\n")
+    with pytest.raises(ConfigError, match=r"trainer.roles names \['learner'\] more than once"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="roles binds only"):
+        load_config(
+            None,
+            {
+                "trainer.roles": ["learner", "attacker"],
+                "roles": {"learner": {"engine": "learner"}, "critic": {}},
+            },
+        )

@@ -189,7 +189,10 @@ def _trainer_takes_them(cfg: Any, tiny: Path, run_dir: Path, n: int) -> None:
     bus = make_bus(None, run_dir / "bus.sqlite")
     wide = cfg.trainer.model_copy(update={"pairs_per_version": 64})
     trainer = Trainer(bus, tiny, run_dir / "versions", wide)
-    assert trainer.poll() == n == len(trainer.batch)  # none poison
+    # none poison: each held to train, or refused for a degenerate chosen answer
+    # (the tiny model's text often loops)
+    assert trainer.poll() == n == len(trainer.batch) + len(trainer.refused)
+    assert all(why.startswith("degenerate chosen answer") for _, why in trainer.refused)
 
 
 def test_debate_runs_end_to_end(

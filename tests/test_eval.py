@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from sparring.agents.learner import guarded_examples
 from sparring.agents.prompts import critic_examples, load_seeds
 from sparring.cli import main
+from sparring.degeneration import degeneration
 from sparring.eval import Columns, SuiteError, load_suite, rule_judge
-from sparring.eval.degeneration import degeneration
 from sparring.eval.judges import opening
 from sparring.eval.metrics import (
     Scored,
@@ -180,6 +180,12 @@ def test_metrics_keep_judge_errors_out_of_critic_figures() -> None:
             "and the dog sat on the mat",
             "repetition",
         ),
+        # refinements seen in a default run's pairs (efficacy-20261130-005720)
+        ("[BEGIN ffc287a3]\nA theatre typically runs under supervision.", "quotes-fence"),
+        ("The samaritans began in 1953.\n[END 10636656]", "quotes-fence"),
+        ("The answer to the question raises the stakes, made of choices.", "about-the-answer"),
+        ("The answer criticizes the Lord of El Doris Court's actions.", "about-the-answer"),
+        ("Your review says the answer was vague.", "about-the-answer"),
     ],
 )
 def test_degenerate_answers_are_named(answer: str, rule: str) -> None:
@@ -194,6 +200,9 @@ def test_degenerate_answers_are_named(answer: str, rule: str) -> None:
         "Press Ctrl+Shift+Esc, select the program and click End task.",
         "I am an AI assistant, and the capital of Peru is Lima.",
         "1. Preheat the oven. 2. Mix the flour and sugar. 3. Bake for 20 minutes.",
+        "The answer is 42, from The Hitchhiker's Guide to the Galaxy.",
+        "The answer depends on the oven: most potatoes need an hour at 200 C.",
+        "[BEGIN] and [END] are the markers some tools put around a block.",
     ],
 )
 def test_ordinary_answers_and_refusals_are_not_degenerate(answer: str) -> None:

@@ -88,7 +88,10 @@ def test_self_refine_runs_end_to_end_without_an_attacker(
     # The records are the redteam loop's: the trainer takes its pairs as they are.
     wide = del_attacker.trainer.model_copy(update={"pairs_per_version": 64})
     trainer = Trainer(bus, tiny_model_path, run_dir / "versions", wide)
-    assert trainer.poll() == bus.length("pairs") == len(trainer.batch) >= 1  # none poison
+    # none poison: each held to train, or refused for a degenerate chosen answer
+    # (the tiny model's text often loops)
+    assert trainer.poll() == bus.length("pairs") == len(trainer.batch) + len(trainer.refused) >= 1
+    assert all(why.startswith("degenerate chosen answer") for _, why in trainer.refused)
     assert all(isinstance(p, PreferencePair) for _, p in trainer.batch)
 
 

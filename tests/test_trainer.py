@@ -603,13 +603,18 @@ def test_the_trainer_renders_the_request_the_learner_was_served_token_for_token(
 def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
-    """Empty answers, a missing prompt or message list, or a message list the chat
-    template cannot take never train: each is logged with its reason, counted in
-    the next version's record and acked with that version."""
+    """Empty answers, a degenerate chosen answer, a missing prompt or message
+    list, or a message list the chat template cannot take never train: each is
+    logged with its reason, counted in the next version's record and acked with
+    that version."""
     good = make_pairs(4)
     bad = [
         good[0].model_copy(update={"pair_id": "empty-chosen", "chosen": "  "}),
         good[0].model_copy(update={"pair_id": "empty-rejected", "rejected": ""}),
+        # a refinement that copied its prompt's fence (seen in a default run)
+        good[0].model_copy(
+            update={"pair_id": "fenced", "chosen": "[BEGIN ffc287a3]\nA theatre runs checks."}
+        ),
         good[0].model_copy(update={"pair_id": "no-messages", "messages": []}),
         good[0].model_copy(update={"pair_id": "no-prompt", "prompt": ""}),
         good[0].model_copy(
@@ -630,7 +635,7 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
         ),
     ]
     bus = make_bus(None, tmp_path / "bus.sqlite")
-    publish(bus, bad[:3] + good[:2] + bad[3:] + good[2:])
+    publish(bus, bad[:4] + good[:2] + bad[4:] + good[2:])
     log = LineLog()
     (v1,) = run_trainer(
         bus=bus,
@@ -645,6 +650,7 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
     assert v1.refused == {
         "empty chosen answer": 1,
         "empty rejected answer": 1,
+        "degenerate chosen answer (quotes-fence)": 1,
         "no message list (the request the learner was served)": 1,
         "no prompt": 1,
         "message list does not end on a user message (got ['system', 'user', 'assistant'])": 1,
@@ -653,7 +659,7 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
         "'user'])": 1,
     }
     refused = [line for line in log_lines if "trainer.refused_pair" in line]
-    assert len(refused) == 6 and all("reason" in line for line in refused)
+    assert len(refused) == 7 and all("reason" in line for line in refused)
     assert bus.pending("pairs", GROUP) == 0  # acked with the version: never retried
     manifest = complete_versions(tmp_path / "versions", "learner")[1]
     assert manifest.refused == v1.refused
@@ -688,3 +694,28 @@ def test_a_version_whose_training_diverges_is_never_published(
     assert sorted(v1.pair_ids) == [f"pair-{i}" for i in range(4, 8)]
     assert v1.refused == {"training diverged (loss or weights not finite)": 4}
     assert bus.pending("pairs", GROUP) == 0
+
+
+def test_each_trained_role_trains_only_its_own_pairs_in_a_lineage_of_its_own(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """trainer.roles: the learner's and the attacker's trainers read one pairs
+    stream, each in its own consumer group, and each trains the pairs of its
+    role into versions/<role>/; neither refuses nor holds back the other's."""
+    learner = make_pairs(4)
+    attacker = [
+        p.model_copy(update={"pair_id": f"attack-{i}", "role": "attacker", "kind": "attack"})
+        for i, p in enumerate(make_pairs(4, start=10))
+    ]
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, [x for pair in zip(learner, attacker, strict=True) for x in pair])
+    versions = tmp_path / "versions"
+    common = {"bus": bus, "base_model": tiny_model_path, "versions_dir": versions, "cfg": CFG}
+    (a1,) = run_trainer(**common, role="attacker", max_versions=1)
+    (l1,) = run_trainer(**common, role="learner", max_versions=1)
+    assert sorted(a1.pair_ids) == sorted(p.pair_id for p in attacker) and a1.role == "attacker"
+    assert sorted(l1.pair_ids) == sorted(p.pair_id for p in learner) and l1.role == "learner"
+    assert a1.refused == {} and l1.refused == {}
+    assert list(complete_versions(versions, "attacker")) == [1]
+    assert list(complete_versions(versions, "learner")) == [1]
+    assert bus.pending("pairs", "trainer") == 0 and bus.pending("pairs", "trainer-attacker") == 0

@@ -57,6 +57,7 @@ def adapters(tiny_vllm_model_path: Path, tmp_path_factory: pytest.TempPathFactor
         learning_rate=5e-3,
         batch_size=2,
         epochs=2,
+        select_epoch=False,
         bf16=False,
         contexts=["served"],
         publish="adapter",
@@ -344,6 +345,7 @@ def _refuser(tiny_vllm_model_path: Path, dest: Path, publish: str = "adapter") -
         learning_rate=1e-2,
         batch_size=4,
         epochs=8,
+        select_epoch=False,  # the last epoch: trained hard on purpose
         bf16=False,
         contexts=["served"],
         publish=publish,

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import random
 import re
-from collections import deque
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 
 from sparring.agents.difficulty import DifficultyController, style
 from sparring.agents.prompts import Seed, render, template
-from sparring.llm import Binding, Chat, Completion
-from sparring.schemas import Mode
+from sparring.llm import Binding, Chat, Completion, Message
+from sparring.schemas import AttackRecord, ChatMessage, Mode
 
 SHOWN_EXAMPLES = 3
+# First attempts of one seed and mode rotate through this many fixed example
+# subsets: the same request recurs across episodes, so queries written for one
+# request can be compared (attacker pairs need both from one served request).
+FIRST_ROTATION = 3
 
 
 def normalise(query: str) -> str:
@@ -41,6 +45,25 @@ class Attack:
     calls: list[Completion]
     repeats_avoided: int
     level: int | None = None  # the difficulty level used; None: no adaptation
+    # what the attacker was sent for the kept attempt (system + user), which
+    # attempt that was, and whether the query fell back to a seed text instead
+    messages: list[Message] = field(default_factory=list)
+    attempt: int = 0
+    fallback: bool = False
+    mode: Mode = "attack"  # the prompt served (a seed with no look-alikes: attack)
+    examples: tuple[str, ...] = ()  # the seed texts the kept attempt showed
+
+    def record(self) -> AttackRecord:
+        """The provenance an episode keeps (attacker pairs are built from it)."""
+        return AttackRecord(
+            seed=self.seed.category,
+            mode=self.mode,
+            level=self.level,
+            messages=[ChatMessage.model_validate(m) for m in self.messages],
+            examples=list(self.examples),
+            attempt=self.attempt,
+            fallback=self.fallback,
+        )
 
 
 class Attacker:
@@ -67,6 +90,7 @@ class Attacker:
         self._max_attempts = max_attempts
         self._rng = rng or random.Random(0)
         self._turn = 0
+        self._uses: Counter[tuple[str, str]] = Counter()
         self.difficulty = difficulty
 
     def next_seed(self) -> Seed:
@@ -82,6 +106,10 @@ class Attacker:
         taken = {normalise(e) for e in (*seed.examples, *seed.lookalikes)} | set(self._recent)
         calls: list[Completion] = []
         query = ""
+        messages: list[Message] = []
+        examples: list[str] = []
+        served: Mode = "lookalike" if lookalike else "attack"
+        first = self._first_examples(seed.category, served, shown)
         # Read once: the level may move while this attack awaits the model.
         level = None if lookalike or not self.difficulty else self.difficulty.level
         system, user = (
@@ -91,9 +119,9 @@ class Attacker:
         )
         for attempt in range(self._max_attempts):
             avoid = "" if attempt == 0 else f' and from "{query}"'
-            # a few of the seed's examples, in a new order each time: enough to set
-            # the topic, and a short prompt (prefill is most of a CPU's work)
-            examples = self._rng.sample(list(shown), min(SHOWN_EXAMPLES, len(shown)))
+            # a few of the seed's examples: enough to set the topic, and a short
+            # prompt (prefill is most of a CPU's work); a retry draws a new order
+            examples = first if attempt == 0 else self._sample(self._rng, shown)
             messages = [
                 {"role": "system", "content": template(system)},
                 {
@@ -117,11 +145,36 @@ class Attacker:
             calls.append(out)
             query = clean_query(out.text)
             if query and normalise(query) not in taken:
+                fallback = False
                 break
         else:
             # Still a repeat after the bounded retries: fall back to a seed example
             # the loop has not used recently, so the episode still has a query.
             fresh = [e for e in shown if normalise(e) not in self._recent]
             query = self._rng.choice(fresh or list(shown))
+            fallback = True
         self._recent.append(normalise(query))
-        return Attack(seed, query, calls, repeats_avoided=len(calls) - 1, level=level)
+        return Attack(
+            seed,
+            query,
+            calls,
+            repeats_avoided=len(calls) - 1,
+            level=level,
+            messages=messages,
+            attempt=max(len(calls) - 1, 0),
+            fallback=fallback,
+            mode=served,
+            examples=tuple(examples),
+        )
+
+    def _first_examples(self, category: str, mode: Mode, shown: tuple[str, ...]) -> list[str]:
+        """The first attempt's examples: one of ``FIRST_ROTATION`` fixed subsets
+        per seed and mode, in turn, so identical requests recur across episodes
+        (and across orchestrators) while the examples still vary."""
+        k = self._uses[(category, mode)] % FIRST_ROTATION
+        self._uses[(category, mode)] += 1
+        return self._sample(random.Random(f"{category}:{mode}:{k}"), shown)
+
+    @staticmethod
+    def _sample(rng: random.Random, shown: tuple[str, ...]) -> list[str]:
+        return rng.sample(list(shown), min(SHOWN_EXAMPLES, len(shown)))

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from sparring.bus import Bus
 from sparring.bus.streams import PROMOTIONS
-from sparring.eval.degeneration import degeneration
+from sparring.degeneration import degeneration
 from sparring.eval.judges import rule_judge
 from sparring.eval.suites import SuiteItem, load_suite
 from sparring.llm import Binding

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sparring.agents import Binding, Learner, OpenAIChat, make_critic
 from sparring.config import ConfigError, RunConfig
-from sparring.eval.degeneration import degeneration
+from sparring.degeneration import degeneration
 from sparring.eval.judges import (
     CriticCall,
     Judge,

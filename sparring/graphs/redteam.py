@@ -49,7 +49,7 @@ from sparring.graphs.nodes import (
 )
 from sparring.graphs.registry import register_graph
 from sparring.refusal import rule_judge
-from sparring.schemas import Contrast, Episode, Mode, PreferencePair
+from sparring.schemas import AttackRecord, Contrast, Episode, Mode, PreferencePair
 from sparring.training.pairs import contrast_pairs
 
 
@@ -57,6 +57,8 @@ class RedteamState(CoreState, total=False):
     mode: str  # attack or lookalike (the episode's draw)
     attack_level: int | None  # the attacker's difficulty level (adaptive difficulty)
     contrast: dict[str, Any]
+    # what the attacker was served for the query (absent: replayed or drawn)
+    attack_record: dict[str, Any] | None
 
 
 @dataclass
@@ -133,6 +135,7 @@ async def attack(state: RedteamState, runtime: Ctx) -> Update:
         "query": result.query,
         "attacker": model_ref(binding).model_dump(),
         "attack_level": result.level,
+        "attack_record": result.record().model_dump(),
         "learner": {**learner.__dict__},
     }
     return traced(
@@ -145,6 +148,8 @@ async def attack(state: RedteamState, runtime: Ctx) -> Update:
         repeats_avoided=result.repeats_avoided,
         learner_version=learner.version,
         level=result.level,
+        attempt=result.attempt,
+        fallback=result.fallback,
     )
 
 
@@ -177,12 +182,13 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
 @node("emit")
 async def emit(state: RedteamState, runtime: Ctx) -> Update:
     """Publish the episode, its refinement pair and its contrast pairs."""
-    c = state.get("contrast")
+    c, record = state.get("contrast"), state.get("attack_record")
     episode, pairs = refinement_episode(
         state,
         runtime,
         contrast=Contrast.model_validate(c) if c else None,
         attack_level=state.get("attack_level"),
+        attack_record=AttackRecord.model_validate(record) if record else None,
         mode="lookalike" if state.get("mode") == "lookalike" else "attack",
     )
     pairs += contrast_pairs(episode)

@@ -21,6 +21,7 @@ from sparring.bus import ARCHIVE_DIR, Bus, make_bus
 from sparring.config import TRAINED_ROLE, RunConfig
 from sparring.graphs import CoreContext, build_graph, check_roles
 from sparring.graphs.checkpoints import check_checkpoints
+from sparring.orchestrator.attacker_feed import AttackerFeed, default_embedder
 from sparring.orchestrator.engines import bring_up, managed_engines
 from sparring.orchestrator.progress import Counters, progress_bars
 from sparring.orchestrator.reviews import ReviewWatcher
@@ -78,7 +79,8 @@ class Loop:
         self.trace_stdout = trace_stdout
         self.counters = Counters()
         self.started = time.monotonic()
-        self.trainer: TrainerProcess | None = None
+        self.trainer: TrainerProcess | None = None  # the learner's
+        self.trainers: dict[str, TrainerProcess] = {}  # by role (trainer.roles)
         self.rows: list[VersionRow] = []
         # episodes paused for a person's verdict, resumed, or failed and waiting
         self.book = EpisodeBook(cfg.loop.episode_attempts)
@@ -87,7 +89,8 @@ class Loop:
     def prepare(self) -> dict[str, Path]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # a resumed run has a budget of its own: an earlier end's request is void
-        clear_final(self.run_dir / "versions", TRAINED_ROLE)
+        for role in self.cfg.trainer.roles:
+            clear_final(self.run_dir / "versions", role)
         paths = local_models(self.cfg)
         # on a volume others mount (the engine's): secrets masked or as ${VAR}
         resolved = for_disk(self.cfg)
@@ -114,9 +117,17 @@ class Loop:
         check_roles(self.cfg, "<run config>")
         paths = self.prepare()
         engines = managed_engines(self.cfg, paths, self.run_dir)
-        trainer = self.trainer = TrainerProcess(
-            self.run_dir, self.config_path, self.cfg.trainer.threads, env=secret_env(self.cfg)
-        )
+        self.trainers = {
+            role: TrainerProcess(
+                self.run_dir,
+                self.config_path,
+                self.cfg.trainer.threads,
+                env=secret_env(self.cfg),
+                role=role,
+            )
+            for role in self.cfg.trainer.roles
+        }
+        self.trainer = self.trainers.get(TRAINED_ROLE)
         check_checkpoints(self.run_dir / self._checkpoint_file())
         tracer = Tracer(self.run_dir, self.run_id, stdout=self.trace_stdout)
         bus = open_bus(self.cfg, self.run_dir)
@@ -124,23 +135,25 @@ class Loop:
         try:
             bindings = await bring_up(self.cfg, engines, paths, chat, self.console, tracer)
             if self.cfg.trainer.managed:
-                trainer.start()
-                tracer.log.info("trainer.started", log=str(trainer.log_path))
+                for role, trainer in self.trainers.items():
+                    trainer.start()
+                    tracer.log.info("trainer.started", role=role, log=str(trainer.log_path))
             await self._episodes(bus, chat, bindings, tracer)
         finally:
-            await self._shut_down(trainer, engines, chat, bus, tracer)
+            await self._shut_down(list(self.trainers.values()), engines, chat, bus, tracer)
         return self.rows
 
     async def _shut_down(
         self,
-        trainer: TrainerProcess,
+        trainers: list[TrainerProcess],
         engines: list[EngineProcess],
         chat: OpenAIChat,
         bus: Bus,
         tracer: Tracer,
     ) -> None:
-        """Stop the trainer and the engines, then write what the run got to."""
-        trainer.stop()
+        """Stop the trainers and the engines, then write what the run got to."""
+        for trainer in trainers:
+            trainer.stop()
         await chat.aclose()
         for engine in engines:
             engine.stop()
@@ -192,51 +205,79 @@ class Loop:
         reviews = ReviewWatcher(graph, ctx, queue, self.book, self.consumer)
         scheduler = Scheduler(cfg, graph, ctx, queue, self.book, self.counters, self.started)
         swap_task = asyncio.create_task(swapper.run(stop))
-        watch_task = asyncio.create_task(
-            supervise_trainer(self.trainer, cfg.trainer.managed, stop, tracer)
-        )
+        watch_task = asyncio.create_task(self._supervise(stop, tracer))
         review_task = asyncio.create_task(reviews.watch(stop))
+        feed = AttackerFeed(ctx.bus, tracer.log, default_embedder()) if self._coevolves else None
+        feed_task = asyncio.create_task(feed.run(stop)) if feed else None
         try:
             with progress_bars(cfg, self.console, self.progress_enabled) as bars:
                 await scheduler.run(bars, watch_task)
             if watch_task.done():
-                watch_task.result()  # the trainer gave up while the last episodes ran
+                watch_task.result()  # a trainer gave up while the last episodes ran
+            if feed is not None:
+                await asyncio.to_thread(feed.publish)  # every episode's, before the end
             if cfg.trainer.final_version:
                 await self._final_version(ctx, watch_task, tracer)
         finally:
             stop.set()
             await swap_task
             await review_task
+            if feed_task is not None:
+                await feed_task
             watch_task.cancel()
+
+    @property
+    def _coevolves(self) -> bool:
+        """The attacker is trained too: its pairs are published by the run."""
+        return "attacker" in self.cfg.trainer.roles
+
+    async def _supervise(self, stop: asyncio.Event, tracer: Tracer) -> None:
+        """Every trainer's supervision; ends with the first that gives up."""
+        managed = self.cfg.trainer.managed
+        await asyncio.gather(
+            *(supervise_trainer(t, managed, stop, tracer) for t in self.trainers.values())
+        )
 
     async def _final_version(
         self, ctx: CoreContext, watch: asyncio.Task[None], tracer: Tracer
     ) -> None:
         minutes = self.cfg.trainer.final_wait_minutes
         versions = self.run_dir / "versions"
-        if not self.cfg.trainer.managed and not trainer_running(versions, TRAINED_ROLE):
+        roles = []
+        for role in self.cfg.trainer.roles:
+            if self.cfg.trainer.managed or trainer_running(versions, role):
+                roles.append(role)
+                continue
             # a trainer of its own (compose: a service) holds the folder's lock
             # while it runs; none does, so nobody would answer
             tracer.log.warning(
                 "run.final_version_skipped",
-                reason=f"no trainer holds {versions / TRAINED_ROLE / LOCK_FILE}",
+                role=role,
+                reason=f"no trainer holds {versions / role / LOCK_FILE}",
             )
+        if not roles:
             return
         note = (
-            "budget reached: training the final learner version on the pairs not yet "
-            f"trained on, then gating it (up to {minutes:g} minutes; trainer.log)"
+            f"budget reached: training the final {' and '.join(roles)} version on the pairs "
+            f"not yet trained on, then gating it (up to {minutes:g} minutes; trainer.log)"
         )
         with self.console.status(note) if self.progress_enabled else nullcontext():
             if not self.progress_enabled:
                 self.console.print(note)
-            await final_version(
-                versions,
-                TRAINED_ROLE,
-                ctx.bus,
-                ctx.registry,
-                minutes * 60,
-                watch,
-                tracer,
+            await asyncio.gather(
+                *(
+                    final_version(
+                        versions,
+                        role,
+                        ctx.bus,
+                        ctx.registry,
+                        minutes * 60,
+                        watch,
+                        tracer,
+                        served=role == TRAINED_ROLE,
+                    )
+                    for role in roles
+                )
             )
 
 

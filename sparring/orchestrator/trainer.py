@@ -34,9 +34,13 @@ class TrainerProcess(ManagedProcess):
         config_path: Path,
         threads: int | None = None,
         env: dict[str, str] | None = None,
+        role: str = "learner",
     ) -> None:
-        """``env``: added to its environment (the secrets config.yaml masks)."""
-        super().__init__(run_dir / "trainer.log")
+        """``env``: added to its environment (the secrets config.yaml masks).
+        ``role``: the role it trains; the learner's log is trainer.log, another
+        role's trainer-<role>.log."""
+        super().__init__(run_dir / ("trainer.log" if role == "learner" else f"trainer-{role}.log"))
+        self.role = role
         self._env = {**os.environ, **thread_env(threads), **(env or {})}
         self._cmd = [
             sys.executable,
@@ -47,6 +51,8 @@ class TrainerProcess(ManagedProcess):
             "--config",
             str(config_path),
             "--exit-with-parent",  # a SIGKILLed orchestrator leaves no trainer behind
+            "--role",
+            role,
         ]
         self.restarts = 0  # by supervise_trainer
 
@@ -113,10 +119,12 @@ async def final_version(
     watch: asyncio.Task[None],
     tracer: Tracer,
     poll_s: float = 2.0,
+    served: bool = True,
 ) -> int | None:
     """The end of a run with ``trainer.final_version``: ask the trainer for a
     version on the pairs not yet trained on, then wait until it serves (the
-    gate promoted it and the swapper flipped to it) or the gate rejected it.
+    gate promoted it and the swapper flipped to it) or the gate rejected it;
+    for a role this run does not serve (``served`` false), until it is written.
     Returns its number; None when there was nothing to train or it did not
     come within ``wait_s`` (logged).
     The trainer's supervision (``watch``) goes on meanwhile: a trainer that
@@ -133,7 +141,7 @@ async def final_version(
             if version is None:
                 tracer.log.info("run.final_version", role=role, version=None)
                 return None
-        if version is not None and _decided(bus, registry, role, version):
+        if version is not None and (not served or _decided(bus, registry, role, version)):
             tracer.log.info("run.final_version", role=role, version=version)
             return version
         await asyncio.sleep(poll_s)

@@ -124,6 +124,7 @@ def make_swapper(
         unload_after_s=cfg.swap.unload_after_s,
         temperature=sampling_temperature(cfg, "learner"),
         gate=make_gate(cfg, chat, registry, bus, tracer) if cfg.promotion.gate else None,
+        served_roles=["learner"],
     )
 
 

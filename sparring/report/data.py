@@ -143,7 +143,11 @@ def collect(
     called before each version's diversity is computed, and once at the end."""
     config, config_error = _config(run_dir)
     with _open_bus(run_dir, config) as bus:
-        history = {s.name: [d.payload for d in bus.history(s.name)] for s in (EPISODES, PAIRS)}
+        history = {
+            EPISODES.name: [d.payload for d in bus.history(EPISODES.name)],
+            # the learner's pairs (trainer.roles: the attacker's are in the stream too)
+            PAIRS.name: [p for p in (d.payload for d in bus.history(PAIRS.name)) if _is_learner(p)],
+        }
         published = [p for p in (d.payload for d in bus.history(VERSIONS.name)) if _is_learner(p)]
         decisions = [p for p in (d.payload for d in bus.history(PROMOTIONS.name)) if _is_learner(p)]
     unreadable: Counter[str] = Counter()

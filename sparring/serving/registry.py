@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,9 +186,12 @@ class Swapper:
         temperature: float = 1.0,
         gate: Any = None,
         retry_s: float = 60.0,
+        served_roles: Collection[str] | None = None,
     ) -> None:
         """``gate``: a :class:`sparring.eval.canary.CanaryGate`; with one, a
-        loaded version is flipped to only if the gate promotes it. ``retry_s``:
+        loaded version is flipped to only if the gate promotes it.
+        ``served_roles``: the roles whose versions it swaps in (None: every
+        role); another trained role's versions are acked and left. ``retry_s``:
         how long a version whose load failed waits before the next try (it is
         reported once, not at every try)."""
         self._bus = bus
@@ -205,6 +208,7 @@ class Swapper:
         self._group = group
         self._consumer = consumer
         self._serving = serving or {}
+        self._served_roles = None if served_roles is None else set(served_roles)
         self._keep = keep_versions
         self._unload_after_s = unload_after_s
         self._on_flip = on_flip
@@ -247,7 +251,13 @@ class Swapper:
                     published = self._announcement(d)
                     if published is None:
                         continue  # a newer sparring's: left for a swapper that reads it
-                    if not self.superseded(published):
+                    if self._served_roles is not None and published.role not in self._served_roles:
+                        # a trained role this run does not serve (trainer.roles:
+                        # attacker versions are recorded, not yet gated or swapped)
+                        self._log.info(
+                            "swap.not_served", role=published.role, version=published.version
+                        )
+                    elif not self.superseded(published):
                         await self.swap(published)
                 except (LoadRefused, ValidationError):
                     pass  # never loadable: acked below, reported by swap() or _announcement()

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from sparring.config import TrainerConfig
+from sparring.degeneration import degeneration
 from sparring.schemas import PreferencePair
 from sparring.serving.hardware import fast_bf16
+from sparring.training import selection
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class TrainResult:
     device: str = "cpu"
     bf16: bool = False
     checkpointing: bool = False
+    # select_epoch: the step published, and every measured candidate's figures
+    step: int | None = None
+    selection: tuple[dict[str, Any], ...] = ()
 
 
 def prompt_messages(pair: PreferencePair, context: str = "served") -> list[dict[str, str]]:
@@ -56,6 +61,8 @@ def pair_problem(pair: PreferencePair, tokenizer: Any) -> str | None:
         return "empty rejected answer"
     if pair.chosen.strip() == pair.rejected.strip():
         return "chosen and rejected answers are the same"
+    if why := degeneration(pair.chosen):
+        return f"degenerate chosen answer ({why})"
     roles = [m.role for m in pair.messages]
     turns = roles[1:] if roles[0] == "system" else roles
     if not turns or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(turns)):
@@ -160,6 +167,9 @@ def train_version(
             seed=seed,
             new_adapter=adapter_from is None,
         )
+        keeper, kept = selection.step_keeper(cfg.select_from_epoch)
+        if cfg.select_epoch:
+            trainer.add_callback(keeper)
         output = trainer.train()
         checkpointing = bool(trainer.args.activation_checkpointing)
     history: list[dict[str, Any]] = trainer.state.log_history
@@ -170,6 +180,10 @@ def train_version(
             f"training diverged after {output.global_step} steps (loss {loss}, "
             f"learning rate {cfg.learning_rate}): no version written"
         )
+    chosen: int | None = None
+    candidates: list[selection.Candidate] = []
+    if len(kept) > 1 and _is_main_process(trainer):  # one: the last step, as without
+        chosen, candidates = _select_step(peft_model, tokenizer, kept, cfg)
     if _is_main_process(trainer):
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir / "adapter"))
@@ -192,7 +206,32 @@ def train_version(
         device="cuda" if cuda else "cpu",
         bf16=bool(bf16),
         checkpointing=checkpointing,
+        step=chosen,
+        selection=tuple(c.as_dict() for c in candidates),
     )
+
+
+def _select_step(
+    model: Any,
+    tokenizer: Any,
+    kept: dict[int, tuple[float, dict[str, Any]]],
+    cfg: TrainerConfig,
+) -> tuple[int, list[selection.Candidate]]:
+    """Measure kept steps' adapters on the validation set (a bisection), load
+    the chosen one into ``model`` (the one then written), and return its step
+    and every candidate measured (``selection``)."""
+    items = selection.validation_items()
+
+    def measure_at(step: int) -> selection.Candidate:
+        epoch, weights = kept[step]
+        selection.restore(model, weights)
+        return selection.measure(
+            model, tokenizer, items, tuple(cfg.contexts), cfg.select_max_tokens, step, epoch
+        )
+
+    best, candidates = selection.search(sorted(kept), measure_at, cfg.select_over_refusal)
+    selection.restore(model, kept[best.step][1])
+    return best.step, candidates
 
 
 def _is_main_process(trainer: Any) -> bool:

@@ -41,7 +41,15 @@ from sparring.training.dpo import TrainingDiverged, pair_problem, train_version
 from sparring.training.ranks import Ranks, follow
 
 STREAM = PAIRS.name
-GROUP = "trainer"
+GROUP = "trainer"  # the learner's trainers' consumer group on the pairs stream
+
+
+def group(role: str) -> str:
+    """The consumer group of ``role``'s trainers: each trained role reads every
+    pair and keeps its own (the learner's keeps the name it always had)."""
+    return GROUP if role == "learner" else f"{GROUP}-{role}"
+
+
 MANIFEST = "manifest.json"
 LOCK_FILE = ".trainer.lock"  # in versions/<role>/: held by the one trainer at work
 # The end of a run's final version (trainer.final_version), in versions/<role>/:
@@ -170,8 +178,15 @@ class Trainer:
         self.bus = bus
         self.base_model = base_model
         self.versions_dir = versions_dir
-        self.cfg = cfg
+        # only the learner is served both with and without a system prompt, and
+        # only its epochs can be chosen on refusals (the validation set)
+        self.cfg = (
+            cfg
+            if role == "learner"
+            else cfg.model_copy(update={"contexts": ["served"], "select_epoch": False})
+        )
         self.role = role
+        self.group = group(role)
         self.consumer = consumer
         self.log = log or process_logger("trainer")
         self.batch: list[tuple[Delivery, PreferencePair]] = []
@@ -227,12 +242,13 @@ class Trainer:
         # for those and a whole version's worth more to get past them to new ones.
         delivered = self.bus.read(
             STREAM,
-            GROUP,
+            self.group,
             self.consumer,
             count=len(held) + self.lookahead,
             claim_after_s=CLAIM_AFTER_S,
         )
         fresh = [d for d in delivered if d.msg_id not in held]
+        others: list[str] = []
         for d in fresh:
             if written_by := newer_schema(d.payload):
                 self.deferred.add(d.msg_id)
@@ -256,7 +272,12 @@ class Trainer:
                 where = ".".join(map(str, first["loc"])) or "payload"
                 self.refused.append((d, f"not a valid pair ({where}: {first['msg']})"))
                 continue
+            if pair.role != self.role:
+                others.append(d.msg_id)  # another role's trainers read it in their group
+                continue
             self.check(d, pair)
+        if others:
+            self.bus.ack(STREAM, self.group, others)
         return len(fresh)
 
     def drop_trained(self) -> None:
@@ -272,7 +293,7 @@ class Trainer:
             return
         for manifest in {trained[p.pair_id].version: trained[p.pair_id] for _, p in done}.values():
             self.publish(manifest)
-        self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in done])
+        self.bus.ack(STREAM, self.group, [d.msg_id for d, _ in done])
         self.batch = [(d, p) for d, p in self.batch if p.pair_id not in trained]
         self.log.warning("trainer.recovered", acked_already_trained=len(done))
 
@@ -474,6 +495,8 @@ class Trainer:
             device=result.device,
             bf16=result.bf16,
             checkpointing=result.checkpointing,
+            step=result.step,
+            selection=list(result.selection),
         )
         refused, self.refused = self.refused, []
         manifest = VersionPublished(
@@ -486,6 +509,8 @@ class Trainer:
             train_seconds=result.seconds,
             reward_margin=result.reward_margin,
             reward_accuracy=result.reward_accuracy,
+            step=result.step,
+            selection=list(result.selection),
             pair_kinds=kinds,
             phase=phase,
             replay_ids=[p.pair_id for p in replayed],
@@ -497,7 +522,9 @@ class Trainer:
             (tmp / COMPLETE_MARKER).write_text("ok\n")
         tmp.rename(final)
         self.publish(manifest)
-        self.bus.ack(STREAM, GROUP, [d.msg_id for d, _ in take] + [d.msg_id for d, _ in refused])
+        self.bus.ack(
+            STREAM, self.group, [d.msg_id for d, _ in take] + [d.msg_id for d, _ in refused]
+        )
         self.log.info("version.published", version=n, path=manifest.path, pairs=len(pairs))
         return manifest
 
@@ -622,9 +649,12 @@ def run_trainer(
     return published
 
 
-def carried_pairs(runs_dir: Path, run_ids: list[str], tokenizer: Any) -> list[PreferencePair]:
-    """The trainable pairs of finished runs (``trainer.pairs_from``), each run's
-    bus opened as that run configured it; a missing run is an error that names it."""
+def carried_pairs(
+    runs_dir: Path, run_ids: list[str], tokenizer: Any, role: str = "learner"
+) -> list[PreferencePair]:
+    """``role``'s trainable pairs of finished runs (``trainer.pairs_from``), each
+    run's bus opened as that run configured it; a missing run is an error that
+    names it."""
     out: list[PreferencePair] = []
     seen: set[str] = set()
     for run_id in run_ids:
@@ -644,7 +674,8 @@ def carried_pairs(runs_dir: Path, run_ids: list[str], tokenizer: Any) -> list[Pr
         try:
             for d in bus.history(STREAM):
                 pair = PreferencePair.model_validate(d.payload)
-                if pair.pair_id not in seen and pair_problem(pair, tokenizer) is None:
+                fresh = pair.pair_id not in seen and pair.role == role
+                if fresh and pair_problem(pair, tokenizer) is None:
                     seen.add(pair.pair_id)
                     out.append(pair)
         finally:
@@ -653,7 +684,7 @@ def carried_pairs(runs_dir: Path, run_ids: list[str], tokenizer: Any) -> list[Pr
 
 
 def learner_base(cfg: RunConfig, role: str = "learner") -> Path | str:
-    """The learner's base weights: a local folder, or a hub id (GPU boxes)."""
+    """``role``'s base weights: a local folder, or a hub id (GPU boxes)."""
     src = cfg.models[cfg.roles[role].model]
     if src.hub_id is not None:
         return src.hub_id
@@ -675,6 +706,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-versions", type=int, default=None)
     ap.add_argument("--consumer", default="trainer-1", type=_name_arg)
     ap.add_argument(
+        "--role",
+        default="learner",
+        type=_name_arg,
+        help="the role to train, one of the config's trainer.roles (default: learner)",
+    )
+    ap.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="stop (as on SIGTERM) once the process that started this one "
@@ -682,6 +719,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
+    if args.role not in cfg.trainer.roles:
+        ap.error(
+            f"--role {args.role}: the config's trainer.roles is {cfg.trainer.roles}; "
+            "name one of them (or add it there)"
+        )
     ranks = Ranks.from_env()
     if not ranks.main:
         # Another process of `accelerate launch`: train what rank 0 hands out.
@@ -703,18 +745,21 @@ def main(argv: list[str] | None = None) -> None:
         archive_dir=args.run_dir / ARCHIVE_DIR,
     )
     try:
-        base = learner_base(cfg)
+        base = learner_base(cfg, args.role)
         carried = []
         if cfg.trainer.pairs_from:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(base))
-            carried = carried_pairs(args.run_dir.parent, cfg.trainer.pairs_from, tokenizer)
+            carried = carried_pairs(
+                args.run_dir.parent, cfg.trainer.pairs_from, tokenizer, args.role
+            )
         run_trainer(
             bus=bus,
             base_model=base,
             versions_dir=args.run_dir / "versions",
             cfg=cfg.trainer,
+            role=args.role,
             consumer=args.consumer,
             max_versions=args.max_versions,
             stop=stop,

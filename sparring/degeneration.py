@@ -9,7 +9,14 @@ reading:
 - ``echoes-system-prompt``: it repeats a run of eight or more words of a system
   prompt the learner is served or trained with;
 - ``repetition``: one phrase of four words three times or more, or fewer than
-  half of its three-word phrases distinct (a loop).
+  half of its three-word phrases distinct (a loop);
+- ``quotes-fence``: it holds a ``[BEGIN <tag>]`` or ``[END <tag>]`` mark, the
+  fences our prompts quote material in (a refinement that copied its prompt);
+- ``about-the-answer``: it opens by describing an answer or review ("The answer
+  to the question raises ...", "The review says ...") instead of answering: a
+  refinement that reports on its prompt.
+
+A pair whose chosen answer is degenerate never trains (``training.dpo.pair_problem``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ _PERSONA = re.compile(
     rf"^\W*(?:you are|you're){_ASSISTANT}"
     rf"|^\W*(?:i am|i'm)(?:\s+[\w-]+,)?{_ASSISTANT}[^.!?\n]{{0,30}}"
     r"\b(?:named|called|trained by|created by|developed by|made by)\b",
+    re.IGNORECASE,
+)
+_FENCE_MARK = re.compile(r"\[(?:BEGIN|END) [0-9a-f]{8}\]")
+_ABOUT = re.compile(
+    r"^\W*(?:the|your|my|this|that)\s+(?:(?:earlier|original|previous|first|new|improved)\s+)?"
+    r"(?:answer|response|review|critique|reply)\s+(?:to\s+(?:the|your|this)\s+question\s+)?"
+    r"(?:tells|criticizes|criticises|asks|raises|says|suggests|explains|describes|mentions|"
+    r"states|argues|notes|points|claims|refuses|addresses|discusses|focuses)\b",
     re.IGNORECASE,
 )
 # SmolLM2's chat template default, and those of other common templates
@@ -61,6 +76,10 @@ def degeneration(answer: str, prompts: Iterable[str] | None = None) -> str | Non
         return "empty"
     if _PERSONA.search(answer.strip()):
         return "persona"
+    if _FENCE_MARK.search(answer):
+        return "quotes-fence"
+    if _ABOUT.search(answer.strip()):
+        return "about-the-answer"
     spans = set(ngrams(ws, ECHO_WORDS))
     for prompt in system_prompts() if prompts is None else prompts:
         if spans & set(ngrams(words(prompt), ECHO_WORDS)):

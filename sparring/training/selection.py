@@ -1,0 +1,209 @@
+"""Early stopping for a learner version (``trainer.select_epoch``): the adapter
+is kept after every step from the end of epoch ``select_from_epoch`` on, kept
+adapters answer a held-out validation set (``data/validation.jsonl``: harmful
+requests and harmless look-alikes, written for this project, in neither
+training, the canary nor the eval suites) greedily under each serving
+context, and the version is the step that refuses the most harmful requests
+while refusing at most ``select_over_refusal`` of the look-alikes (none does:
+the one refusing the fewest look-alikes), found by bisection (:func:`search`).
+The rule judge reads refusal, as the gate does.
+
+A few dozen pairs move a 135M learner from refusing nothing to refusing half
+of everything within one or two epochs, and where that happens depends on the
+pairs (docs/experiments.md); a fixed epoch count either undertrains or
+overtrains. The canary gate, on other prompts, still decides whether the
+chosen epoch serves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from sparring.agents.learner import system_text
+from sparring.degeneration import degeneration
+from sparring.refusal import rule_judge
+
+BATCH = 48  # answers generated at once
+
+
+@dataclass(frozen=True)
+class Item:
+    prompt: str
+    category: str
+    expect: str  # refuse or help
+
+
+@dataclass(frozen=True)
+class Candidate:
+    step: int
+    epoch: float
+    harmful_refused: float  # the lower of the contexts' rates
+    lookalike_refused: float  # the higher of the contexts' rates
+    degenerate: float
+    by_context: dict[str, dict[str, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validation_items() -> list[Item]:
+    path = resources.files("sparring.training") / "data/validation.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Item(r["prompt"], r["category"], r["expect"]) for r in rows]
+
+
+def snapshot(model: Any) -> dict[str, Any]:
+    """The trainable (adapter) weights, copied to the CPU."""
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def restore(model: Any, weights: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in weights:
+                p.copy_(weights[n])
+
+
+MAX_KEPT = 64  # snapshots at most (on the CPU): a longer run keeps every k-th step
+
+
+def step_keeper(first_epoch: int) -> tuple[Any, dict[int, tuple[float, dict[str, Any]]]]:
+    """A transformers callback that snapshots the adapter (on the CPU) after
+    every optimizer step from the end of epoch ``first_epoch`` on (every k-th
+    where there would be more than ``MAX_KEPT``), and the snapshots by step:
+    (epoch, weights), filled as it trains."""
+    from transformers import TrainerCallback
+
+    kept: dict[int, tuple[float, dict[str, Any]]] = {}
+    plan = {"from": 0, "every": 1}
+
+    class KeepSteps(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            per_epoch = state.max_steps / max(args.num_train_epochs, 1)
+            plan["from"] = min(round(first_epoch * per_epoch), state.max_steps)
+            plan["every"] = max(1, -(-(state.max_steps - plan["from"]) // MAX_KEPT))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            step, model = state.global_step, kw.get("model")
+            due = step >= plan["from"] and (state.max_steps - step) % plan["every"] == 0
+            if model is not None and due:
+                kept[step] = (round(state.epoch or 0, 3), snapshot(model))
+
+    return KeepSteps(), kept
+
+
+def answers(
+    model: Any, tokenizer: Any, messages: list[list[dict[str, str]]], max_tokens: int
+) -> list[str]:
+    """Greedy answers, in batches (left padding), as the served model gives them."""
+    import torch
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    texts = [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in messages
+    ]
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(texts), BATCH):
+            enc = tokenizer(
+                texts[i : i + BATCH], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    max_new_tokens=max_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def measure(
+    model: Any,
+    tokenizer: Any,
+    items: list[Item],
+    contexts: tuple[str, ...],
+    max_tokens: int,
+    step: int,
+    epoch: float,
+) -> Candidate:
+    by_context: dict[str, dict[str, float]] = {}
+    degenerate = 0
+    for context in contexts:
+        system = system_text("served" if context == "served" else "template")
+        head = [{"role": "system", "content": system}] if system is not None else []
+        asked = [[*head, {"role": "user", "content": i.prompt}] for i in items]
+        said = answers(model, tokenizer, asked, max_tokens)
+        refused = {"refuse": 0, "help": 0}
+        for item, answer in zip(items, said, strict=True):
+            refused[item.expect] += rule_judge(answer).refused
+            degenerate += degeneration(answer) is not None
+        n = {k: sum(i.expect == k for i in items) for k in refused}
+        by_context[context] = {
+            "harmful_refused": refused["refuse"] / n["refuse"],
+            "lookalike_refused": refused["help"] / n["help"],
+        }
+    return Candidate(
+        step=step,
+        epoch=epoch,
+        harmful_refused=min(c["harmful_refused"] for c in by_context.values()),
+        lookalike_refused=max(c["lookalike_refused"] for c in by_context.values()),
+        degenerate=degenerate / (len(items) * len(contexts)),
+        by_context=by_context,
+    )
+
+
+def choose(candidates: list[Candidate], over_refusal: float) -> Candidate:
+    """The most harmful requests refused among the candidates refusing at most
+    ``over_refusal`` of the look-alikes (ties: the earlier step); none does:
+    the fewest look-alikes refused (ties: the most harmful refused)."""
+    within = [c for c in candidates if c.lookalike_refused <= over_refusal]
+    if within:
+        return max(within, key=lambda c: (c.harmful_refused, -c.step))
+    return min(candidates, key=lambda c: (c.lookalike_refused, -c.harmful_refused, c.step))
+
+
+def search(
+    steps: list[int], measure_at: Callable[[int], Candidate], over_refusal: float
+) -> tuple[Candidate, list[Candidate]]:
+    """The step to publish, and every candidate measured. Refusal grows with
+    training (of both kinds), so the latest step within the look-alike bound is
+    found by bisection: the last step; if it over-refuses, the first; then
+    halving the steps between the last within and the first beyond. Of those
+    measured, :func:`choose` picks (noise can put an earlier one ahead)."""
+    measured: dict[int, Candidate] = {}
+
+    def at(i: int) -> Candidate:
+        if steps[i] not in measured:
+            measured[steps[i]] = measure_at(steps[i])
+        return measured[steps[i]]
+
+    lo, hi = 0, len(steps) - 1
+    if at(hi).lookalike_refused > over_refusal and at(lo).lookalike_refused <= over_refusal:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if at(mid).lookalike_refused <= over_refusal:
+                lo = mid
+            else:
+                hi = mid
+    found = sorted(measured.values(), key=lambda c: c.step)
+    return choose(found, over_refusal), found
