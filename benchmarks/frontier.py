@@ -46,6 +46,7 @@ from sparring.eval.report import figures
 from sparring.eval.suites import load_suite
 from sparring.refusal import rule_judge
 from sparring.schemas import PreferencePair
+from sparring.training.selection import answers
 
 SUITES = ("harmful", "benign_scary")
 CONDITIONS = ("served", "template")
@@ -112,24 +113,7 @@ def answer_all(
     model = (
         AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).to(device).eval()
     )
-    texts = [
-        tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts
-    ]
-    out: list[str] = []
-    for i in range(0, len(texts), batch):
-        enc = tok(texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            gen = model.generate(
-                **enc.to(device),
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                max_new_tokens=max_tokens,
-                pad_token_id=tok.pad_token_id,
-            )
-        new = gen[:, enc["input_ids"].shape[1] :]
-        out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    return out
+    return answers(model, tok, prompts, max_tokens, batch)  # the trainer's own reading
 
 
 def suite_items(suites: str) -> list[tuple[Any, str]]:

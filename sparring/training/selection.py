@@ -101,7 +101,11 @@ def step_keeper(first_epoch: int) -> tuple[Any, dict[int, tuple[float, dict[str,
 
 
 def answers(
-    model: Any, tokenizer: Any, messages: list[list[dict[str, str]]], max_tokens: int
+    model: Any,
+    tokenizer: Any,
+    messages: list[list[dict[str, str]]],
+    max_tokens: int,
+    batch: int = BATCH,
 ) -> list[str]:
     """Greedy answers, in batches (left padding), as the served model gives them."""
     import torch
@@ -115,9 +119,9 @@ def answers(
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(texts), BATCH):
+        for i in range(0, len(texts), batch):
             enc = tokenizer(
-                texts[i : i + BATCH], return_tensors="pt", padding=True, add_special_tokens=False
+                texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(model.device)
             with torch.no_grad():
                 gen = model.generate(
