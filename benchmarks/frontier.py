@@ -190,6 +190,8 @@ def sweep(args: argparse.Namespace) -> None:
                 k: sum(p.kind == k for p in pairs) for k in sorted({p.kind for p in pairs})
             },
             "steps": trained.steps,
+            "step": trained.step,  # the step the trainer's selection published (None: the last)
+            "selection": list(trained.selection),
             "train_loss": trained.loss,
             "train_s": round(t1 - t0, 1),
             **measure(vdir, max_tokens, args.batch, args.suites),
