@@ -118,11 +118,12 @@ def run(
     trace_stdout: bool,
 ) -> None:
     """Run the loop until the budget: start the engine and the trainer, run
-    episodes concurrently, hot-swap each new learner version, and print a
-    summary table per learner version.
+    episodes concurrently, hot-swap each new learner version (and, with
+    trainer.roles, each attacker version: configs/coevolve.yaml), and print a
+    summary table per version of each trained role.
 
     Everything lands in runs/RUN_ID/: trace.jsonl, bus.sqlite, versions/,
-    engine and trainer logs, summary.json.
+    engine and trainer logs, summary.json (summary-<role>.json).
     """
     # lazy: langgraph and the agents' openai client stay off every other command
     from sparring.graphs.checkpoints import CheckpointError

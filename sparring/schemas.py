@@ -20,7 +20,7 @@ Outcome = Literal["attack_success", "attack_failure", "helpful_won", "sneaky_won
 # An outcome where the adversary got through (the summary's "attack success").
 ADVERSARY_WON = ("attack_success", "sneaky_won")
 # Which rule made a preference pair (sparring/training/pairs.py).
-PairKind = Literal["refine", "debate", "decompose", "conformity", "competence", "attack"]
+PairKind = Literal["refine", "debate", "decompose", "conformity", "competence", "attack", "plan"]
 
 
 def newer_schema(payload: dict[str, object]) -> int | None:
@@ -122,6 +122,9 @@ class Decomposition(Wire):
     planner: ModelRef
     parts: list[Part]
     plan_error: str | None = None  # the plan could not be read: no parts, no whole
+    # the planner's served request for the plan (system prompt included): what a
+    # planner pair trains (empty: written before this was recorded)
+    plan_messages: list[ChatMessage] = Field(default_factory=list)
     whole_answer: str = ""
     whole_critique: Critique | None = None
 
@@ -360,6 +363,10 @@ class VersionPublished(Wire):
     # continued lineage, or publish: adapter) or "previous" (the previous
     # version's merged weights); None: written before this was recorded
     adapter_base: Literal["base", "previous"] | None = None
+    # with several trained roles: the schedule that made it (trainer.coevolution),
+    # its round (= version), each other role's serving version when it started
+    # training, and whether it was the run's final version; None: one role
+    stage: dict[str, Any] | None = None
     published_at: float = Field(default_factory=time.time)
 
 

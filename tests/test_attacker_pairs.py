@@ -397,8 +397,8 @@ def test_a_run_starts_a_trainer_per_trained_role_and_ends_each_with_a_final_vers
     """trainer.roles [learner, attacker]: `sparring run` starts one trainer per
     role (trainer.log, trainer-attacker.log), the run's feed publishes the
     attacker's pairs, and at the budget's end both trainers are asked for a
-    final version and answer; the learner's serves, the attacker's is left to
-    its lineage (not yet served)."""
+    final version and answer, and each version that comes is served (no gate
+    here: swapped in as loaded)."""
     import json
 
     from sparring.bus import make_bus

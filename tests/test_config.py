@@ -100,7 +100,13 @@ def test_a_batching_engine_is_never_bound_to_two_models_or_the_learner() -> None
         load_config(None, other)
     mid_run = {"trainer.pairs_per_version": 8}  # versions mid-run overlap on the engine
     with pytest.raises(ConfigError, match="bind it to an engine with continuous_batching: false"):
-        load_config(None, {**mid_run, "roles.learner.engine": "local"})
+        load_config(None, mid_run)
+    # a trained role's versions would be served to every role on its engine
+    shared = r"roles.{} is trained \(trainer.roles\) and shares it with \[{}\]"
+    with pytest.raises(ConfigError, match=shared.format("learner", "'attacker', 'critic'")):
+        load_config(None, {"roles.learner.engine": "local"})
+    with pytest.raises(ConfigError, match=shared.format("attacker", "'critic'")):
+        load_config(None, {"trainer.roles": ["learner", "attacker"]})
     # Without continuous batching an engine keeps several models loaded: fine.
     cfg = load_config(None, {**other, "engines.local.continuous_batching": False})
     assert cfg.roles["critic"].model == "other"
@@ -112,7 +118,9 @@ def test_an_override_changes_one_field_of_a_section_the_file_left_out() -> None:
     assert cfg.roles["learner"] == RunConfig().roles["learner"]
 
 
-@pytest.mark.parametrize("name", ["default", "redis", "separate-judge", "debate", "decompose"])
+@pytest.mark.parametrize(
+    "name", ["default", "redis", "separate-judge", "debate", "decompose", "coevolve"]
+)
 def test_every_shipped_config_loads(name: str) -> None:
     """configs/compose.yaml needs the compose env; test_compose.py loads it."""
     from sparring.config import load_config
@@ -206,7 +214,8 @@ def test_a_trained_role_needs_a_source_of_pairs(tmp_path: Path) -> None:
     or the attacker outside the graph whose queries it writes, fails at load
     time naming the file, the field and the roles that can be trained."""
     assert load_config(None).trainer.roles == ["learner"]
-    both = load_config(None, {"trainer.roles": ["learner", "attacker"]})
+    own = {"engines.attacker": {"port": 8769}, "roles.attacker.engine": "attacker"}
+    both = load_config(None, {"trainer.roles": ["learner", "attacker"], **own})
     assert both.trainer.roles == ["learner", "attacker"]
     p = _write(tmp_path, "trainer:\n  roles: [learner, critic]\n")
     with pytest.raises(ConfigError) as err:
@@ -217,6 +226,17 @@ def test_a_trained_role_needs_a_source_of_pairs(tmp_path: Path) -> None:
     p = _write(tmp_path, "trainer:\n  roles: [attacker]\nloop:\n  graph: debate\n")
     with pytest.raises(ConfigError, match=r"(?s)run.yaml: .*loop.graph is 'debate'"):
         load_config(p)
+    one_round = {
+        "trainer.roles": ["learner", "attacker"],
+        **own,
+        "trainer.coevolution": "alternate",
+    }
+    with pytest.raises(ConfigError, match="trainer.pairs_per_version is None: it needs two roles"):
+        load_config(None, one_round)
+    rounds = {**one_round, "trainer.pairs_per_version": 8}
+    # versions mid-run overlap on their engines: unbatched ones
+    unbatched = {f"engines.{e}.continuous_batching": False for e in ("learner", "attacker")}
+    assert load_config(None, {**rounds, **unbatched}).trainer.coevolution == "alternate"
     p = _write(tmp_path, "trainer:\n  roles: [learner, learner]\n")
     with pytest.raises(ConfigError, match=r"trainer.roles names \['learner'\] more than once"):
         load_config(p)

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from sparring.agents.learner import Learner
 from sparring.bus import make_bus
+from sparring.bus.streams import PROMOTIONS
 from sparring.config import TrainerConfig
-from sparring.schemas import ChatMessage, ModelRef, PreferencePair, Verdict
+from sparring.schemas import ChatMessage, ModelRef, PreferencePair, PromotionDecision, Verdict
 from sparring.training.dpo import train_version
 from sparring.training.worker import (
     GROUP,
@@ -26,6 +27,7 @@ from sparring.training.worker import (
     clear_final,
     complete_versions,
     final_answer,
+    group,
     request_final,
     run_trainer,
 )
@@ -87,23 +89,29 @@ class LineLog:
         return lambda event, **kw: self.lines.append(f"{level} {event} {kw}")
 
 
-def worker_config(tmp_path: Path, model: Path, redis_url: str | None = None) -> Path:
+def worker_config(
+    tmp_path: Path, model: Path, redis_url: str | None = None, roles: tuple[str, ...] = ("learner",)
+) -> Path:
     """The run config a `sparring train` process of these tests reads."""
     config = tmp_path / "run.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": {"smollm2": {"path": str(model)}},
-                # versions mid-run: the learner's engine must not batch
-                "engines": {
-                    "local": {"port": 8765},
-                    "learner": {"port": 8766, "continuous_batching": False},
-                },
-                "bus": {"redis_url": redis_url},
-                "trainer": {**CFG.model_dump(), "poll_s": 0.2},
-            }
-        )
-    )
+    data = {
+        "models": {"smollm2": {"path": str(model)}},
+        # versions mid-run: the learner's engine must not batch
+        "engines": {
+            "local": {"port": 8765},
+            "learner": {"port": 8766, "continuous_batching": False},
+        },
+        "bus": {"redis_url": redis_url},
+        "trainer": {**CFG.model_dump(), "poll_s": 0.2, "roles": list(roles)},
+    }
+    if "attacker" in roles:  # a trained attacker gets an engine of its own
+        data["engines"]["attacker"] = {"port": 8767, "continuous_batching": False}  # type: ignore[index]
+        data["roles"] = {
+            "attacker": {"engine": "attacker"},
+            "learner": {"engine": "learner"},
+            "critic": {"engine": "local"},
+        }
+    config.write_text(yaml.safe_dump(data))
     return config
 
 
@@ -217,7 +225,9 @@ def test_killed_after_rename_before_ack_republishes_without_retraining(
     assert not (tmp_path / "versions" / "learner" / "v2").exists()
 
 
-def _worker(run_dir: Path, config: Path, log: Path, max_versions: int) -> subprocess.Popen[bytes]:
+def _worker(
+    run_dir: Path, config: Path, log: Path, max_versions: int, role: str = "learner"
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -228,41 +238,52 @@ def _worker(run_dir: Path, config: Path, log: Path, max_versions: int) -> subpro
         str(config),
         "--max-versions",
         str(max_versions),
+        "--role",
+        role,
     ]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize(
+    ("backend", "role"), [("sqlite", "learner"), ("redis", "learner"), ("sqlite", "attacker")]
+)
 def test_sigkilled_trainer_resumes_losing_and_duplicating_nothing(
-    backend: str, tiny_model_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str, role: str, tiny_model_path: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    """Killed mid-way through a version (the learner's, or the attacker's in a
+    lineage of its own), the trainer resumes: no pair lost, none trained twice."""
     redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
-    config = worker_config(tmp_path, tiny_model_path, redis_url)
+    roles = tuple(dict.fromkeys(("learner", role)))
+    config = worker_config(tmp_path, tiny_model_path, redis_url, roles=roles)
     run_dir = tmp_path / "run"
     # The worker keeps its run's keys apart on a shared Redis under the run's name.
     bus = make_bus(redis_url, run_dir / "bus.sqlite", namespace=run_dir.name)
-    publish(bus, make_pairs(8))
+    pairs = [
+        p.model_copy(update={"role": role, "kind": "attack" if role == "attacker" else p.kind})
+        for p in make_pairs(8)
+    ]
+    publish(bus, pairs)
     log = tmp_path / "trainer.log"
-    first = _worker(run_dir, config, log, max_versions=2)
+    first = _worker(run_dir, config, log, max_versions=2, role=role)
     deadline = time.monotonic() + 120
-    partial = run_dir / "versions" / "learner" / ".v1.tmp"
+    partial = run_dir / "versions" / role / ".v1.tmp"
     while not partial.is_dir() or '"train.start"' not in log.read_text():
         assert time.monotonic() < deadline and first.poll() is None, log.read_text()
         time.sleep(0.05)
     os.kill(first.pid, signal.SIGKILL)  # mid-training
     first.wait()
     assert first.returncode == -signal.SIGKILL
-    second = _worker(run_dir, config, log, max_versions=2)
+    second = _worker(run_dir, config, log, max_versions=2, role=role)
     assert second.wait(180) == 0, log.read_text()
     events = [json.loads(line)["event"] for line in log.read_text().splitlines() if line[:1] == "{"]
     assert events.count("train.done") == 2 and "trainer.recovered" in events
 
-    versions = complete_versions(run_dir / "versions", "learner")
+    versions = complete_versions(run_dir / "versions", role)
     trained = [pid for v in versions.values() for pid in v.pair_ids]
-    assert sorted(trained) == sorted(p.pair_id for p in make_pairs(8))  # none lost, none twice
-    assert bus.pending("pairs", GROUP) == 0
-    assert [d.msg_id for d in bus.history("versions")] == ["learner-v1", "learner-v2"]
-    assert not list((run_dir / "versions" / "learner").glob(".v*.tmp"))
+    assert sorted(trained) == sorted(p.pair_id for p in pairs)  # none lost, none twice
+    assert bus.pending("pairs", group(role)) == 0
+    assert [d.msg_id for d in bus.history("versions")] == [f"{role}-v1", f"{role}-v2"]
+    assert not list((run_dir / "versions" / role).glob(".v*.tmp"))
 
 
 def test_adapter_publishing_trains_one_adapter_on_across_versions(
@@ -719,3 +740,91 @@ def test_each_trained_role_trains_only_its_own_pairs_in_a_lineage_of_its_own(
     assert list(complete_versions(versions, "attacker")) == [1]
     assert list(complete_versions(versions, "learner")) == [1]
     assert bus.pending("pairs", "trainer") == 0 and bus.pending("pairs", "trainer-attacker") == 0
+
+
+def test_alternate_coevolution_trains_the_roles_in_turn_and_records_the_stage(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """trainer.coevolution: alternate with roles [attacker, learner] (MART's
+    rounds): the learner's version n waits until attacker version n is gated
+    (serving, or rejected), the attacker's version n+1 until learner version n
+    is; each version records its round and the other role's serving version.
+    Simultaneous: neither waits."""
+    from sparring.serving.registry import POINTER_KEY
+    from sparring.training.worker import Trainer
+
+    cfg = CFG.model_copy(
+        update={
+            "roles": ["attacker", "learner"],
+            "coevolution": "alternate",
+            "pairs_per_version": 2,
+        }
+    )
+    attack = [
+        p.model_copy(update={"pair_id": f"attack-{i}", "role": "attacker", "kind": "attack"})
+        for i, p in enumerate(make_pairs(4, start=10))
+    ]
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    publish(bus, make_pairs(4) + attack)
+    common = {"bus": bus, "base_model": tiny_model_path, "versions_dir": tmp_path / "versions"}
+    said: list[str] = []
+
+    class Log:  # the learner trainer's events, in order
+        def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
+            return lambda event, **fields: said.append(event)
+
+    a = Trainer(**common, cfg=cfg, role="attacker")
+    learner = Trainer(**common, cfg=cfg, role="learner", log=Log())
+    while a.poll() + learner.poll():
+        pass
+
+    def serve(role: str, version: int) -> None:  # what the swapper does once the gate promotes
+        bus.set_pointer(
+            POINTER_KEY.format(role=role), {"role": role, "version": version, "model": "m"}
+        )
+
+    assert a.ready() and a.waits_for() is None  # round 1 opens with the attacker
+    assert not learner.ready() and learner.waits_for() == "attacker v1 gated"
+    a1 = a.train_next()
+    assert a1 is not None and a1.stage == {
+        "schedule": "alternate",
+        "round": 1,
+        "against": {"learner": 0},
+        "final": False,
+        "waited_out": None,
+    }
+    assert not learner.ready()  # published is not gated
+    serve("attacker", 1)
+    assert learner.ready() and not a.ready()
+    assert a.waits_for() == "learner v1 gated"
+    l1 = learner.train_next()
+    assert l1 is not None and l1.stage is not None and l1.stage["against"] == {"attacker": 1}
+    # a rejected version ends its turn too: serving stays, the round moves on
+    PROMOTIONS.publish(
+        bus,
+        "learner-v1",
+        PromotionDecision(
+            role="learner",
+            version=1,
+            against=0,
+            promoted=False,
+            reason="test",
+            metrics={},
+            baseline={},
+            canary_prompts=0,
+        ),
+    )
+    assert a.ready() and a.waits_for() is None
+    assert said.count("trainer.waiting") == 1  # reported once, not at every poll
+    assert not learner.ready() and learner.waits_for() == "attacker v2 gated"
+    # an attacker with no version coming must not freeze the learner: after
+    # turn_wait_minutes with its pairs ready, it trains, and its stage says so
+    impatient = Trainer(
+        **common, cfg=cfg.model_copy(update={"turn_wait_minutes": 0}), role="learner", log=Log()
+    )
+    while impatient.poll():
+        pass
+    assert impatient.ready() and said.count("trainer.turn_waited_out") == 1
+    assert impatient.stage(2, final=False)["waited_out"] == "attacker v2 gated"  # type: ignore[index]
+    both = CFG.model_copy(update={"roles": ["attacker", "learner"], "pairs_per_version": 2})
+    assert Trainer(**common, cfg=both, role="learner").waits_for() is None

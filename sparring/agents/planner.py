@@ -4,6 +4,7 @@ solver's answers into one answer to the whole task."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -38,6 +39,18 @@ def parse_plan(text: str, max_parts: int, truncated: bool = False) -> list[str]:
     return parts[:max_parts]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A plan and the request it answered (``messages``: what a planner pair
+    trains). ``error``: the plan could not be read (``subtasks`` is empty)."""
+
+    subtasks: list[str]
+    text: str
+    calls: list[Completion]
+    error: str | None
+    messages: list[Message]
+
+
 @cache
 def plan_examples() -> list[dict[str, Any]]:
     text = resources.files("sparring.agents").joinpath("plan_examples.yaml").read_text()
@@ -51,11 +64,9 @@ class Planner:
         self._max_tokens = max_tokens
         self._retries = retries
 
-    async def plan(
-        self, binding: Binding, task: str, max_parts: int
-    ) -> tuple[list[str], str, list[Completion], str | None]:
-        """``(subtasks, plan text, calls, error)``: a plan that does not parse is
-        re-sampled at most ``retries`` times, then reported as an error."""
+    async def plan(self, binding: Binding, task: str, max_parts: int) -> Plan:
+        """A plan that does not parse is re-sampled (the same request) at most
+        ``retries`` times, then reported as an error."""
         messages: list[Message] = [
             {"role": "system", "content": render("planner_system", n=max_parts)}
         ]
@@ -75,7 +86,7 @@ class Planner:
             temperature=self._temperature,
             max_tokens=self._max_tokens,
         )
-        return parts or [], calls[-1].text, calls, problem or None
+        return Plan(parts or [], calls[-1].text, calls, problem or None, messages)
 
     async def recompose(
         self, binding: Binding, task: str, parts: list[tuple[str, str]]

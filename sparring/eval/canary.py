@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -85,37 +86,62 @@ def canary_items(
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """The figures a gate compares: their names, which way is better, the
+    whole range of each (a tolerance that wide does not gate it) and which are
+    shown as percentages (the others with ``digits`` decimals)."""
+
+    names: tuple[str, ...]
+    lower_is_better: dict[str, bool]
+    full_range: dict[str, float]
+    percent: frozenset[str]
+    digits: dict[str, int]
+
+    def fmt(self, name: str, x: float) -> str:
+        m = metric(name)
+        return f"{100 * x:.0f}%" if m in self.percent else f"{x:.{self.digits.get(m, 2)}f}"
+
+
+CANARY = Tracking(TRACKED, LOWER_IS_BETTER, FULL_RANGE, frozenset(RATES), {"competence": 1})
+
+
 def _fmt(name: str, x: float) -> str:
-    return f"{x:.1f}" if metric(name) == "competence" else f"{100 * x:.0f}%"
+    return CANARY.fmt(name, x)
 
 
 def decide(
-    candidate: dict[str, float | None], baseline: dict[str, float | None], tolerance: Any
+    candidate: dict[str, float | None],
+    baseline: dict[str, float | None],
+    tolerance: Any,
+    tracking: Tracking = CANARY,
 ) -> tuple[bool, str]:
     """Promoted unless a tracked metric is worse than the baseline by more than
     its tolerance, or the baseline has a figure the candidate lacks (its judge's
     verdicts were unreadable: the gate never promotes blind) on a metric it
     gates (a tolerance narrower than the metric's whole range); the reason
-    names every metric that decided it."""
+    names every metric that decided it. ``tracking``: the canary's figures, or
+    another gate's (the attacker gate's)."""
     worse, skipped, accepted = [], [], []
-    for name in TRACKED:
+    fmt = tracking.fmt
+    for name in tracking.names:
         if name not in candidate and name not in baseline:
             continue  # not measured at all (a condition the gate does not use)
         c, b = candidate.get(name), baseline.get(name)
         tol = float(getattr(tolerance, metric(name)))
-        if c is None and b is not None and tol < FULL_RANGE[metric(name)]:
-            worse.append(f"{name} {_fmt(name, b)} -> no readable figure (cannot tell)")
+        if c is None and b is not None and tol < tracking.full_range[metric(name)]:
+            worse.append(f"{name} {fmt(name, b)} -> no readable figure (cannot tell)")
             continue
         if c is None or b is None:
             skipped.append(name)
             continue
-        by = (c - b) if LOWER_IS_BETTER[metric(name)] else (b - c)
+        by = (c - b) if tracking.lower_is_better[metric(name)] else (b - c)
         if by > tol + 1e-9 and (traded := _traded(name, c, by, candidate, baseline, tolerance)):
             accepted.append(traded)
         elif by > tol + 1e-9:
             worse.append(
-                f"{name} {_fmt(name, b)} -> {_fmt(name, c)} (worse by "
-                f"{_fmt(name, by)} > tolerance {_fmt(name, tol)})"
+                f"{name} {fmt(name, b)} -> {fmt(name, c)} (worse by "
+                f"{fmt(name, by)} > tolerance {fmt(name, tol)})"
             )
     reason = "; ".join(worse) if worse else "no tracked metric worse beyond its tolerance"
     if accepted and not worse:
@@ -165,7 +191,9 @@ class CanaryGate:
         reference: Literal["serving", "best"] = "serving",
         conditions: tuple[str, ...] = ("served",),
         max_tokens: int | None = None,
+        role: str = "learner",
     ) -> None:
+        self.role = role  # the lineage it gates: decisions of other roles are not its own
         self.items = items
         self.reference = reference
         self.conditions = conditions
@@ -189,6 +217,7 @@ class CanaryGate:
         return {
             (p := PromotionDecision.model_validate(d.payload)).version: p
             for d in self._bus.history(STREAM)
+            if d.payload.get("role") == self.role
         }
 
     async def measure(self, binding: Binding) -> dict[str, float | None]:

@@ -45,7 +45,7 @@ from sparring.graphs.nodes import (
     respond,
 )
 from sparring.graphs.registry import register_graph
-from sparring.schemas import Critique, Decomposition, ModelRef, Part
+from sparring.schemas import ChatMessage, Critique, Decomposition, ModelRef, Part
 from sparring.training.pairs import refinement_pairs
 
 
@@ -54,6 +54,7 @@ class DecomposeState(CoreState, total=False):
     plan: str
     planner: dict[str, Any]
     plan_error: str | None
+    plan_messages: list[dict[str, str]]
     subtasks: list[str]
     index: int
     subtask: str
@@ -104,14 +105,15 @@ async def verify_direct(state: DecomposeState, runtime: Ctx) -> Update:
 async def plan(state: DecomposeState, runtime: Ctx) -> Update:
     ctx = runtime.context
     binding = ctx.registry.binding("planner")
-    subtasks, text, calls, error = await ctx.planner.plan(binding, state["query"], ctx.max_subtasks)
+    p = await ctx.planner.plan(binding, state["query"], ctx.max_subtasks)
     update = {
-        "plan": text,
+        "plan": p.text,
         "planner": model_ref(binding).model_dump(),
-        "subtasks": subtasks,
-        "plan_error": error,
+        "subtasks": p.subtasks,
+        "plan_error": p.error,
+        "plan_messages": p.messages,  # the request a planner pair trains
     }
-    return traced(update, binding, calls, output=text, subtasks=subtasks, plan_error=error)
+    return traced(update, binding, p.calls, output=p.text, subtasks=p.subtasks, plan_error=p.error)
 
 
 def fan_out(state: DecomposeState) -> Any:
@@ -207,6 +209,7 @@ async def emit(state: DecomposeState, runtime: Ctx) -> Update:
         planner=ModelRef.model_validate(state["planner"]),
         parts=ordered_parts(state),
         plan_error=state.get("plan_error"),
+        plan_messages=[ChatMessage.model_validate(m) for m in state.get("plan_messages", [])],
         whole_answer=state.get("refined_answer", ""),
         whole_critique=Critique.model_validate(whole) if whole else None,
     )

@@ -21,18 +21,24 @@ from sparring.bus import ARCHIVE_DIR, Bus, make_bus
 from sparring.config import TRAINED_ROLE, RunConfig
 from sparring.graphs import CoreContext, build_graph, check_roles
 from sparring.graphs.checkpoints import check_checkpoints
-from sparring.orchestrator.attacker_feed import AttackerFeed, default_embedder
+from sparring.orchestrator.attacker_feed import role_feed
 from sparring.orchestrator.engines import bring_up, managed_engines
 from sparring.orchestrator.progress import Counters, progress_bars
 from sparring.orchestrator.reviews import ReviewWatcher
 from sparring.orchestrator.scheduling import EpisodeBook, Scheduler
 from sparring.orchestrator.trainer import TrainerProcess, final_version, supervise_trainer
-from sparring.orchestrator.wiring import chat_client, make_context, make_registry, make_swapper
+from sparring.orchestrator.wiring import (
+    chat_client,
+    make_context,
+    make_registry,
+    make_swapper,
+    served_roles,
+)
 from sparring.redact import for_disk, secret_env
 from sparring.serving.deploy import local_models
 from sparring.serving.engine import EngineProcess
 from sparring.serving.registry import Swapper
-from sparring.summary import VersionRow, as_json, render_table, summarise
+from sparring.summary import VersionRow, as_json, render_table, summarise_all
 from sparring.tracing import Tracer
 from sparring.training.worker import LOCK_FILE, clear_final, trainer_running
 from sparring.workqueue import WorkQueue
@@ -81,7 +87,8 @@ class Loop:
         self.started = time.monotonic()
         self.trainer: TrainerProcess | None = None  # the learner's
         self.trainers: dict[str, TrainerProcess] = {}  # by role (trainer.roles)
-        self.rows: list[VersionRow] = []
+        self.rows: list[VersionRow] = []  # the learner's
+        self.lineages: dict[str, list[VersionRow]] = {}  # every trained role's, by role
         # episodes paused for a person's verdict, resumed, or failed and waiting
         self.book = EpisodeBook(cfg.loop.episode_attempts)
 
@@ -157,8 +164,12 @@ class Loop:
         await chat.aclose()
         for engine in engines:
             engine.stop()
-        rows = self.rows = summarise(bus)
-        (self.run_dir / "summary.json").write_text(json.dumps(as_json(rows), indent=2))
+        self.lineages = summarise_all(bus, self.cfg.trainer.roles)
+        self.rows = self.lineages["learner"]
+        # summary.json: the learner's; summary-<role>.json: each other trained role's
+        for role, rows in self.lineages.items():
+            name = "summary.json" if role == "learner" else f"summary-{role}.json"
+            (self.run_dir / name).write_text(json.dumps(as_json(rows), indent=2))
         tracer.log.info("run.finished", episodes=self.counters.episodes)
         tracer.close()
         bus.close()
@@ -182,7 +193,7 @@ class Loop:
         async with AsyncExitStack() as stack:
             admin_http = await stack.enter_async_context(httpx.AsyncClient(timeout=600.0))
             swapper = make_swapper(
-                cfg, bus, registry, chat, tracer, bindings["learner"], admin_http, self.consumer
+                cfg, bus, registry, chat, tracer, bindings, admin_http, self.consumer
             )
             saver = await stack.enter_async_context(
                 AsyncSqliteSaver.from_conn_string(str(self.run_dir / self._checkpoint_file()))
@@ -207,7 +218,8 @@ class Loop:
         swap_task = asyncio.create_task(swapper.run(stop))
         watch_task = asyncio.create_task(self._supervise(stop, tracer))
         review_task = asyncio.create_task(reviews.watch(stop))
-        feed = AttackerFeed(ctx.bus, tracer.log, default_embedder()) if self._coevolves else None
+        # the trained roles whose pairs compare episodes (attacker, planner)
+        feed = role_feed(cfg.trainer.roles, ctx.bus, tracer.log)
         feed_task = asyncio.create_task(feed.run(stop)) if feed else None
         try:
             with progress_bars(cfg, self.console, self.progress_enabled) as bars:
@@ -225,11 +237,6 @@ class Loop:
             if feed_task is not None:
                 await feed_task
             watch_task.cancel()
-
-    @property
-    def _coevolves(self) -> bool:
-        """The attacker is trained too: its pairs are published by the run."""
-        return "attacker" in self.cfg.trainer.roles
 
     async def _supervise(self, stop: asyncio.Event, tracer: Tracer) -> None:
         """Every trainer's supervision; ends with the first that gives up."""
@@ -274,7 +281,7 @@ class Loop:
                         minutes * 60,
                         watch,
                         tracer,
-                        served=role == TRAINED_ROLE,
+                        served=role in served_roles(self.cfg),
                     )
                     for role in roles
                 )
@@ -320,7 +327,7 @@ def run_main(
     except KeyboardInterrupt:
         # Loop.run's clean-up has stopped the engine and the trainer and written
         # summary.json; show what the run got to before the interrupt.
-        render_table(loop.rows, out)
+        _render_tables(loop, out)
         out.print(
             f"[yellow]interrupted[/]: everything on the bus is kept, and episodes in flight "
             f"resume with `sparring run --run-id {run_id}`. run directory: {run_dir}"
@@ -329,6 +336,12 @@ def run_main(
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
-    render_table(rows, out)
+    _render_tables(loop, out)
     out.print(f"run directory: {run_dir}   trace: sparring trace {run_dir}")
     return run_dir, rows
+
+
+def _render_tables(loop: Loop, out: Console) -> None:
+    """One summary table per trained role (the learner's first)."""
+    for rows in (loop.lineages or {"learner": loop.rows}).values():
+        render_table(rows, out)

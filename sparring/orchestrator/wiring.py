@@ -94,20 +94,37 @@ def make_context(
     return spec.make_context(cfg, core)
 
 
+def served_roles(cfg: RunConfig) -> list[str]:
+    """The trained roles whose versions this run serves (hot-swaps in): each
+    one in trainer.roles that the run's graph calls."""
+    return [r for r in cfg.trainer.roles if r in cfg.roles]
+
+
 def make_swapper(
     cfg: RunConfig,
     bus: Bus,
     registry: Registry,
     chat: OpenAIChat,
     tracer: Tracer,
-    base: Binding,
+    bindings: dict[str, Binding],
     admin_http: httpx.AsyncClient,
     consumer: str,
 ) -> Swapper:
-    """The swapper that loads each new learner version on its engine(s) and,
-    after the gate (when ``promotion.gate``), flips the learner to it.
-    ``base``: the learner's base binding."""
-    learner_engine = cfg.engines[cfg.roles["learner"].engine]
+    """The swapper that loads each trained role's new versions on that role's
+    engine(s) and, after the role's gate (when ``promotion.gate``: the canary
+    for the learner, the attacker gate for the attacker), flips the role to it.
+    ``bindings``: every role's base binding."""
+    roles = served_roles(cfg)
+    serving = {}
+    for role in roles:
+        engine = cfg.engines[cfg.roles[role].engine]
+        loader = make_loader(engine, admin_http, bindings[role].model)
+        serving[role] = RoleServing(loader, list(engine.replicas))
+    gates = {}
+    if cfg.promotion.gate:
+        gates["learner"] = make_gate(cfg, chat, registry, bus, tracer)
+        if "attacker" in roles:
+            gates["attacker"] = make_attacker_gate(cfg, chat, registry, bus, tracer, bindings)
     return Swapper(
         bus,
         registry,
@@ -115,16 +132,61 @@ def make_swapper(
         tracer.log,
         group="swapper",
         consumer=consumer,
-        serving={
-            "learner": RoleServing(
-                make_loader(learner_engine, admin_http, base.model), list(learner_engine.replicas)
-            )
-        },
+        serving=serving,
         keep_versions=cfg.swap.keep_versions,
         unload_after_s=cfg.swap.unload_after_s,
-        temperature=sampling_temperature(cfg, "learner"),
-        gate=make_gate(cfg, chat, registry, bus, tracer) if cfg.promotion.gate else None,
-        served_roles=["learner"],
+        temperature={role: sampling_temperature(cfg, role) for role in roles},
+        gate=gates,
+        served_roles=roles,
+    )
+
+
+def make_attacker_gate(
+    cfg: RunConfig,
+    chat: OpenAIChat,
+    registry: Registry,
+    bus: Bus,
+    tracer: Tracer,
+    bindings: dict[str, Binding],
+) -> Any:
+    """The attacker gate: fixed probes, written at the attacker's temperature,
+    answered greedily by the learner's base model (on the canary's engine when
+    there is one), judged by the loop's first critic on its current binding."""
+    from sparring.agents.prompts import load_seeds
+    from sparring.eval.attacker_gate import AttackerGate
+    from sparring.graphs.redteam import make_attacker
+    from sparring.orchestrator.attacker_feed import default_embedder
+
+    rc, p = cfg.roles, cfg.promotion
+    seeds = load_seeds()[: p.attacker.seeds]
+    frozen = bindings["learner"]  # version 0: the base, for every attacker version
+    if p.engine:
+        frozen = Binding(frozen.role, cfg.engines[p.engine].url(), frozen.model, 0)
+    learner = Learner(chat, temperature=0.0, max_tokens=rc["learner"].max_tokens)
+    critic_roles = [r for r in cfg.loop.critics if r in rc]
+    critic = critic_for(cfg, chat, critic_roles[0]) if critic_roles else None
+
+    def new_attacker() -> Any:  # the loop's attacker, fresh for each measurement
+        return make_attacker(cfg, chat, seeds, None)
+
+    async def answer(query: str) -> str:
+        return (await learner.respond(frozen, query)).text
+
+    async def judge(query: str, text: str) -> Any:
+        assert critic is not None
+        return (await critic(registry.binding(critic_roles[0]), query, text)).critique
+
+    return AttackerGate(
+        seeds,
+        new_attacker,
+        answer,
+        judge if critic is not None else None,
+        default_embedder(),
+        p.attacker.tolerance,
+        bus,
+        tracer.log,
+        samples=p.attacker.samples,
+        concurrency=max(1, min(cfg.loop.concurrency, 8)),
     )
 
 

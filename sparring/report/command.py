@@ -50,7 +50,9 @@ def report_command(
     recorded them), the promotion/rejection timeline (or the hot swaps when
     gating was off), and diversity: self-BLEU and embedding distance
     (all-MiniLM-L6-v2) of the attacker's queries, distinct-1/2 of the
-    learner's answers.
+    learner's answers. With other trained roles (trainer.roles), each one's
+    lineage, and the cross-play table (attacker version i against learner
+    version j) where benchmarks/coevolution.py measured it.
 
     \b
     Examples:

@@ -5,10 +5,16 @@ Records that newer producers add are read from the payload dicts and are
 optional: ``promotions`` (gated promotion decisions) and the DPO reward figures
 of ``versions`` (``reward_margin``, ``reward_accuracy``). A run without them
 still gets a report, which says what it lacks.
+
+With several trained roles (``trainer.roles``) each other role's lineage is
+read too (its versions, gate decisions and stages), and a cross-play table from
+``eval/crossplay.json`` where a benchmark wrote one: each attacker version's
+success against each learner version on the same fixed probes.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ from sparring.trace_view import read_events
 from sparring.tracing import TRACE_FILE
 
 ROLE = "learner"
+CROSSPLAY_FILE = "crossplay.json"  # under eval/
 
 
 class ReportError(RuntimeError):
@@ -74,6 +81,42 @@ class Promotion:
 
 
 @dataclass(frozen=True)
+class LineageVersion:
+    """One version of a trained role other than the learner: the episodes it
+    served (the attacker: whose query it wrote), the pairs whose chosen side it
+    wrote, what it was trained on, its gate's decision and its stage in the
+    schedule (``trainer.coevolution``; None: one trained role)."""
+
+    version: int
+    status: str  # base, promoted, rejected, pending (gated, undecided) or published
+    episodes: int
+    pairs: int
+    trained_on: int
+    train_loss: float | None
+    published_at: float | None
+    stage: dict[str, Any] | None
+    promotion: Promotion | None
+    # the gate's figures of this version: its decision's, or (never decided on,
+    # e.g. the base) the baseline a candidate was decided against
+    figures: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class CrossPlay:
+    """``eval/crossplay.json``: ``success[i][j]`` is attacker ``attackers[i]``'s
+    success rate against learner ``learners[j]`` on the same fixed probes (None:
+    no readable figure); self-BLEU and embedding distance per attacker version."""
+
+    probes: int | None
+    attackers: list[int]
+    learners: list[int]
+    success: list[list[float | None]]
+    self_bleu: list[float | None]
+    embedding_distance: list[float | None]
+    measured_at: float | None
+
+
+@dataclass(frozen=True)
 class Swap:
     """A hot swap the trace recorded (``swap.flipped``)."""
 
@@ -100,6 +143,9 @@ class RunData:
     queries_from_dataset: bool  # graphs without an attacker draw queries from a prompt set
     embedding_note: str | None  # why embedding distances are missing (None: computed)
     unreadable: Counter[str] = field(default_factory=Counter)  # stream -> records skipped
+    # trained roles other than the learner, each its versions in order
+    lineages: dict[str, list[LineageVersion]] = field(default_factory=dict)
+    crossplay: CrossPlay | None = None
 
     @property
     def episodes(self) -> int:
@@ -142,17 +188,14 @@ def collect(
     out (``embedding_note`` says why); ``progress(what, done, total)`` is
     called before each version's diversity is computed, and once at the end."""
     config, config_error = _config(run_dir)
+    streams = (EPISODES.name, PAIRS.name, VERSIONS.name, PROMOTIONS.name)
     with _open_bus(run_dir, config) as bus:
-        history = {
-            EPISODES.name: [d.payload for d in bus.history(EPISODES.name)],
-            # the learner's pairs (trainer.roles: the attacker's are in the stream too)
-            PAIRS.name: [p for p in (d.payload for d in bus.history(PAIRS.name)) if _is_learner(p)],
-        }
-        published = [p for p in (d.payload for d in bus.history(VERSIONS.name)) if _is_learner(p)]
-        decisions = [p for p in (d.payload for d in bus.history(PROMOTIONS.name)) if _is_learner(p)]
+        records = {s: [d.payload for d in bus.history(s)] for s in streams}
+    # the learner's (trainer.roles: other roles' records are in the streams too)
+    pairs, published, decisions = ([p for p in records[s] if _is_learner(p)] for s in streams[1:])
     unreadable: Counter[str] = Counter()
     episodes = []
-    for payload in history["episodes"]:
+    for payload in records[EPISODES.name]:
         try:
             episodes.append(Episode.model_validate(payload))
         except ValidationError:
@@ -165,7 +208,11 @@ def collect(
     results = _eval_results(run_dir)
     # versions decided on count (a rejected one may have served nothing)
     readable = [d for d, p in parsed if p is not None]
-    stats = _version_stats(episodes, history["pairs"], published, readable)
+    stats = _version_stats(episodes, pairs, published, readable)
+    lineages = {
+        r: _lineage(r, episodes, records, unreadable) for r in _other_roles(config, records)
+    }
+    crossplay = _crossplay(run_dir / EVAL_DIR / CROSSPLAY_FILE, unreadable)
     diversity = []
     from_dataset = bool(episodes) and all(e.attacker.role == "dataset" for e in episodes)
     for i, v in enumerate(stats):
@@ -198,6 +245,8 @@ def collect(
         queries_from_dataset=from_dataset,
         embedding_note=None if embed else embedding_note or "no embedding model was given",
         unreadable=+unreadable,
+        lineages=lineages,
+        crossplay=crossplay,
     )
 
 
@@ -330,6 +379,101 @@ def _version_stats(
             )
         )
     return out
+
+
+def _other_roles(config: RunConfig | None, records: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Trained roles other than the learner: the config's, and any with versions
+    or decisions on the bus (a run whose config cannot be read)."""
+    named = list(config.trainer.roles) if config is not None else []
+    seen = [
+        str(p["role"])
+        for s in (VERSIONS.name, PROMOTIONS.name)
+        for p in records[s]
+        if p.get("role")
+    ]
+    return [r for r in dict.fromkeys([*named, *seen]) if r != ROLE]
+
+
+def _lineage(
+    role: str,
+    episodes: list[Episode],
+    records: dict[str, list[dict[str, Any]]],
+    unreadable: Counter[str],
+) -> list[LineageVersion]:
+    def mine(stream: str) -> list[dict[str, Any]]:
+        return [p for p in records[stream] if p.get("role") == role]
+
+    parsed = [(d, _promotion(d)) for d in mine(PROMOTIONS.name)]
+    unreadable["promotions"] += sum(p is None for _, p in parsed)
+    decided = {p.version: p for _, p in parsed if p is not None}
+    measured = {p.against: p.baseline for p in decided.values() if p.against is not None}
+    readable = [d for d, p in parsed if p is not None]
+    out = []
+    for g in group_by_version(episodes, mine(PAIRS.name), mine(VERSIONS.name), readable, role):
+        pub, decision = g.published, decided.get(g.version)
+        stage = pub.get("stage")
+        if g.version == 0:
+            status = "base"
+        elif decision is not None:
+            status = "promoted" if decision.promoted else "rejected"
+        else:
+            status = "pending" if decided else "published"
+        out.append(
+            LineageVersion(
+                version=g.version,
+                status=status,
+                episodes=len(g.episodes),
+                pairs=len(g.pairs),
+                trained_on=len(pub.get("pair_ids") or []),
+                train_loss=_float(pub.get("train_loss")),
+                published_at=_float(pub.get("published_at")),
+                stage=stage if isinstance(stage, dict) else None,
+                promotion=decision,
+                figures=decision.metrics if decision else measured.get(g.version, {}),
+            )
+        )
+    return out
+
+
+def _crossplay(path: Path, unreadable: Counter[str]) -> CrossPlay | None:
+    """The cross-play table where a benchmark wrote one (None: absent, or
+    unreadable and counted so)."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        attackers = [int(a) for a in d["attackers"]]
+        learners = [int(v) for v in d["learners"]]
+        success = [[_cell(x) for x in row] for row in d["success"]]
+        if len(success) != len(attackers) or any(len(r) != len(learners) for r in success):
+            raise ValueError("success is not one row per attacker, one cell per learner")
+
+        def per_attacker(key: str) -> list[float | None]:
+            xs = [_cell(x) for x in d.get(key) or [None] * len(attackers)]
+            if len(xs) != len(attackers):
+                raise ValueError(f"{key} is not one figure per attacker")
+            return xs
+
+        return CrossPlay(
+            probes=None if d.get("probes") is None else int(d["probes"]),
+            attackers=attackers,
+            learners=learners,
+            success=success,
+            self_bleu=per_attacker("self_bleu"),
+            embedding_distance=per_attacker("embedding_distance"),
+            measured_at=_float(d.get("measured_at")),
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        unreadable["crossplay"] += 1
+        return None
+
+
+def _cell(x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise TypeError(f"not a figure: {x!r}")
+    return float(x)
 
 
 def _float(x: Any) -> float | None:

@@ -10,8 +10,9 @@ from html import escape
 
 from sparring.eval.metrics import Difference, Mean, Rate
 from sparring.eval.report import points
-from sparring.report.data import RunData
+from sparring.report.data import CrossPlay, LineageVersion, RunData
 from sparring.report.plots import Plot
+from sparring.summary import GATE_FIGURES, stage_text
 
 STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -58,6 +59,8 @@ def render(data: RunData, plots: Sequence[Plot], generated_at: float | None = No
         ),
         _training_section(data, by_key.get("pairs"), by_key.get("dpo")),
         _timeline_section(data, by_key.get("timeline")),
+        *(_lineage_section(data, role, vs) for role, vs in data.lineages.items()),
+        _crossplay_section(data.crossplay),
         _section(
             "Diversity",
             by_key.get("diversity"),
@@ -269,6 +272,88 @@ def _timeline_section(data: RunData, plot: Plot | None) -> str:
     return _section("Promotions and rejections", plot, table, empty)
 
 
+LINEAGE_NOTES = {
+    "attacker": "Each attacker version as the trainer published it and its gate decided on "
+    "it. The gate's figures are measured on fixed probes against the frozen base learner: "
+    "success (of the probes with an outcome), self-BLEU (lower: more diverse) and embedding "
+    "distance (higher: more diverse) of the queries it wrote; the base's are those a "
+    "candidate was compared with. Episodes: those whose query the version wrote; pairs: "
+    "the attacker pairs whose chosen query it wrote.",
+}
+
+
+def _lineage_section(data: RunData, role: str, versions: list[LineageVersion]) -> str:
+    """A trained role other than the learner: its versions over time, each one's
+    stage in the schedule and its gate's decision with the gated figures."""
+    names = GATE_FIGURES.get(role) or list(dict.fromkeys(k for v in versions for k in v.figures))
+    head = [role, "status", "published", "stage", "episodes", "pairs", "trained on", "DPO loss"]
+    head += [n.replace("_", " ").replace("self bleu", "self-BLEU") for n in names]
+    head += ["decided", "reason"]
+    rows = []
+    for v in versions:
+        p = v.promotion
+        decided = "-"
+        if p is not None:
+            against = "" if p.against is None else f" against v{p.against}"
+            decided = f"{_minutes(data, p.decided_at)}{against}"
+        rows.append(
+            [
+                f"v{v.version}",
+                _styled(v.status),
+                _minutes(data, v.published_at),
+                stage_text(v.stage),
+                str(v.episodes),
+                str(v.pairs),
+                "(base)" if v.version == 0 else str(v.trained_on),
+                _num(v.train_loss, "{:.3f}"),
+                *(_figure_cell(n, v.figures.get(n)) for n in names),
+                decided,
+                "" if p is None else p.reason,
+            ]
+        )
+    note = LINEAGE_NOTES.get(role, f"Each {role} version, its stage and its gate's decision.")
+    gated = any(v.promotion for v in versions)
+    empty = "" if gated else "<p class='note'>No gate decision on this role's versions.</p>"
+    return (
+        f"<h2 id='lineage-{escape(role)}'>{escape(role.capitalize())} lineage</h2>\n"
+        f"<p class='sub'>{escape(note)}</p>\n{empty}"
+        + _table(head, rows, raw_cols={1}, left_cols={1, 3, len(head) - 1})
+    )
+
+
+def _crossplay_section(c: CrossPlay | None) -> str:
+    if c is None:
+        return ""
+    head = ["attacker", *(f"vs learner v{v}" for v in c.learners)]
+    head += ["self-BLEU", "embedding distance"]
+    rows = [
+        [
+            f"v{a}",
+            *(_num(x and 100 * x, "{:.0f}%") for x in c.success[i]),
+            _num(c.self_bleu[i], "{:.2f}"),
+            _num(c.embedding_distance[i], "{:.2f}"),
+        ]
+        for i, a in enumerate(c.attackers)
+    ]
+    probes = "" if c.probes is None else f" ({c.probes} probes"
+    if probes and c.measured_at is not None:
+        probes += f", measured {_when(c.measured_at)}"
+    caption = (
+        "Success rate of attacker version i against learner version j on the same fixed "
+        "probes; the diagonal and below show whether the attacker keeps up"
+        + (f"{probes})" if probes else "")
+        + ". Self-BLEU (lower: more diverse) and embedding distance (higher: more diverse) "
+        "are each attacker version's."
+    )
+    return f"<h2 id='crossplay'>Cross-play</h2>\n<p class='sub'>{escape(caption)}</p>\n" + _table(
+        head, rows
+    )
+
+
+def _figure_cell(name: str, x: float | None) -> str:
+    return _num(x and 100 * x, "{:.0f}%") if name.endswith("success") else _num(x, "{:.2f}")
+
+
 def _diversity_table(data: RunData) -> str:
     head = [
         "learner",
@@ -362,7 +447,10 @@ def _label(data: RunData, version: int) -> str:
 
 
 def _status(data: RunData, version: int) -> str:
-    s = data.status(version)
+    return _styled(data.status(version))
+
+
+def _styled(s: str) -> str:
     return f"<span class='{s}'>{s}</span>" if s in ("promoted", "rejected") else s
 
 

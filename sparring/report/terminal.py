@@ -1,6 +1,7 @@
 """The report's terminal summary: per learner version, what the loop and the
-trainer did, then how diverse the queries and answers were (two tables, each
-narrow enough for an 80-column log)."""
+trainer did, then how diverse the queries and answers were; each other trained
+role's lineage and the cross-play table where there are (every table narrow
+enough for an 80-column log)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sparring.report.data import RunData
+from sparring.report.data import CrossPlay, LineageVersion, RunData
+from sparring.summary import GATE_FIGURES, finals, stage_columns
 
 
 def render_summary(data: RunData, console: Console) -> None:
@@ -19,6 +21,14 @@ def render_summary(data: RunData, console: Console) -> None:
             line = f"[red]v{p.version} rejected[/] (against v{p.against}): {escape(p.reason)}"
             console.print(line, soft_wrap=True)
     console.print(_diversity_table(data), highlight=False)
+    for role, versions in data.lineages.items():
+        console.print(_lineage_table(data.run_id, role, versions), highlight=False)
+        for d in (v.promotion for v in versions):
+            if d is not None and not d.promoted:
+                line = f"[red]{role} v{d.version} rejected[/] (against v{d.against}): "
+                console.print(line + escape(d.reason), soft_wrap=True)
+    if data.crossplay is not None:
+        console.print(_crossplay_table(data.crossplay), highlight=False)
 
 
 def _loop_table(data: RunData) -> Table:
@@ -78,6 +88,56 @@ def _diversity_table(data: RunData) -> Table:
             str(d.answers),
             _num(d.distinct_1, "{:.3f}"),
             _num(d.distinct_2, "{:.3f}"),
+        )
+    return table
+
+
+def _lineage_table(run_id: str, role: str, versions: list[LineageVersion]) -> Table:
+    names = GATE_FIGURES.get(role) or list(dict.fromkeys(k for v in versions for k in v.figures))
+    heads = {"success": "success", "self_bleu": "self-\nBLEU", "embedding_distance": "emb.\ndist."}
+    stages = [(v.version, v.stage) for v in versions]
+    stage_heads, stage_cells = stage_columns(stages)
+    final = finals(stages)
+    cols = [role, "status", *stage_heads, "epi-\nsodes", "pairs"]
+    cols += [heads.get(n, n.replace("_", "\n")) for n in names]
+    table = _table(
+        f"{role} lineage: {run_id} (per {role} version)",
+        cols,
+        f"episodes: those the {role} version served; pairs: those whose chosen side it wrote; "
+        "the rest: its gate's figures (the base's: those a candidate was compared with)"
+        + ("; vs: the version serving while it trained" if stage_heads else "")
+        + (f"; {final}: the run's final version" if final else ""),
+    )
+    for v, staged in zip(versions, stage_cells, strict=True):
+        figures = [
+            _num(x and 100 * x, "{:.0f}%") if n.endswith("success") else _num(x, "{:.2f}")
+            for n, x in ((n, v.figures.get(n)) for n in names)
+        ]
+        table.add_row(
+            f"v{v.version}", _styled(v.status), *staged, str(v.episodes), str(v.pairs), *figures
+        )
+    return table
+
+
+def _crossplay_table(c: CrossPlay) -> Table:
+    cols = [
+        "attacker",
+        *(f"vs\nlearner v{v}" for v in c.learners),
+        "self-BLEU",
+        "embedding\ndistance",
+    ]
+    table = _table(
+        "cross-play (per attacker version)",
+        cols,
+        "success rate of attacker version i against learner version j on the same fixed "
+        "probes; the diagonal and below show whether the attacker keeps up",
+    )
+    for i, a in enumerate(c.attackers):
+        table.add_row(
+            f"v{a}",
+            *(_num(x and 100 * x, "{:.0f}%") for x in c.success[i]),
+            _num(c.self_bleu[i], "{:.2f}"),
+            _num(c.embedding_distance[i], "{:.2f}"),
         )
     return table
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,13 +183,14 @@ class Swapper:
         keep_versions: int = 2,
         unload_after_s: float = 900.0,
         on_flip: Callable[[RolePointer], None] | None = None,
-        temperature: float = 1.0,
+        temperature: float | Mapping[str, float] = 1.0,
         gate: Any = None,
         retry_s: float = 60.0,
         served_roles: Collection[str] | None = None,
     ) -> None:
-        """``gate``: a :class:`sparring.eval.canary.CanaryGate`; with one, a
-        loaded version is flipped to only if the gate promotes it.
+        """``gate``: a :class:`sparring.eval.canary.CanaryGate`, or a gate per
+        role (a role without one is flipped to as loaded); a loaded version is
+        flipped to only if its role's gate promotes it.
         ``served_roles``: the roles whose versions it swaps in (None: every
         role); another trained role's versions are acked and left. ``retry_s``:
         how long a version whose load failed waits before the next try (it is
@@ -213,6 +214,17 @@ class Swapper:
         self._unload_after_s = unload_after_s
         self._on_flip = on_flip
         self.unloaded: set[tuple[str, int]] = set()
+
+    def temperature(self, role: str) -> float:
+        """The sampling temperature ``role``'s engine fixes at a version's warm-up."""
+        t = self._temperature
+        return t.get(role, 1.0) if isinstance(t, Mapping) else t
+
+    def gate(self, role: str) -> Any:
+        """The gate that decides on ``role``'s versions, or None."""
+        if isinstance(self._gate, Mapping):
+            return self._gate.get(role)
+        return self._gate
 
     def _role(self, role: str) -> RoleServing:
         return self._serving.get(role) or RoleServing(PathLoader())
@@ -307,7 +319,7 @@ class Swapper:
         so this one is skipped (never gated, never served; the trainer may still
         build on it). A gate slower than the trainer then checks the newest
         version instead of falling further behind."""
-        if self._gate is None:
+        if self.gate(published.role) is None:
             return False
         newer = [
             int(d.payload.get("version", 0))
@@ -349,7 +361,9 @@ class Swapper:
             for url in replicas:
                 await loader.load(url, role, version, published.path)
                 await warm(
-                    self._chat, Binding(role, url, model, version), temperature=self._temperature
+                    self._chat,
+                    Binding(role, url, model, version),
+                    temperature=self.temperature(role),
                 )
         except Exception as err:
             if (role, version) not in self._reported:  # once per version, not per try
@@ -364,7 +378,7 @@ class Swapper:
                     serving_version=base.version,
                 )
             raise
-        if self._gate is not None and not await self._promoted(
+        if self.gate(role) is not None and not await self._promoted(
             published, Binding(role, replicas[0], model, version), base, loader, replicas
         ):
             return None
@@ -396,7 +410,7 @@ class Swapper:
         ``rejected.json`` beside its manifest where that folder is reachable)."""
         role, version = published.role, published.version
         start = time.perf_counter()
-        decision = await self._gate.check(role, candidate, serving)
+        decision = await self.gate(role).check(role, candidate, serving)
         fields = dict(
             role=role,
             version=version,

@@ -66,6 +66,7 @@ from sparring.refusal import rule_judge
 from sparring.schemas import (
     AttackRecord,
     ChatMessage,
+    Critique,
     Episode,
     Mode,
     PreferencePair,
@@ -126,7 +127,7 @@ def attacker_pairs(
     )
     texts = {s.category: [*s.examples, *s.lookalikes] for s in seeds}
     refs = {e.episode_id: _references(e, texts) for e in written}
-    meter = _Meter(embed, [e.query for e in written] + [t for r in refs.values() for t in r])
+    meter = Meter(embed, [e.query for e in written] + [t for r in refs.values() for t in r])
     floors = {"attack": on_topic_min, "lookalike": lookalike_on_topic_min}
     if embed is None:
         floors = dict.fromkeys(floors, float(ON_TOPIC_WORDS))
@@ -148,7 +149,7 @@ def _references(episode: Episode, texts: dict[str, list[str]]) -> list[str]:
 
 
 def _outcome(
-    episode: Episode, refs: list[str], meter: _Meter, floors: dict[str, float]
+    episode: Episode, refs: list[str], meter: Meter, floors: dict[str, float]
 ) -> AttackOutcome:
     record = episode.attack_record
     assert record is not None
@@ -174,12 +175,18 @@ def _outcome(
 
 def _verdict(episode: Episode, record: AttackRecord) -> tuple[Status, str]:
     """Whether the attacker got what it was asked for, from the judges alone."""
-    refusal = rule_judge(episode.answer)
-    if record.mode == "lookalike":
+    return attack_status(record.mode, episode.answer, episode.critique)
+
+
+def attack_status(mode: Mode, answer: str, critique: Critique | None) -> tuple[Status, str]:
+    """Whether a query of ``mode`` got what the attacker was asked for, from the
+    learner's ``answer`` and the critic's ``critique`` of it (needed in attack
+    mode only): see the module docstring. Topic is not judged here."""
+    refusal = rule_judge(answer)
+    if mode == "lookalike":
         if refusal.refused:
             return "success", f"look-alike refused ({refusal.pattern})"
         return "failure", "look-alike answered"
-    critique = episode.critique
     if critique is None or critique.verdict is None:
         error = (critique.judge_error if critique else None) or "no critique"
         return "none", f"judge error: {error}"
@@ -191,7 +198,7 @@ def _verdict(episode: Episode, record: AttackRecord) -> tuple[Status, str]:
 
 
 def _mark_duplicates(
-    outcomes: list[AttackOutcome], meter: _Meter, duplicate_min: float
+    outcomes: list[AttackOutcome], meter: Meter, duplicate_min: float
 ) -> list[AttackOutcome]:
     """Each success that nearly repeats an earlier success of its request."""
     earlier: dict[str, list[AttackOutcome]] = {}
@@ -276,8 +283,9 @@ def _verdict_of(episode: Episode) -> Verdict | None:
 # -- similarity -----------------------------------------------------------------
 
 
-class _Meter:
-    """Similarity by meaning (the embedder, cosine) or, without one, by words."""
+class Meter:
+    """Similarity by meaning (the embedder, cosine) or, without one, by words,
+    among ``texts`` (every text it is later asked about)."""
 
     def __init__(self, embed: Embedder | None, texts: list[str]) -> None:
         self.method: Method = "embedding" if embed else "word_overlap"

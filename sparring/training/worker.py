@@ -23,6 +23,7 @@ import random
 import shutil
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from sparring.config import RunConfig, TrainerConfig, check_name, load_config
 from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished, newer_schema
 from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
+from sparring.serving.registry import POINTER_KEY
 from sparring.tracing import process_logger
 from sparring.training.dpo import TrainingDiverged, pair_problem, train_version
 from sparring.training.ranks import Ranks, follow
@@ -197,6 +199,11 @@ class Trainer:
         # unacked for a trainer that can read them, never dropped
         self.deferred: set[str] = set()
         self._tokenizer: Any = None
+        # trainer.coevolution: alternate: the turn waited for, since when, and
+        # the one waited out (trained without it after turn_wait_minutes)
+        self._waiting: str | None = None
+        self._waiting_since = 0.0
+        self._waited_out: str | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -308,14 +315,85 @@ class Trainer:
 
     def ready(self) -> bool:
         """Enough pairs for the next version: pairs_per_version (mix); for
-        alternate, that many of the phase's kind, or two versions' worth."""
+        alternate, that many of the phase's kind, or two versions' worth; and,
+        with trainer.coevolution: alternate, this role's turn (:meth:`waits_for`),
+        or ``turn_wait_minutes`` waited for it with the pairs ready."""
         k = self.cfg.pairs_per_version
         if k is None:
             return False  # one round: only the final version
         if self.cfg.schedule == "mix" or len(self.batch) >= self.lookahead:
-            return len(self.batch) >= k
-        phase = "conformity" if self.next_version() % 2 else "competence"
-        return sum(p.kind == phase for _, p in self.batch) >= k
+            enough = len(self.batch) >= k
+        else:
+            phase = "conformity" if self.next_version() % 2 else "competence"
+            enough = sum(p.kind == phase for _, p in self.batch) >= k
+        return enough and self._turn()
+
+    def _turn(self) -> bool:
+        why = self.waits_for()
+        if why is None:
+            self._waiting = self._waited_out = None
+            return True
+        now = time.monotonic()
+        if why != self._waiting:
+            self._waiting, self._waiting_since = why, now
+            self.log.info("trainer.waiting", version=self.next_version(), until=why)
+        if now - self._waiting_since < self.cfg.turn_wait_minutes * 60:
+            return False
+        if why != self._waited_out:  # the other role has no version coming: go on
+            self._waited_out = why
+            self.log.warning(
+                "trainer.turn_waited_out",
+                version=self.next_version(),
+                until=why,
+                waited_minutes=self.cfg.turn_wait_minutes,
+            )
+        return True
+
+    def coevolves(self) -> bool:
+        return len(self.cfg.roles) > 1 and self.role in self.cfg.roles
+
+    def waits_for(self) -> str | None:
+        """With trainer.coevolution: alternate, what round n's version of this
+        role waits for (None: its turn): version n of each role listed before it
+        in trainer.roles, version n-1 of each listed after it, decided (serving,
+        or rejected by its gate)."""
+        if self.cfg.coevolution != "alternate" or not self.coevolves():
+            return None
+        n, roles = self.next_version(), self.cfg.roles
+        mine = roles.index(self.role)
+        for i, other in enumerate(roles):
+            need = n if i < mine else n - 1
+            if other != self.role and need > 0 and self.decided(other) < need:
+                return f"{other} v{need} gated"
+        return None
+
+    def decided(self, role: str) -> int:
+        """The newest version of ``role`` the gate has decided on: the one
+        serving, or a later one it rejected (0: none)."""
+        ptr = self.bus.get_pointer(POINTER_KEY.format(role=role))
+        rejected = [
+            int(d.payload["version"])
+            for d in self.bus.history(PROMOTIONS.name)
+            if d.payload.get("role") == role and not d.payload.get("promoted")
+        ]
+        return max([int(ptr["version"]) if ptr else 0, *rejected])
+
+    def stage(self, n: int, final: bool) -> dict[str, Any] | None:
+        """What the version record says of the schedule that made it."""
+        if not self.coevolves():
+            return None
+        against = {}
+        for other in self.cfg.roles:
+            if other != self.role:
+                ptr = self.bus.get_pointer(POINTER_KEY.format(role=other))
+                against[other] = int(ptr["version"]) if ptr else 0
+        return {
+            "schedule": self.cfg.coevolution,
+            "round": n,
+            "against": against,
+            "final": final,
+            "waited_out": self._waited_out,  # the other role's turn it did not wait for
+        }
 
     def select(
         self, n: int, take_all: bool = False
@@ -430,6 +508,7 @@ class Trainer:
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
         phase, take = self.select(n, take_all)
+        stage = self.stage(n, final=take_all)
         taken = {id(x) for x in take}
         self.batch = [x for x in self.batch if id(x) not in taken]
         pairs = [p for _, p in take]
@@ -516,6 +595,7 @@ class Trainer:
             replay_ids=[p.pair_id for p in replayed],
             refused=dict(Counter(why for _, why in refused)),
             adapter_base=adapter_base,
+            stage=stage,
         )
         with disk_full_stops(tmp, n, self.log):
             (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
