@@ -43,7 +43,7 @@ from sparring.agents.attacker import Attack
 from sparring.agents.prompts import Seed
 from sparring.bus import Bus
 from sparring.bus.streams import PROMOTIONS
-from sparring.eval.canary import Tracking, decide
+from sparring.eval.canary import Tracking, decide, decisions
 from sparring.eval.diversity import Embedder, embedding_distance, self_bleu
 from sparring.llm import Binding
 from sparring.schemas import Critique, Mode, PromotionDecision
@@ -124,11 +124,7 @@ class AttackerGate:
             self.figures.setdefault(d.against, d.baseline)
 
     def decisions(self) -> dict[int, PromotionDecision]:
-        return {
-            (p := PromotionDecision.model_validate(d.payload)).version: p
-            for d in self._bus.history(PROMOTIONS.name)
-            if d.payload.get("role") == self.role
-        }
+        return decisions(self._bus, self.role)
 
     @property
     def size(self) -> int:

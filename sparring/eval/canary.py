@@ -214,11 +214,7 @@ class CanaryGate:
             self.served.add(d.against)
 
     def decisions(self) -> dict[int, PromotionDecision]:
-        return {
-            (p := PromotionDecision.model_validate(d.payload)).version: p
-            for d in self._bus.history(STREAM)
-            if d.payload.get("role") == self.role
-        }
+        return decisions(self._bus, self.role)
 
     async def measure(self, binding: Binding) -> dict[str, float | None]:
         if binding.version in self.figures:
@@ -309,6 +305,15 @@ class CanaryGate:
         )
         self._bus.publish(STREAM, f"{role}-v{candidate.version}", decision.model_dump(mode="json"))
         return decision
+
+
+def decisions(bus: Bus, role: str) -> dict[int, PromotionDecision]:
+    """Every gate decision on ``role``'s versions this run, by version."""
+    return {
+        (p := PromotionDecision.model_validate(d.payload)).version: p
+        for d in bus.history(STREAM)
+        if d.payload.get("role") == role
+    }
 
 
 def _rates(results: list[tuple[str, bool, bool, int | None]]) -> dict[str, float | None]:

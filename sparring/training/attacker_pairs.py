@@ -58,7 +58,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from sparring.agents.attacker import normalise
 from sparring.agents.prompts import Seed
@@ -75,6 +75,7 @@ from sparring.schemas import (
 )
 
 Embedder = Callable[[list[str]], Sequence[Sequence[float]]]
+Out = TypeVar("Out")  # an outcome: the attacker's, or another role's
 Status = Literal["success", "failure", "none"]
 Method = Literal["embedding", "word_overlap"]
 
@@ -229,12 +230,9 @@ def _groups(outcomes: list[AttackOutcome]) -> list[list[AttackOutcome]]:
 
 
 def _pair_group(group: list[AttackOutcome], by_id: dict[str, Episode]) -> list[PreferencePair]:
-    wins = _once(sorted((o for o in group if o.status == "success"), key=_novel_first))
-    won = {normalise(o.query) for o in wins}
-    failed = _once(o for o in group if o.status == "failure")
-    losses = [o for o in failed if normalise(o.query) not in won]
-    # the shorter side bounds the pairs
-    matched = zip(wins, losses, strict=False)
+    wins = sorted((o for o in group if o.status == "success"), key=_novel_first)
+    failed = [o for o in group if o.status == "failure"]
+    matched = match(wins, failed, lambda o: o.query)
     return [_pair(by_id[w.episode_id], by_id[r.episode_id], w, r) for w, r in matched]
 
 
@@ -242,12 +240,24 @@ def _novel_first(o: AttackOutcome) -> bool:
     return o.duplicate_of is not None  # sorted() is stable: by time within each
 
 
-def _once(outcomes: Iterable[AttackOutcome]) -> list[AttackOutcome]:
+def match(
+    wins: Iterable[Out], failures: Iterable[Out], text: Callable[[Out], str]
+) -> list[tuple[Out, Out]]:
+    """Successes paired in turn with failures (each in the order given), each
+    text (normalised) used at most once per side and never on both; the
+    shorter side bounds the pairs."""
+    won = _once(wins, text)
+    taken = {normalise(text(o)) for o in won}
+    lost = [o for o in _once(failures, text) if normalise(text(o)) not in taken]
+    return list(zip(won, lost, strict=False))
+
+
+def _once(outcomes: Iterable[Out], text: Callable[[Out], str]) -> list[Out]:
     seen: set[str] = set()
     kept = []
     for o in outcomes:
-        if normalise(o.query) not in seen:
-            seen.add(normalise(o.query))
+        if normalise(text(o)) not in seen:
+            seen.add(normalise(text(o)))
             kept.append(o)
     return kept
 

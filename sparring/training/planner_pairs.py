@@ -49,9 +49,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sparring.agents.attacker import normalise
 from sparring.schemas import ChatMessage, Critique, Episode, PreferencePair, Verdict, stable_id
-from sparring.training.attacker_pairs import request_id
+from sparring.training.attacker_pairs import match, request_id
 
 Status = Literal["success", "failure", "none"]
 
@@ -152,23 +151,10 @@ def _groups(outcomes: list[PlanOutcome]) -> list[list[PlanOutcome]]:
 
 
 def _pair_group(group: list[PlanOutcome], by_id: dict[str, Episode]) -> list[PreferencePair]:
-    wins = _once(o for o in group if o.status == "success")
-    won = {normalise(o.plan) for o in wins}
-    failed = _once(o for o in group if o.status == "failure")
-    losses = [o for o in failed if normalise(o.plan) not in won]
-    # the shorter side bounds the pairs
-    matched = zip(wins, losses, strict=False)
+    wins = [o for o in group if o.status == "success"]
+    failed = [o for o in group if o.status == "failure"]
+    matched = match(wins, failed, lambda o: o.plan)
     return [_pair(by_id[w.episode_id], by_id[r.episode_id], w, r) for w, r in matched]
-
-
-def _once(outcomes: Iterable[PlanOutcome]) -> list[PlanOutcome]:
-    seen: set[str] = set()
-    kept = []
-    for o in outcomes:
-        if normalise(o.plan) not in seen:
-            seen.add(normalise(o.plan))
-            kept.append(o)
-    return kept
 
 
 def _pair(

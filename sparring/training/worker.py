@@ -371,12 +371,7 @@ class Trainer:
         """The newest version of ``role`` the gate has decided on: the one
         serving, or a later one it rejected (0: none)."""
         ptr = self.bus.get_pointer(POINTER_KEY.format(role=role))
-        rejected = [
-            int(d.payload["version"])
-            for d in self.bus.history(PROMOTIONS.name)
-            if d.payload.get("role") == role and not d.payload.get("promoted")
-        ]
-        return max([int(ptr["version"]) if ptr else 0, *rejected])
+        return max([int(ptr["version"]) if ptr else 0, *self.rejected(role)])
 
     def stage(self, n: int, final: bool) -> dict[str, Any] | None:
         """What the version record says of the schedule that made it."""
@@ -461,12 +456,13 @@ class Trainer:
         (self.versions_dir / self.role / FINAL_DONE).write_text(json.dumps({"version": version}))
         self.log.info("trainer.final_version", version=version)
 
-    def rejected(self) -> set[int]:
-        """Versions the canary gate rejected (the bus's ``promotions`` stream)."""
+    def rejected(self, role: str | None = None) -> set[int]:
+        """Versions of ``role`` (default: this trainer's) its gate rejected (the
+        bus's ``promotions`` stream)."""
         return {
             int(d.payload["version"])
             for d in self.bus.history(PROMOTIONS.name)
-            if d.payload.get("role") == self.role and not d.payload.get("promoted")
+            if d.payload.get("role") == (role or self.role) and not d.payload.get("promoted")
         }
 
     def lineage(
