@@ -101,6 +101,7 @@ class ReviewWatcher:
             ctx.registry.release(episode_id)
             book.resuming.discard(episode_id)
         book.failures.pop(episode_id, None)
+        book.outages.pop(episode_id, None)
         book.review_retry_at.pop(episode_id, None)
         self.reviews.pop(episode_id, None)
         if interrupted:
