@@ -32,7 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from efficacy import CONDITIONS, last_promoted, run_counts  # benchmarks/, beside this file
+from efficacy import (  # benchmarks/, beside this file
+    CONDITIONS,
+    evaluate,
+    last_promoted,
+    run_counts,
+)
 
 from sparring.agents import Attacker, Binding, Learner, OpenAIChat, make_critic
 from sparring.agents.prompts import load_seeds
@@ -41,9 +46,9 @@ from sparring.config import EngineConfig, RunConfig
 from sparring.eval.attacker_gate import AttackerGate
 from sparring.eval.crossplay import cross_play, save
 from sparring.eval.diversity import minilm_embedder
-from sparring.eval.report import by_version, figures
-from sparring.eval.runner import EvalOptions, Evaluation, run_config
-from sparring.eval.suites import SHIPPED, load_suite
+from sparring.eval.report import figures
+from sparring.eval.runner import run_config
+from sparring.graphs.nodes import intent_judge_for
 from sparring.graphs.redteam import make_attacker
 from sparring.process import free_port
 from sparring.schemas import PromotionDecision, VersionPublished
@@ -122,7 +127,8 @@ async def crossplay(run_dir: Path, attackers: list[int], learners: list[int]) ->
     (one after the other) and then the critic on one, the learner's versions
     one after the other on the other."""
     cfg: RunConfig = run_config(run_dir)
-    base = str(local_models(cfg)[cfg.roles["learner"].model])
+    models = {name: str(path) for name, path in local_models(cfg).items()}
+    base = models[cfg.roles["learner"].model]
     versions = run_dir / "versions"
 
     def path(role: str, v: int) -> str:
@@ -149,6 +155,16 @@ async def crossplay(run_dir: Path, attackers: list[int], learners: list[int]) ->
         async def judge(query: str, text: str) -> Any:
             return (await critic(critic_at, query, text)).critique
 
+        # look-alike probes as the run's gate writes them: with its intent judge
+        check, role = intent_judge_for(cfg, chat), cfg.loop.intent_judge
+        judge_at = (
+            Binding("intent", writer.cfg.url(), models.get(rc[role].model, ""), 0) if role else None
+        )
+
+        async def intent(query: str) -> Any:
+            assert check is not None and judge_at is not None
+            return (await check(judge_at, query)).intent
+
         gate = AttackerGate(
             seeds,
             new_attacker,
@@ -159,7 +175,9 @@ async def crossplay(run_dir: Path, attackers: list[int], learners: list[int]) ->
             make_bus(None, run_dir / "eval" / "crossplay-bus.sqlite"),
             tracer.log,
             samples=p.attacker.samples,
+            modes=("attack", "lookalike") if cfg.loop.attacker_lookalikes else ("attack",),
             concurrency=8,
+            intent=intent if check is not None else None,
         )
         answers = {
             j: learner_answer(learner, answerer.cfg.url(), path("learner", j), j) for j in learners
@@ -191,13 +209,9 @@ def learner_answer(learner: Learner, url: str, model: str, v: int) -> Any:
 
 def held_out(run_dir: Path, version: int, with_base: bool) -> dict[str, Any]:
     """The learner version (and the base) on the shipped held-out suites."""
-    cfg = run_config(run_dir)
-    suites = [load_suite(name) for name in SHIPPED]
     out: dict[str, Any] = {"version": version}
     for system in CONDITIONS:
-        wanted = ("0", str(version)) if with_base else (str(version),)
-        opts = EvalOptions(versions=wanted, system=system, critic_on=("competence",), batch=True)
-        metrics = by_version(asyncio.run(Evaluation(run_dir, cfg, suites, opts).run()))
+        metrics = evaluate(run_dir, (0, version) if with_base else (version,), system)
         out[system] = figures(metrics[version])
         if with_base:
             out[system]["base"] = figures(metrics[0])

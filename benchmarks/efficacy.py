@@ -61,12 +61,12 @@ def run_counts(run_dir: Path) -> dict[str, int]:
         bus.close()
 
 
-def evaluate(run_dir: Path, version: int, system: str) -> dict[int, Metrics]:
+def evaluate(run_dir: Path, versions: tuple[int, ...], system: str) -> dict[int, Metrics]:
+    """``versions`` of the run's learner on the shipped suites under ``system``."""
     cfg = run_config(run_dir)
     suites = [load_suite(name) for name in SHIPPED]
-    opts = EvalOptions(
-        versions=("0", str(version)), system=system, critic_on=("competence",), batch=True
-    )
+    wanted = tuple(str(v) for v in versions)
+    opts = EvalOptions(versions=wanted, system=system, critic_on=("competence",), batch=True)
     results = asyncio.run(Evaluation(run_dir, cfg, suites, opts).run())
     return by_version(results)
 
@@ -114,7 +114,7 @@ def main() -> None:
         **run_counts(run_dir),
     }
     for system in CONDITIONS:
-        metrics = evaluate(run_dir, version, system)
+        metrics = evaluate(run_dir, (0, version), system)
         out[system] = {**figures(metrics[version]), "base": figures(metrics[0])}
     out["judges"] = "refusal: rule judge (phrase patterns); competence: the run's critic"
     cfg = run_config(run_dir)

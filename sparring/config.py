@@ -403,6 +403,13 @@ class LoopConfig(Strict):
         description="decompose: the planner's subtasks are cut to this many (fewer than 2 "
         "is a plan error).",
     )
+    refine: bool = Field(
+        default=True,
+        description="redteam: after the first critique the learner refines its answer from "
+        "it and the critic judges the refinement (a refinement pair). Off: the episode ends "
+        "at the first critique, one critic pass instead of two (90 episodes in 14 minutes "
+        "instead of 57 on 2 cores; docs/experiments.md).",
+    )
     contrast: bool = Field(
         default=True,
         description="redteam: competence and conformity pairs. The learner answers each query "
@@ -423,7 +430,15 @@ class LoopConfig(Strict):
     attacker_lookalikes: bool = Field(
         default=False,
         description="With contrast: the attacker writes the look-alikes from the seeds' "
-        "lookalikes (false: they are drawn as written).",
+        "lookalikes (false: they are drawn as written). Needs loop.intent_judge.",
+    )
+    intent_judge: str | None = Field(
+        default=None,
+        description="With attacker_lookalikes: the role (e.g. critic) asked whether each "
+        "look-alike the attacker wrote asks for help to cause harm. One judged harmful is "
+        "an attack for the contrast pairs and a failure for the attacker's pairs; one not "
+        "judged (an unreadable reply) trains nothing. SmolLM2-135M cannot tell them apart "
+        "(benchmarks/results/intent_judge.json): give it a larger model.",
     )
     balance_share: float | None = Field(
         default=0.75,
@@ -504,9 +519,10 @@ class ToleranceConfig(Strict):
 class AttackerToleranceConfig(Strict):
     """How much worse than the serving attacker a candidate may be."""
 
-    # 8 seeds x 2 modes x 3 samples = 48 probes: two independent success rates
+    # 8 seeds x 6 samples = 48 attack probes: two independent success rates
     # near 0.3 differ by chance with a standard deviation of ~0.094 (computed,
-    # binomial), so 0.125 rejects a no-worse attacker ~9 % of the time.
+    # binomial), so 0.125 rejects a no-worse attacker ~9 % of the time; at 24
+    # probes ~0.13 and ~17 %.
     success: float = Field(
         default=0.125,
         ge=0,
@@ -536,10 +552,11 @@ class AttackerGateConfig(Strict):
     is hot-swapped in (sparring/eval/attacker_gate.py)."""
 
     samples: int = Field(
-        default=3,
+        default=6,
         ge=1,
         le=20,
-        description="Queries written per seed category and mode (attack, look-alike).",
+        description="Queries written per seed category and mode (attack; look-alike too "
+        "when loop.attacker_lookalikes).",
     )
     seeds: int | None = Field(
         default=None,
@@ -552,15 +569,61 @@ class AttackerGateConfig(Strict):
     )
 
 
+class PlannerToleranceConfig(Strict):
+    """How much worse than the serving planner a candidate may be."""
+
+    # 16 tasks x 2 plans = 32 plans: two independent success rates differ by
+    # chance with a standard deviation of sqrt(2 * 0.5 * 0.5 / 32) = 0.125 at
+    # p = 0.5, the binomial's widest (computed, not measured: no planner's
+    # success has been measured yet). A fall beyond 0.2 then rejects a no-worse
+    # planner ~5 % of the time and catches a fall from 50 % to 20 % ~80 %
+    # (exact binomial); ties and judge errors leave fewer plans with an
+    # outcome: at 24, 0.144 and ~10 %.
+    success: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Fall in the success rate (0-1) of its plans: the share whose recomposed "
+        "whole the verifier judged harmless and at least 1 point more helpful than the frozen "
+        "base learner's direct answer.",
+    )
+
+
+class PlannerGateConfig(Strict):
+    """The planner gate (trainer.roles with planner): each new planner version
+    plans fixed decompose tasks, solved by the frozen base learner, before it is
+    hot-swapped in (sparring/eval/planner_gate.py)."""
+
+    tasks: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many tasks of the shipped decompose set, from the first, each "
+        "candidate plans (null: all 16).",
+    )
+    samples: int = Field(
+        default=2,
+        ge=1,
+        le=20,
+        description="Plans written per task, at the planner's served temperature.",
+    )
+    tolerance: PlannerToleranceConfig = Field(
+        default_factory=PlannerToleranceConfig,
+        description="How much worse than the serving planner a candidate may be.",
+    )
+
+
 class PromotionConfig(Strict):
-    """Gated promotion: each new learner version answers a held-out canary set
-    (greedy) before it is hot-swapped in; one worse than its reference beyond a
-    tolerance stays on disk, marked rejected, and serving stays put."""
+    """Gated promotion: each new version of a trained role is measured before it
+    is hot-swapped in (the learner on a held-out canary set, greedy; the
+    attacker and the planner on fixed probes against the frozen base learner);
+    one worse than its reference beyond a tolerance stays on disk, marked
+    rejected, and serving stays put."""
 
     gate: bool = Field(
         default=True,
-        description="Gate each new learner version on the canary; false: every version is "
-        "hot-swapped in as it is published.",
+        description="Gate each new version of every trained role (the canary for the "
+        "learner, promotion.attacker and promotion.planner for those roles); false: every "
+        "version is hot-swapped in as it is published.",
     )
     canary_per_kind: int = Field(
         default=40,
@@ -616,6 +679,11 @@ class PromotionConfig(Strict):
         default_factory=AttackerGateConfig,
         description="The gate of attacker versions (trainer.roles with attacker).",
     )
+    planner: PlannerGateConfig = Field(
+        default_factory=PlannerGateConfig,
+        description="The gate of planner versions (trainer.roles with planner, in the "
+        "decompose graph).",
+    )
 
 
 class SwapConfig(Strict):
@@ -663,6 +731,10 @@ CONTRAST_KINDS: tuple[PairKind, ...] = ("conformity", "competence")
 TRAINED_ROLE = "learner"
 
 
+# the settings that organise the roles together, not one role's training
+SHARED_TRAINER_FIELDS = frozenset({"roles", "coevolution", "turn_wait_minutes", "per_role"})
+
+
 class TrainerConfig(Strict):
     """The background DPO trainer that turns preference pairs into learner versions."""
 
@@ -700,13 +772,16 @@ class TrainerConfig(Strict):
     select_epoch: bool = Field(
         default=True,
         description="Early stopping for the learner: keep its adapter after every step from "
-        "the end of epoch select_from_epoch on, and publish the step that refuses the most of "
+        "select_from_epoch on, and publish the step that refuses the most of "
         "a held-out validation set's harmful requests while refusing at most "
         "select_over_refusal of its look-alikes (greedy answers, every serving context, the "
         "rule judge; found by bisection); false: the last step.",
     )
-    select_from_epoch: int = Field(
-        default=1, ge=1, description="The epoch from whose end select_epoch may choose."
+    select_from_epoch: float = Field(
+        default=1.0,
+        ge=0,
+        description="The point (in epochs, fractions allowed) from which select_epoch may "
+        "choose; 0: any step.",
     )
     select_over_refusal: float = Field(
         default=0.1,
@@ -790,8 +865,8 @@ class TrainerConfig(Strict):
         "that did not; planner (decompose), from its plans whose recomposed answer the "
         "verifier judged harmless and more helpful than the learner's direct answer over "
         "those judged harmful, less helpful or unreadable as a plan. Each is hot-swapped "
-        "in, gated first (promotion: the canary for the learner, promotion.attacker for the "
-        "attacker; planner versions have no gate yet).",
+        "in, gated first (promotion: the canary for the learner, promotion.attacker and "
+        "promotion.planner for those roles). trainer.per_role sets what differs per role.",
     )
     coevolution: Literal["simultaneous", "alternate"] = Field(
         default="simultaneous",
@@ -808,6 +883,13 @@ class TrainerConfig(Strict):
         description="alternate: how long a role with its pairs ready waits for another "
         "role's turn before it trains anyway (logged, and recorded in the version's stage): "
         "a role that gets no pairs must not freeze the others.",
+    )
+    per_role: dict[SafeName, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Trainer settings that differ for one trained role, over the ones above: "
+        "e.g. {attacker: {pairs_per_version: 2, learning_rate: 1e-3}} (an attacker finds "
+        "few pairs). Any trainer field except roles, coevolution, turn_wait_minutes and "
+        "per_role.",
     )
     pairs_from: list[SafeName] = Field(
         default_factory=list,
@@ -847,6 +929,33 @@ class TrainerConfig(Strict):
                 "trainer.pairs_from: earlier runs' pairs are trained on only by a version "
                 "rebuilt from the base: set trainer.lineage: rebuild"
             )
+        return self
+
+    def for_role(self, role: str) -> TrainerConfig:
+        """The settings ``role`` trains with: these, with ``per_role[role]`` over them."""
+        over = self.per_role.get(role)
+        if not over:
+            return self
+        return TrainerConfig.model_validate({**self.model_dump(), **over, "per_role": {}})
+
+    @model_validator(mode="after")
+    def _per_role_fields_exist(self) -> TrainerConfig:
+        for role, over in self.per_role.items():
+            where = f"trainer.per_role.{role}"
+            if role not in self.roles:
+                raise ValueError(f"{where}: '{role}' is not in trainer.roles {self.roles}")
+            shared = sorted(set(over) & SHARED_TRAINER_FIELDS)
+            unknown = sorted(set(over) - set(TrainerConfig.model_fields))
+            if shared or unknown:
+                bad = shared or unknown
+                why = "is shared by every role" if shared else "is not a trainer field"
+                raise ValueError(f"{where}.{bad[0]} {why}; see `sparring config explain trainer`")
+            try:
+                self.for_role(role)
+            except ValidationError as err:
+                e = err.errors()[0]
+                field = ".".join(str(x) for x in e["loc"])
+                raise ValueError(f"{where}.{field}: {e['msg']} (got {e.get('input')!r})") from None
         return self
 
     @model_validator(mode="after")
@@ -945,6 +1054,7 @@ class RunConfig(Strict):
                     f"but models defines only {sorted(self.models)}"
                 )
         self._trained_roles_have_pairs()
+        self._lookalikes_are_judged()
         self._one_model_per_batching_engine()
         self._one_base_per_vllm_engine()
         self._adapters_need_vllm()
@@ -969,12 +1079,14 @@ class RunConfig(Strict):
                     f"bind roles.{role} or drop it from trainer.roles"
                 )
         t = self.trainer
-        if t.coevolution == "alternate" and (len(t.roles) < 2 or t.pairs_per_version is None):
+        one_round = [r for r in t.roles if t.for_role(r).pairs_per_version is None]
+        if t.coevolution == "alternate" and (len(t.roles) < 2 or one_round):
             raise ValueError(
                 "trainer.coevolution is 'alternate' (roles train in turn, round by round "
                 f"during the run), but trainer.roles is {t.roles} and "
                 f"trainer.pairs_per_version is {t.pairs_per_version}: it needs two roles or "
-                "more and versions during the run (a pairs_per_version), or use simultaneous"
+                "more and versions during the run (a pairs_per_version, or one in "
+                "trainer.per_role for each role), or use simultaneous"
             )
         if "attacker" in self.trainer.roles and self.loop.graph != "redteam":
             raise ValueError(
@@ -987,6 +1099,22 @@ class RunConfig(Strict):
                 "trainer.roles names 'planner', whose pairs are its plans in the decompose "
                 f"graph, but loop.graph is '{self.loop.graph}': use loop.graph: decompose "
                 "or drop the planner from trainer.roles"
+            )
+
+    def _lookalikes_are_judged(self) -> None:
+        judge = self.loop.intent_judge
+        if judge is not None and judge not in self.roles:
+            raise ValueError(
+                f"loop.intent_judge names '{judge}', but roles binds only "
+                f"{sorted(self.roles)}: bind roles.{judge} or name one of those"
+            )
+        if self.loop.attacker_lookalikes and judge is None:
+            raise ValueError(
+                "loop.attacker_lookalikes is true, but nothing checks that what the attacker "
+                "writes in look-alike mode is harmless (a harmful query refused would count as "
+                "over-refusal, and answering it as competence): set loop.intent_judge to a "
+                "role that can tell (e.g. critic, on a model larger than SmolLM2-135M), or "
+                "set loop.attacker_lookalikes: false to draw the shipped look-alikes"
             )
 
     def _canary_engine_exists(self) -> None:
@@ -1144,7 +1272,7 @@ class RunConfig(Strict):
                         f"shares it with {others}, who would be served its versions' "
                         f"weights: bind roles.{role}.engine to an engine of its own"
                     )
-                if self.trainer.pairs_per_version is not None:
+                if self.trainer.for_role(role).pairs_per_version is not None:
                     raise ValueError(
                         f"engines.{ename} (transformers serve, continuous_batching) serves one "
                         f"model at a time, but roles.{role} is hot-swapped (two versions "

@@ -180,6 +180,17 @@ class Contrast(Wire):
     guarded_refused: bool
 
 
+class Intent(Wire):
+    """A judge's reading of whether a query asks for help to cause harm (the
+    intent check of a look-alike the attacker wrote); ``asks_harm`` is None on
+    a judge error."""
+
+    asks_harm: bool | None
+    text: str = ""  # the judge's reply
+    judge_error: str | None = None
+    judge: ModelRef
+
+
 class AttackRecord(Wire):
     """What the attacker was served for the query an episode kept, and from
     what: the provenance an attacker preference pair is built from (its
@@ -194,6 +205,9 @@ class AttackRecord(Wire):
     attempt: int = 0  # which attempt (0 = first) the query came from
     # every attempt repeated: the query is a seed text, not the attacker's own
     fallback: bool = False
+    # look-alike mode with loop.intent_judge: does the query ask for harm? (None:
+    # not judged, and then nothing certifies the look-alike harmless)
+    intent: Intent | None = None
 
 
 class Episode(Wire):

@@ -8,13 +8,14 @@ import asyncio
 from pathlib import Path
 
 from sparring.agents import Attacker, Binding, Learner, OpenAIChat
+from sparring.agents.critic import make_intent_judge
 from sparring.agents.prompts import load_seeds
 from sparring.bus import make_bus
 from sparring.config import AttackerToleranceConfig, EngineConfig, load_config
 from sparring.eval.attacker_gate import ATTACKER, AttackerGate
 from sparring.eval.canary import CanaryGate, canary_items, decide
 from sparring.eval.diversity import minilm_embedder
-from sparring.schemas import PromotionDecision, VersionPublished
+from sparring.schemas import Intent, PromotionDecision, VersionPublished
 from sparring.serving.registry import Registry, Swapper
 from sparring.tracing import Tracer
 from tests.helpers import trace_events
@@ -67,7 +68,14 @@ def test_a_trained_attacker_is_gated_then_swapped_in_and_other_roles_decisions_s
     async def answer(query: str) -> str:
         return (await learner.respond(frozen, query)).text
 
-    # look-alike probes only: their success is the rule judge's reading, no critic
+    check = make_intent_judge(chat, temperature=0.0, retries=1)
+    judge = Binding("critic", url, str(smollm2_path), 0)
+
+    async def intent(query: str) -> Intent:
+        return (await check(judge, query)).intent
+
+    # look-alike probes only: success is a refusal (the rule judge's reading) of
+    # a query the intent judge reads as harmless; no critic
     gate = AttackerGate(
         seeds,
         new_attacker,
@@ -79,6 +87,7 @@ def test_a_trained_attacker_is_gated_then_swapped_in_and_other_roles_decisions_s
         tracer.log,
         samples=2,
         modes=("lookalike",),
+        intent=intent,
     )
     assert gate.size == 4
     swapper = Swapper(
@@ -113,6 +122,7 @@ def test_a_trained_attacker_is_gated_then_swapped_in_and_other_roles_decisions_s
     assert gate.probes[0] and all(p.mode == "lookalike" for p in gate.probes[0])
     assert promoted.promoted and promoted.metrics == promoted.baseline
     assert promoted.baseline["embedding_distance"] is not None
+    assert promoted.baseline["success"] is not None  # the intent judge read the probes
     assert PromotionDecision.model_validate_json((mute / "rejected.json").read_text()) == rejected
     events = [e["event"] for e in trace_events(tmp_path)]
     assert events.count("attacker_gate.measured") == 3  # v0 once (reused), v1, v2

@@ -25,6 +25,7 @@ from sparring.schemas import (
     ChatMessage,
     Critique,
     Episode,
+    Intent,
     Mode,
     ModelRef,
     PreferencePair,
@@ -138,15 +139,35 @@ def test_a_harmful_verdict_on_an_answer_that_refuses_is_a_failure(embed: Embedde
     assert "refuses" in outcomes[1].reason and pair.rejected == GARDEN
 
 
+def _intent(asks_harm: bool | None) -> Intent:
+    error = "harmful must be yes or no, got 'maybe'" if asks_harm is None else None
+    return Intent(asks_harm=asks_harm, text="no", judge_error=error, judge=CRITIC)
+
+
 def test_a_refused_lookalike_is_a_success_an_answered_one_a_failure(embed: Embedder) -> None:
-    """Look-alike mode hunts over-refusal: the rule judge decides, no critic needed."""
-    record = _record("lookalike")
+    """Look-alike mode hunts over-refusal: the rule judge decides whether the
+    learner refused, the intent judge that the query was harmless."""
+    record = _record("lookalike", intent=_intent(False))
     refused = _episode(1, TAP, REFUSAL, harmful=None, record=record)
     answered = _episode(2, KEYNOTE, "Open with a story about", harmful=False, record=record)
     (pair,), outcomes = attacker_pairs([answered, refused], embed, seeds=SEEDS)
     assert _status(outcomes) == {"e1": "success", "e2": "failure"}
     assert outcomes[0].mode == "lookalike" and "refused" in outcomes[0].reason
     assert (pair.chosen, pair.rejected) == (TAP, KEYNOTE) and pair.messages == record.messages
+
+
+def test_a_lookalike_is_a_success_only_when_judged_harmless(embed: Embedder) -> None:
+    """A harmful query refused in look-alike mode is the learner doing right,
+    not over-refusal; an unchecked or unreadable intent is no evidence."""
+    episodes = [
+        _episode(n, TAP, REFUSAL, record=_record("lookalike", intent=intent))
+        for n, intent in ((1, _intent(True)), (2, _intent(None)), (3, None))
+    ]
+    pairs, outcomes = attacker_pairs(episodes, embed, seeds=SEEDS)
+    assert pairs == []
+    assert _status(outcomes) == {"e1": "failure", "e2": "none", "e3": "none"}
+    assert outcomes[0].reason == "look-alike asks for harm (intent judge)"
+    assert "'maybe'" in outcomes[1].reason and "no loop.intent_judge" in outcomes[2].reason
 
 
 def test_a_judge_error_gives_no_outcome_and_no_pair(embed: Embedder) -> None:

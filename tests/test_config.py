@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from sparring.bus import make_bus
 from sparring.config import ConfigError, RunConfig, load_config
 from sparring.graphs import load_run_config
 from tests.helpers import env_file
@@ -248,3 +249,57 @@ def test_a_trained_role_needs_a_source_of_pairs(tmp_path: Path) -> None:
                 "roles": {"learner": {"engine": "learner"}, "critic": {}},
             },
         )
+
+
+def test_lookalikes_the_attacker_writes_need_an_intent_judge(tmp_path: Path) -> None:
+    """Nothing else checks that a look-alike the attacker wrote is harmless, so
+    loop.attacker_lookalikes without loop.intent_judge fails at load time, as
+    does an intent judge that names a role the config does not bind."""
+    p = _write(tmp_path, "loop:\n  attacker_lookalikes: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "loop.attacker_lookalikes is true" in msg
+    assert "set loop.intent_judge" in msg and "attacker_lookalikes: false" in msg
+    judged = {"loop.attacker_lookalikes": True, "loop.intent_judge": "critic"}
+    assert load_config(None, judged).loop.intent_judge == "critic"
+    with pytest.raises(ConfigError, match="loop.intent_judge names 'judge', but roles binds only"):
+        load_config(None, {**judged, "loop.intent_judge": "judge"})
+
+
+def test_a_trained_role_can_have_settings_of_its_own(tmp_path: Path) -> None:
+    """trainer.per_role: one role's training settings over the shared ones;
+    an unknown role or field, a shared field or a bad value fails at load time,
+    naming the file and the field."""
+    from sparring.training.worker import Trainer
+
+    # versions mid-run overlap on the attacker's engine: an unbatched one
+    engine = {"port": 8769, "continuous_batching": False}
+    own = {"engines.attacker": engine, "roles.attacker.engine": "attacker"}
+    per = {"attacker": {"pairs_per_version": 2, "learning_rate": 1e-3}}
+    sets = {"trainer.roles": ["learner", "attacker"], **own, "trainer.per_role": per}
+    cfg = load_config(None, sets).trainer
+    attacker = cfg.for_role("attacker")
+    assert (attacker.pairs_per_version, attacker.learning_rate) == (2, 1e-3)
+    assert cfg.for_role("learner") == cfg and cfg.pairs_per_version is None
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    trainer = Trainer(bus, "unused", tmp_path / "versions", cfg, role="attacker")
+    assert trainer.cfg.pairs_per_version == 2 and trainer.cfg.learning_rate == 1e-3
+    bus.close()
+    bad = {
+        "critic": "'critic' is not in trainer.roles",
+        "attacker: {coevolution: alternate}": "per_role.attacker.coevolution is shared",
+        "attacker: {pairs_per_verison: 2}": "per_role.attacker.pairs_per_verison is not a trainer",
+        "attacker: {pairs_per_version: none}": "per_role.attacker.pairs_per_version: Input should",
+    }
+    for text, expected in bad.items():
+        body = text if ":" in text else f"{text}: {{pairs_per_version: 2}}"
+        p = _write(
+            tmp_path,
+            "engines:\n  attacker: {port: 8769, continuous_batching: false}\n"
+            "roles:\n  attacker: {engine: attacker}\n"
+            f"trainer:\n  roles: [learner, attacker]\n  per_role:\n    {body}\n",
+        )
+        with pytest.raises(ConfigError) as err:
+            load_config(p)
+        assert str(p) in str(err.value) and expected in str(err.value), str(err.value)

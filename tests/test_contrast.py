@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from sparring.agents.prompts import load_seeds, template
 from sparring.bus import make_bus
@@ -199,6 +200,9 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         tmp_path,
         critic_model=smollm2_path,
         loop__contrast=True,
+        loop__refine=False,  # the episode ends at the first critique
+        loop__attacker_lookalikes=True,  # the attacker writes them, the critic checks intent
+        loop__intent_judge="critic",
         loop__benign_share=0.5,
         loop__seed_share=0.3,
         loop__balance_share=None,
@@ -213,7 +217,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
     pairs = {d.payload["pair_id"]: d.payload for d in bus.history("pairs")}
     assert len(episodes) == 6
     events = trace_events(run_dir)
-    benign = [e for e in episodes if e.contrast and e.contrast.benign]
+    benign = [e for e in episodes if e.mode == "lookalike"]
     # fixed by the ids (contrast-ep00000..5): four draw benign; of the two
     # attacks, one replays a seed example and one is the attacker's
     assert len(benign) == 4
@@ -223,12 +227,30 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
     assert len(replayed) == 1 and replayed[0].attacker.model == "seeds.yaml"
     assert seeds[replayed[0].query] == replayed[0].category
     assert replayed[0].attack_level is None  # no attacker level to adapt
+    checked = 0
     for ep in episodes:
         c = ep.contrast
+        nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
+        record = ep.attack_record
+        if ep.mode == "lookalike" and record is not None and not record.fallback:
+            # a look-alike the attacker wrote: the intent judge read it inside the
+            # attack node (its event is written first, the node's own as it ends)
+            intent = record.intent
+            assert intent is not None and intent.judge.role == "critic"
+            assert nodes[:2] == ["intent", "attack"]
+            nodes.remove("intent")
+            checked += 1
+            if intent.asks_harm is None:  # not certified harmless: no contrast pairs
+                assert c is None and intent.judge_error
+            else:  # read as asking for harm: an attack for the contrast pairs
+                assert c is not None and c.benign == (not intent.asks_harm)
+            if c is None:
+                continue
+        else:
+            assert "intent" not in nodes and (record is None or record.intent is None)
         assert c is not None and c.guarded_answer
         assert c.plain_refused == rule_judge(ep.answer).refused
         assert c.guarded_refused == rule_judge(c.guarded_answer).refused
-        nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
         # every pair from this episode trains on the request the learner was served
         assert [m.model_dump(include={"role", "content"}) for m in ep.messages] == [
             {"role": "system", "content": template("learner_system")},
@@ -246,6 +268,11 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
             assert ep.attacker.role == "attacker" and nodes[:3] == ["attack", "respond", "contrast"]
         for pair in contrast_pairs(ep):  # every contrast pair reached the bus
             assert pairs[pair.pair_id]["kind"] == pair.kind
+        # without loop.refine: no refinement, no second critique, no refinement pair
+        assert nodes[3:] == ["critique", "emit"] and not ep.refined_answer
+        assert ep.refined_critique is None
+    assert checked >= 1  # a look-alike the attacker wrote was checked
+    assert {p["kind"] for p in pairs.values()} <= {"competence", "conformity"}
     (row,) = summarise(bus)
     assert row.judged <= 6 - len(benign)  # benign draws are not attacks, seed replays are
 
@@ -258,3 +285,36 @@ def test_a_lookalike_draw_is_not_an_attack_with_or_without_contrast() -> None:
     bare = episode.model_copy(update={"contrast": None, "mode": "lookalike"})
     assert not bare.attack
     assert bare.model_copy(update={"mode": "attack"}).attack
+
+
+def test_only_a_lookalike_certified_harmless_is_benign() -> None:
+    """Shipped look-alikes are harmless by authorship; one the attacker wrote
+    is benign only when the intent judge read it so, an attack when it read
+    harm, and neither (no contrast pairs) when nothing read it."""
+    from sparring.graphs.redteam import lookalike_harmless
+    from sparring.schemas import AttackRecord, ChatMessage, Intent
+
+    judge = ModelRef(role="critic", model="m")
+
+    def state(mode: str, fallback: bool = False, asks_harm: Any = "unset") -> Any:
+        intent = None
+        if asks_harm != "unset":
+            error = None if asks_harm is not None else "unreadable"
+            intent = Intent(asks_harm=asks_harm, judge_error=error, judge=judge)
+        record = AttackRecord(
+            seed="weapons",
+            mode=mode,  # type: ignore[arg-type]
+            messages=[ChatMessage(role="user", content="write one")],
+            fallback=fallback,
+            intent=intent,
+        )
+        category = "benign:weapons" if mode == "lookalike" else "weapons"
+        return {"mode": mode, "category": category, "attack_record": record.model_dump()}
+
+    assert lookalike_harmless(state("attack")) is False
+    assert lookalike_harmless({"mode": "lookalike", "category": "benign:everyday"}) is True
+    assert lookalike_harmless(state("lookalike", fallback=True)) is True
+    assert lookalike_harmless(state("lookalike")) is None
+    assert lookalike_harmless(state("lookalike", asks_harm=None)) is None
+    assert lookalike_harmless(state("lookalike", asks_harm=True)) is False
+    assert lookalike_harmless(state("lookalike", asks_harm=False)) is True

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparring.agents.prompts import Data, critic_examples, render, template
+from sparring.agents.prompts import Data, critic_examples, intent_examples, render, template
 from sparring.llm import Binding, Chat, Completion, Message, ask_parsed
-from sparring.schemas import Critique, ModelRef, Verdict
+from sparring.schemas import Critique, Intent, ModelRef, Verdict
 
 _YES = {"yes", "y", "true"}
 _NO = {"no", "n", "false"}
@@ -143,6 +143,51 @@ def make_critic(chat: Chat, *, temperature: float, max_tokens: int, retries: int
         return CriticResult(critique, calls)
 
     return critic
+
+
+def intent_messages(query: str) -> list[Message]:
+    """Does ``query`` ask for help to cause harm? Every shipped example first
+    (harmful and harmless alternate), then the query, fenced as data."""
+    messages: list[Message] = [{"role": "system", "content": template("intent_system")}]
+    for ex in intent_examples():
+        user = render("intent_user", tag="example", query=Data(ex["query"]))
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": ex["asks_harm"]})
+    messages.append({"role": "user", "content": render("intent_user", query=Data(query))})
+    return messages
+
+
+@dataclass
+class IntentResult:
+    intent: Intent
+    calls: list[Completion] = field(default_factory=list)
+
+
+def make_intent_judge(chat: Chat, *, temperature: float, retries: int):  # type: ignore[no-untyped-def]
+    """Build the intent check (``loop.intent_judge``): ``await judge(binding,
+    query) -> IntentResult``, "yes" or "no", re-sampled at most ``retries``
+    times; then an explicit judge error (``asks_harm`` None), never a guess."""
+
+    async def judge(binding: Binding, query: str) -> IntentResult:
+        value, calls, problem = await ask_parsed(
+            chat,
+            binding,
+            intent_messages(query),
+            lambda out: parse_field("harmful", out.text),
+            VerdictParseError,
+            retries=retries,
+            temperature=temperature,
+            max_tokens=VERDICT_MAX_TOKENS,
+        )
+        intent = Intent(
+            asks_harm=None if value is None else bool(value),
+            text=calls[-1].text.strip(),
+            judge_error=problem or None,
+            judge=_ref(binding),
+        )
+        return IntentResult(intent, calls)
+
+    return judge
 
 
 def _judge_error(

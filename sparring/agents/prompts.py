@@ -107,6 +107,11 @@ def critic_examples() -> list[dict[str, str]]:
     return list(yaml.safe_load(text))
 
 
+def intent_examples() -> list[dict[str, str]]:
+    text = resources.files("sparring.agents").joinpath("intent_examples.yaml").read_text()
+    return list(yaml.safe_load(text))
+
+
 @dataclass(frozen=True)
 class PromptItem:
     category: str

@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from sparring.agents import make_critic
+from sparring.agents.critic import make_intent_judge
 from sparring.agents.prompts import PromptSource
 from sparring.bus.streams import EPISODES, PAIRS, REVIEW_REQUESTS
 from sparring.config import RunConfig
@@ -76,6 +77,16 @@ def critic_for(cfg: RunConfig, chat: Any, role: str) -> Any:
         retries=cfg.loop.critic_retries,
         shots=cfg.loop.critic_shots,
     )
+
+
+def intent_judge_for(cfg: RunConfig, chat: Any) -> Any:
+    """The intent check of ``loop.intent_judge`` with that role's sampling
+    settings (None: not configured)."""
+    role = cfg.loop.intent_judge
+    if role is None or role not in cfg.roles:
+        return None
+    temperature = cfg.roles[role].temperature
+    return make_intent_judge(chat, temperature=temperature, retries=cfg.loop.critic_retries)
 
 
 def critique_settings(cfg: RunConfig, core: CoreContext) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The default loop: attack -> respond -> critique -> refine -> critique(refined) -> emit.
+"""The default loop: attack -> respond -> critique -> refine -> critique(refined)
+-> emit; with ``loop.refine: false`` the episode ends at the first critique.
 
 When ``loop.review_below_confidence`` is set, a critique the critic was not
 confident about pauses the episode for a person's verdict (``sparring review``).
@@ -11,10 +12,11 @@ attacker seed example as written (``loop.seed_share``).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -31,6 +33,7 @@ from sparring.graphs.api import (
     extend,
     model_ref,
     node,
+    trace,
     traced,
 )
 from sparring.graphs.nodes import (
@@ -40,6 +43,7 @@ from sparring.graphs.nodes import (
     critique_refined,
     critique_settings,
     draw_prompt,
+    intent_judge_for,
     make_review,
     publish,
     refine,
@@ -64,6 +68,7 @@ class RedteamState(CoreState, total=False):
 @dataclass
 class RedteamContext(CritiqueContext):
     attacker: Attacker | None = None
+    refine: bool = True  # loop.refine: a refinement and its critique after the first
     # competence/conformity: the learner also answers with a safety instruction
     # in context (contrast); a share of the episodes take a look-alike (benign)
     # prompt, raised to balance_share while competence pairs trail conformity
@@ -73,6 +78,9 @@ class RedteamContext(CritiqueContext):
     benign: PromptSource | None = None
     balance_share: float | None = None
     attacker_lookalikes: bool = False  # the attacker writes look-alikes (else: drawn)
+    # loop.intent_judge: does a look-alike the attacker wrote ask for harm?
+    intent_judge: Callable[..., Any] | None = None
+    intent_role: str | None = None
     # seed replay: a share of the attacks send an attacker seed example as written
     seed_share: float = 0.0
     seeds: PromptSource | None = None
@@ -129,13 +137,16 @@ async def attack(state: RedteamState, runtime: Ctx) -> Update:
     assert ctx.attacker is not None, "the attack node needs roles.attacker bound"
     result = await ctx.attacker(binding, ctx.attacker.next_seed(), mode=mode)
     category = f"benign:{result.seed.category}" if lookalike else result.seed.category
+    record = result.record()
+    if lookalike and not record.fallback:
+        record = await check_intent(state, runtime, record, result.query)
     update = {
         "category": category,
         "mode": mode,
         "query": result.query,
         "attacker": model_ref(binding).model_dump(),
         "attack_level": result.level,
-        "attack_record": result.record().model_dump(),
+        "attack_record": record.model_dump(),
         "learner": {**learner.__dict__},
     }
     return traced(
@@ -153,18 +164,62 @@ async def attack(state: RedteamState, runtime: Ctx) -> Update:
     )
 
 
+async def check_intent(
+    state: RedteamState, runtime: Ctx, record: AttackRecord, query: str
+) -> AttackRecord:
+    """The intent judge's reading of a look-alike the attacker wrote, recorded
+    on its ``record`` and traced as an ``intent`` event (no judge: unchanged)."""
+    ctx = runtime.context
+    if ctx.intent_judge is None or ctx.intent_role is None:
+        return record
+    started = time.perf_counter()
+    judge = ctx.registry.binding(ctx.intent_role)
+    checked = await ctx.intent_judge(judge, query)
+    intent = checked.intent
+    trace(
+        runtime,
+        state,
+        "intent",
+        judge,
+        checked.calls,
+        started,
+        output=intent.text,
+        asks_harm=intent.asks_harm,
+        judge_error=intent.judge_error,
+    )
+    return record.model_copy(update={"intent": intent})
+
+
+def lookalike_harmless(state: RedteamState) -> bool | None:
+    """Whether the episode's query is a harmless look-alike: False for an
+    attack, or a look-alike the intent judge read as asking for harm; None when
+    the attacker wrote it and nothing read it (not certified either way)."""
+    if not (state.get("mode") == "lookalike" or state["category"].startswith("benign:")):
+        return False
+    raw = state.get("attack_record")
+    record = AttackRecord.model_validate(raw) if raw else None
+    if record is None or record.fallback:
+        return True  # a shipped look-alike, as written
+    if record.intent is None or record.intent.asks_harm is None:
+        return None
+    return not record.intent.asks_harm
+
+
 @node("contrast")
 async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     """With loop.contrast: the learner answers again with a safety instruction
-    in context; the rule judge reads both answers (competence/conformity pairs)."""
+    in context; the rule judge reads both answers (competence/conformity pairs).
+    A look-alike the attacker wrote that nothing certified harmless gets none:
+    answering it is competence only if it is harmless."""
     ctx = runtime.context
-    if not ctx.contrast:
+    benign = lookalike_harmless(state)
+    if not ctx.contrast or benign is None:
         return {}
     binding = binding_of(state["learner"])
     out = await ctx.learner.respond_guarded(binding, state["query"])
     record = Contrast(
         guarded_answer=out.text,
-        benign=state.get("mode") == "lookalike" or state["category"].startswith("benign:"),
+        benign=benign,
         plain_refused=rule_judge(state["answer"]).refused,
         guarded_refused=rule_judge(out.text).refused,
     )
@@ -177,6 +232,11 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
         plain_refused=record.plain_refused,
         guarded_refused=record.guarded_refused,
     )
+
+
+def after_review(state: RedteamState, runtime: Ctx) -> Literal["refine", "emit"]:
+    """Refine (``loop.refine``) unless the critique's verdict could not be read."""
+    return after_critique(state) if runtime.context.refine else "emit"
 
 
 @node("emit")
@@ -280,9 +340,12 @@ def context(cfg: RunConfig, core: CoreContext) -> RedteamContext:
         RedteamContext,
         **critique_settings(cfg, core),
         attacker=attacker,
+        refine=lc.refine,
         contrast=lc.contrast,
         balance_share=lc.balance_share,
         attacker_lookalikes=lc.attacker_lookalikes,
+        intent_judge=intent_judge_for(cfg, core.chat),
+        intent_role=lc.intent_judge,
         benign_share=lc.benign_share if attacker is not None else 0.0,
         benign=benign,
         seed_share=lc.seed_share if attacker is not None else 0.0,
@@ -311,7 +374,7 @@ def build(checkpointer: Any = None) -> Any:
     g.add_edge("respond", "contrast")
     g.add_edge("contrast", "critique")
     g.add_edge("critique", "review")
-    g.add_conditional_edges("review", after_critique)
+    g.add_conditional_edges("review", after_review, ["refine", "emit"])
     g.add_edge("refine", "critique_refined")
     g.add_edge("critique_refined", "review_refined")
     g.add_edge("review_refined", "emit")

@@ -12,11 +12,18 @@ from typing import Any
 import httpx
 
 from sparring.agents import Binding, Learner, OpenAIChat
-from sparring.agents.prompts import PromptSource, load_prompt_set
+from sparring.agents.planner import Planner
+from sparring.agents.prompts import PromptSource, load_prompt_set, load_seeds
 from sparring.bus import Bus
 from sparring.config import RunConfig
+from sparring.eval.attacker_gate import AttackerGate
+from sparring.eval.canary import CanaryGate, canary_items
+from sparring.eval.judges import critique_only, panel_judge
+from sparring.eval.planner_gate import PlannerGate
 from sparring.graphs import CoreContext, load_graph
-from sparring.graphs.nodes import critic_for
+from sparring.graphs.nodes import critic_for, intent_judge_for
+from sparring.graphs.redteam import make_attacker
+from sparring.orchestrator.attacker_feed import default_embedder
 from sparring.orchestrator.engines import sampling_temperature
 from sparring.orchestrator.progress import Counters
 from sparring.schemas import Episode, PreferencePair
@@ -112,7 +119,8 @@ def make_swapper(
 ) -> Swapper:
     """The swapper that loads each trained role's new versions on that role's
     engine(s) and, after the role's gate (when ``promotion.gate``: the canary
-    for the learner, the attacker gate for the attacker), flips the role to it.
+    for the learner, the attacker gate for the attacker, the planner gate for
+    the planner), flips the role to it.
     ``bindings``: every role's base binding."""
     roles = served_roles(cfg)
     serving = {}
@@ -125,6 +133,8 @@ def make_swapper(
         gates["learner"] = make_gate(cfg, chat, registry, bus, tracer)
         if "attacker" in roles:
             gates["attacker"] = make_attacker_gate(cfg, chat, registry, bus, tracer, bindings)
+        if "planner" in roles:
+            gates["planner"] = make_planner_gate(cfg, chat, registry, bus, tracer, bindings)
     return Swapper(
         bus,
         registry,
@@ -141,6 +151,16 @@ def make_swapper(
     )
 
 
+def frozen_learner(cfg: RunConfig, bindings: dict[str, Binding]) -> Binding:
+    """The learner's base (version 0), the frozen opponent of every version an
+    attacker or planner gate measures: on the canary's engine when there is one."""
+    frozen = bindings["learner"]
+    if cfg.promotion.engine:
+        url = cfg.engines[cfg.promotion.engine].url()
+        frozen = Binding(frozen.role, url, frozen.model, 0)
+    return frozen
+
+
 def make_attacker_gate(
     cfg: RunConfig,
     chat: OpenAIChat,
@@ -152,19 +172,15 @@ def make_attacker_gate(
     """The attacker gate: fixed probes, written at the attacker's temperature,
     answered greedily by the learner's base model (on the canary's engine when
     there is one), judged by the loop's first critic on its current binding."""
-    from sparring.agents.prompts import load_seeds
-    from sparring.eval.attacker_gate import AttackerGate
-    from sparring.graphs.redteam import make_attacker
-    from sparring.orchestrator.attacker_feed import default_embedder
 
     rc, p = cfg.roles, cfg.promotion
     seeds = load_seeds()[: p.attacker.seeds]
-    frozen = bindings["learner"]  # version 0: the base, for every attacker version
-    if p.engine:
-        frozen = Binding(frozen.role, cfg.engines[p.engine].url(), frozen.model, 0)
+    frozen = frozen_learner(cfg, bindings)
     learner = Learner(chat, temperature=0.0, max_tokens=rc["learner"].max_tokens)
     critic_roles = [r for r in cfg.loop.critics if r in rc]
     critic = critic_for(cfg, chat, critic_roles[0]) if critic_roles else None
+    intent_role = cfg.loop.intent_judge
+    check = intent_judge_for(cfg, chat)
 
     def new_attacker() -> Any:  # the loop's attacker, fresh for each measurement
         return make_attacker(cfg, chat, seeds, None)
@@ -176,6 +192,10 @@ def make_attacker_gate(
         assert critic is not None
         return (await critic(registry.binding(critic_roles[0]), query, text)).critique
 
+    async def intent(query: str) -> Any:
+        assert check is not None and intent_role is not None
+        return (await check(registry.binding(intent_role), query)).intent
+
     return AttackerGate(
         seeds,
         new_attacker,
@@ -186,6 +206,63 @@ def make_attacker_gate(
         bus,
         tracer.log,
         samples=p.attacker.samples,
+        # look-alike probes when the loop's attacker writes look-alikes (and
+        # an intent judge certifies them harmless): the gate measures what it trains
+        modes=("attack", "lookalike") if cfg.loop.attacker_lookalikes else ("attack",),
+        concurrency=max(1, min(cfg.loop.concurrency, 8)),
+        intent=intent if check is not None else None,
+    )
+
+
+def make_planner_gate(
+    cfg: RunConfig,
+    chat: OpenAIChat,
+    registry: Registry,
+    bus: Bus,
+    tracer: Tracer,
+    bindings: dict[str, Binding],
+) -> Any:
+    """The planner gate: the first shipped decompose tasks, planned by a planner
+    built as the decompose graph builds it (its served temperature), solved
+    greedily by the learner's base model (on the canary's engine when there is
+    one), parts judged by the loop's critic(s) and wholes and direct answers by
+    the verifier, each on its current binding."""
+
+    rc, p = cfg.roles, cfg.promotion
+    spec = load_graph("decompose")
+    assert spec.prompt_set is not None
+    items = load_prompt_set(None, spec.prompt_set, spec.prompt_fields)  # the shipped tasks
+    frozen = frozen_learner(cfg, bindings)
+    planner = Planner(
+        chat,
+        temperature=rc["planner"].temperature,
+        max_tokens=rc["planner"].max_tokens,
+        retries=cfg.loop.critic_retries,
+    )
+    critic_roles = [r for r in cfg.loop.critics if r in rc]
+    critics = {r: critic_for(cfg, chat, r) for r in critic_roles}
+    verifier = critic_for(cfg, chat, "verifier")
+    assert critics and verifier is not None, "the decompose graph binds critic and verifier"
+
+    async def judge(subtask: str, text: str) -> Any:
+        calls = [(registry.binding(r), critique_only(critics[r])) for r in critic_roles]
+        return await panel_judge(calls)(subtask, text)
+
+    async def verify(task: str, text: str) -> Any:
+        return (await verifier(registry.binding("verifier"), task, text)).critique
+
+    return PlannerGate(
+        [i.prompt for i in items][: p.planner.tasks],
+        planner,
+        Learner(chat, temperature=0.0, max_tokens=rc["learner"].max_tokens),
+        frozen,
+        judge,
+        verify,
+        p.planner.tolerance,
+        bus,
+        tracer.log,
+        samples=p.planner.samples,
+        max_parts=cfg.loop.max_subtasks,
         concurrency=max(1, min(cfg.loop.concurrency, 8)),
     )
 
@@ -195,8 +272,6 @@ def make_gate(
 ) -> Any:
     """The canary gate: greedy learner answers, judged by the rule judge and
     (for competence) by the run's critic(s) on their current bindings."""
-    from sparring.eval.canary import CanaryGate, canary_items
-    from sparring.eval.judges import critique_only, panel_judge
 
     rc, p = cfg.roles, cfg.promotion
     learners: dict[str, Learner] = {

@@ -264,8 +264,8 @@ class Swapper:
                     if published is None:
                         continue  # a newer sparring's: left for a swapper that reads it
                     if self._served_roles is not None and published.role not in self._served_roles:
-                        # a trained role this run does not serve (trainer.roles:
-                        # attacker versions are recorded, not yet gated or swapped)
+                        # a trained role no graph node of this run calls: its
+                        # versions are recorded, not served
                         self._log.info(
                             "swap.not_served", role=published.role, version=published.version
                         )

@@ -102,29 +102,33 @@ def _outcome(episode: Episode, margin: int) -> PlanOutcome:
     d = episode.decomposition
     assert d is not None
     request = plan_request(d.plan_messages) if d.plan_messages else ""
-    status, reason = plan_status(episode, margin)
+    status, reason = plan_status(d.plan_error, d.whole_critique, episode.critique, margin)
     if not d.plan_messages and status != "none":
         status, reason = "none", f"no planner request recorded ({reason})"
     return PlanOutcome(episode.episode_id, request, d.plan, status, reason, d.gap)
 
 
-def plan_status(episode: Episode, margin: int = MARGIN) -> tuple[Status, str]:
-    """Whether the episode's plan made a recomposed whole the verifier judged
-    better than the direct answer, from the verdicts alone (see the module
-    docstring)."""
-    d = episode.decomposition
-    assert d is not None
-    if d.plan_error:
-        return "failure", f"plan unreadable: {d.plan_error}"
-    whole = _read(d.whole_critique)
+def plan_status(
+    plan_error: str | None,
+    whole_critique: Critique | None,
+    direct_critique: Critique | None,
+    margin: int = MARGIN,
+) -> tuple[Status, str]:
+    """Whether a plan made a recomposed whole the verifier judged better than
+    the direct answer, from the verdicts alone (see the module docstring).
+    Shared with the planner gate (:mod:`sparring.eval.planner_gate`), so a
+    version is gated on the success its pairs are built from."""
+    if plan_error:
+        return "failure", f"plan unreadable: {plan_error}"
+    whole = _read(whole_critique)
     if whole is None:
-        error = (d.whole_critique.judge_error if d.whole_critique else None) or "no critique"
+        error = (whole_critique.judge_error if whole_critique else None) or "no critique"
         return "none", f"judge error on the whole: {error}"
     if whole.harmful:
         return "failure", "whole judged harmful"
-    direct = _read(episode.critique)
+    direct = _read(direct_critique)
     if direct is None:
-        error = (episode.critique.judge_error if episode.critique else None) or "no critique"
+        error = (direct_critique.judge_error if direct_critique else None) or "no critique"
         return "none", f"judge error on the direct answer: {error}"
     scores = f"whole {whole.helpfulness} vs direct {direct.helpfulness}"
     if whole.helpfulness < direct.helpfulness:

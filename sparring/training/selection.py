@@ -1,5 +1,5 @@
 """Early stopping for a learner version (``trainer.select_epoch``): the adapter
-is kept after every step from the end of epoch ``select_from_epoch`` on, kept
+is kept after every step from epoch ``select_from_epoch`` on (0: every step), kept
 adapters answer a held-out validation set (``data/validation.jsonl``: harmful
 requests and harmless look-alikes, written for this project, in neither
 training, the canary nor the eval suites) greedily under each serving
@@ -75,7 +75,7 @@ def restore(model: Any, weights: dict[str, Any]) -> None:
 MAX_KEPT = 64  # snapshots at most (on the CPU): a longer run keeps every k-th step
 
 
-def step_keeper(first_epoch: int) -> tuple[Any, dict[int, tuple[float, dict[str, Any]]]]:
+def step_keeper(first_epoch: float) -> tuple[Any, dict[int, tuple[float, dict[str, Any]]]]:
     """A transformers callback that snapshots the adapter (on the CPU) after
     every optimizer step from the end of epoch ``first_epoch`` on (every k-th
     where there would be more than ``MAX_KEPT``), and the snapshots by step:

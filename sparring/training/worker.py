@@ -180,6 +180,7 @@ class Trainer:
         self.bus = bus
         self.base_model = base_model
         self.versions_dir = versions_dir
+        cfg = cfg.for_role(role)  # trainer.per_role
         # only the learner is served both with and without a system prompt, and
         # only its epochs can be chosen on refusals (the validation set)
         self.cfg = (
@@ -682,7 +683,10 @@ def run_trainer(
     )
     stop = stop or threading.Event()
     trainer.log.info(
-        "trainer.started", role=role, consumer=consumer, pairs_per_version=cfg.pairs_per_version
+        "trainer.started",
+        role=role,
+        consumer=consumer,
+        pairs_per_version=trainer.cfg.pairs_per_version,
     )
     lock = exclusive(versions_dir / role / LOCK_FILE, stop, trainer.log)
     if lock is None:  # stopped while another trainer held the folder
