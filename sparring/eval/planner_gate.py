@@ -49,8 +49,9 @@ from sparring.agents.planner import Planner
 from sparring.bus import Bus
 from sparring.eval.canary import Tracking
 from sparring.eval.probe_gate import ProbeGate, success_rate
+from sparring.graphs.api import model_ref
 from sparring.llm import Binding
-from sparring.schemas import Critique, Decomposition, ModelRef, Part
+from sparring.schemas import Critique, Decomposition, Part
 from sparring.training.planner_pairs import MARGIN, Status, plan_status
 
 PLANNER = Tracking(
@@ -81,11 +82,6 @@ class Probe:
         whole = self.decomposition.whole_critique
         unread = whole is None or whole.verdict is None or self.direct.verdict is None
         return self.status == "none" and unread
-
-
-def _ref(binding: Binding) -> ModelRef:
-    """Which weights answered, as the episode records it."""
-    return ModelRef(role=binding.role, model=binding.model, version=binding.version)
 
 
 class PlannerGate(ProbeGate[Probe]):
@@ -176,7 +172,7 @@ class PlannerGate(ProbeGate[Probe]):
             verdict = await self._verify(task, whole)
         return Decomposition(
             plan=plan.text,
-            planner=_ref(binding),
+            planner=model_ref(binding),
             parts=parts,
             plan_error=plan.error,
             whole_answer=whole,
@@ -190,7 +186,7 @@ class PlannerGate(ProbeGate[Probe]):
             index=index,
             subtask=subtask,
             answer=answer,
-            solver=_ref(self._frozen),
+            solver=model_ref(self._frozen),
             critique=critique,
         )
 
