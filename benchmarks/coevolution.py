@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from _common import run_child, write_result  # benchmarks/, beside this file
 from efficacy import (  # benchmarks/, beside this file
     CONDITIONS,
     evaluate,
@@ -61,7 +60,7 @@ from sparring.tracing import Tracer
 def fresh_run(run_id: str, runs_dir: Path, config: Path, sets: list[str]) -> float:
     started = time.time()
     cmd = [sys.executable, "-m", "sparring", "run", "--run-id", run_id, "--config", str(config)]
-    subprocess.run(cmd + [f"--set={s}" for s in [f"runs_dir={runs_dir}", *sets]], check=True)
+    run_child(cmd + [f"--set={s}" for s in [f"runs_dir={runs_dir}", *sets]])
     return round(time.time() - started, 1)
 
 
@@ -267,10 +266,7 @@ def main() -> None:
             base_dir = args.runs_dir / base_id
             out["held_out"][base_id] = held_out(base_dir, last_promoted(base_dir), with_base=False)
     out["elapsed_s"] = round(time.time() - started, 1)
-    text = json.dumps(out, indent=1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_result(out, args.out)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import run_child, write_result  # benchmarks/, beside this file
 
 from sparring.bus import make_bus
 from sparring.eval.metrics import Metrics
@@ -34,6 +35,7 @@ from sparring.eval.report import by_version, figures
 from sparring.eval.runner import EvalOptions, Evaluation, run_config
 from sparring.eval.suites import SHIPPED, load_suite
 from sparring.schemas import PromotionDecision
+from sparring.serving.hardware import fast_bf16
 
 CONDITIONS = ("served", "template")
 
@@ -100,7 +102,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "sparring", "run", "--run-id", run_id]
         if args.config:
             cmd += ["--config", str(args.config)]
-        subprocess.run(cmd + [f"--set={s}" for s in sets], check=True)
+        run_child(cmd + [f"--set={s}" for s in sets])
         run_s: float | None = round(time.time() - started, 1)
     else:
         run_s = None
@@ -120,11 +122,10 @@ def main() -> None:
     cfg = run_config(run_dir)
     engine = cfg.engines[cfg.roles["learner"].engine]
     out["learner_engine"] = f"{engine.kind} ({engine.swap_mode()} swap), greedy, batched"
+    # the same budget gives a fifth of the pairs on a host without bf16 (shared/DESIGN.md)
+    out["host"] = {"cpus": os.cpu_count(), "fast_bf16": fast_bf16()}
     out["elapsed_s"] = round(time.time() - started, 1)
-    text = json.dumps(out, indent=1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_result(out, args.out)
 
 
 if __name__ == "__main__":

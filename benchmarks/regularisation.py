@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import write_result  # benchmarks/, beside this file
 
 from sparring.bus import make_bus
 from sparring.eval.report import by_version, figures
@@ -137,10 +138,7 @@ def main() -> None:
             key = "base" if n == 0 else f"v{n}"
             out["settings"].setdefault(key, {"setting": "base model"})[system] = figures(m)
         out[f"{system}_eval_s"] = round(time.time() - started, 1)
-    text = json.dumps(out, indent=1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_result(out, args.out)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from sparring.agents.prompts import load_seeds
 from sparring.bus import make_bus
 from sparring.config import AttackerToleranceConfig, EngineConfig, load_config
 from sparring.eval.attacker_gate import ATTACKER, AttackerGate
-from sparring.eval.canary import CanaryGate, canary_items, decide
+from sparring.eval.canary import CanaryGate, canary_items
 from sparring.eval.diversity import minilm_embedder
+from sparring.eval.gate import decide
 from sparring.schemas import Intent, PromotionDecision, VersionPublished
 from sparring.serving.registry import Registry, Swapper
 from sparring.tracing import Tracer

@@ -21,7 +21,8 @@ from sparring.config import (
     load_config,
 )
 from sparring.eval.attacker_gate import AttackerGate
-from sparring.eval.canary import CanaryGate, canary_items, decide
+from sparring.eval.canary import CanaryGate, canary_items
+from sparring.eval.gate import decide
 from sparring.eval.planner_gate import PLANNER, PlannerGate, Probe
 from sparring.schemas import (
     Critique,

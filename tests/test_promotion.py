@@ -16,7 +16,8 @@ import pytest
 from sparring.agents import Binding, Learner, OpenAIChat, make_critic
 from sparring.bus import Bus, make_bus
 from sparring.config import ConfigError, EngineConfig, ToleranceConfig, load_config
-from sparring.eval.canary import CanaryGate, canary_items, decide
+from sparring.eval.canary import CanaryGate, canary_items
+from sparring.eval.gate import decide
 from sparring.eval.suites import SHIPPED, load_suite, normalise
 from sparring.schemas import PromotionDecision, VersionPublished
 from sparring.serving.registry import Registry, Swapper

@@ -28,7 +28,7 @@ never promotes blind).
 diverse) and the mean embedding distance (higher: more diverse), as
 :mod:`sparring.eval.diversity` computes them per learner version.
 
-The decision is :func:`sparring.eval.canary.decide` over ``success``,
+The decision is :func:`sparring.eval.gate.decide` over ``success``,
 ``self_bleu`` and ``embedding_distance`` against the serving attacker's figures
 (measured once per version, reused), published on the ``promotions`` stream
 with ``role: attacker``.
@@ -44,8 +44,8 @@ from typing import Any
 from sparring.agents.attacker import Attack
 from sparring.agents.prompts import Seed
 from sparring.bus import Bus
-from sparring.eval.canary import Tracking
 from sparring.eval.diversity import Embedder, embedding_distance, self_bleu
+from sparring.eval.gate import Tracking
 from sparring.eval.probe_gate import ProbeGate, success_rate
 from sparring.llm import Binding
 from sparring.schemas import Critique, Intent, Mode

@@ -32,7 +32,7 @@ not be read), ``gap`` (mean part helpfulness minus the whole's, per plan,
 averaged: :attr:`sparring.schemas.Decomposition.gap`) and ``judge_errors``
 (plans a judge error left without an outcome).
 
-The decision is :func:`sparring.eval.canary.decide` over ``success`` against
+The decision is :func:`sparring.eval.gate.decide` over ``success`` against
 the serving planner's figures (measured once per version, reused), published
 on the ``promotions`` stream with ``role: planner``.
 """
@@ -47,7 +47,7 @@ from typing import Any
 from sparring.agents.learner import Learner
 from sparring.agents.planner import Planner
 from sparring.bus import Bus
-from sparring.eval.canary import Tracking
+from sparring.eval.gate import Tracking
 from sparring.eval.probe_gate import ProbeGate, success_rate
 from sparring.graphs.api import model_ref
 from sparring.llm import Binding
