@@ -82,6 +82,7 @@ from sparring.serving.models import COMPLETE_MARKER, build_tiny_model, cache_dir
 
 TARGETS = ("trainer", "orchestrator", "redis", "engine", "disk")
 MAX_TRAINER_RESTARTS = 3  # sparring.runner's; one run survives this many trainer deaths
+TRAINING_WAIT_S = 45.0  # a kill aimed at a training step waits this long for one
 REPO = Path(__file__).resolve().parents[1]
 CONSUMER = "local"  # the orchestrator's consumer name (sparring run's default)
 console = Console(stderr=True)
@@ -255,7 +256,10 @@ def run_config(
     episodes: int,
     seed: int,
     learner_port: int | None = None,
+    final_version: bool = False,
 ) -> Path:
+    """``final_version``: the end of the run trains what is left (the disk
+    scenario's; the others leave the rest on the bus, counted as unacked)."""
     cfg = {
         "run_name": "faults",
         "runs_dir": str(runs_dir),
@@ -297,7 +301,8 @@ def run_config(
             "threads": 1,
             "epochs": 1,
             "lineage": "continue",  # versions mid-run, as when faults.json was measured
-            "final_version": False,
+            "final_version": final_version,
+            "final_wait_minutes": 3,
         },
         "promotion": {"gate": False},
         "bus": {"redis_url": url},
@@ -364,9 +369,9 @@ class Scenario:
         self.started_at = time.monotonic()
         self.planned_kill = False
 
-    def last_line(self, leg: Leg) -> str:
+    def last_line(self, leg: Leg, limit: int = 300) -> str:
         lines = (self.tmp / f"{leg.run_id}.log").read_text(errors="replace").strip().splitlines()
-        return lines[-1][-300:] if lines else ""
+        return lines[-1][-limit:] if lines else ""
 
     def run_leg(
         self,
@@ -626,10 +631,13 @@ class Clock:
 
 
 def trainer_faults(scn: Scenario, n: int, bar: Callable[[], None], deadline: float) -> list[dict]:
+    """Every other kill is aimed at a training step (after the trainer logged
+    ``train.start``, before ``train.done``: the batch's pairs unacked, its
+    folder half-written); the others fall 1-15 s after a (re)start, seeded."""
     clock = Clock(scn.rng, 1.0, 15.0)
     done: list[dict[str, Any]] = []
     phases: Counter[str] = Counter()
-    watched: dict[str, int | None] = {"pid": None}
+    watched: dict[str, Any] = {"pid": None, "since": 0.0, "aim": None, "seen": 0}
 
     def fault(leg: Leg) -> None:
         if len(done) >= n or leg.kills >= MAX_TRAINER_RESTARTS:
@@ -637,20 +645,31 @@ def trainer_faults(scn: Scenario, n: int, bar: Callable[[], None], deadline: flo
         pids = scn.trainer_pids(leg)
         if not pids:
             return
-        if pids[0] != watched["pid"]:  # a trainer (re)started: draw when to kill it
-            watched["pid"] = pids[0]
+        log = leg.run_dir / "trainer.log"
+        if pids[0] != watched["pid"]:  # a trainer (re)started: choose how to kill it
+            # (its log's earlier events are its predecessors')
+            watched.update(pid=pids[0], since=time.monotonic(), seen=len(jsonl(log)))
+            watched["aim"] = "train.start" if len(done) % 2 == 0 else None
             clock.arm()
+            if watched["aim"]:  # once training has started: 0-1.5 s into the step
+                clock.due = None
+        if watched["aim"] and clock.due is None:
+            mine = jsonl(log)[watched["seen"] :]
+            if mine and mine[-1].get("event") == watched["aim"]:
+                clock.due = time.monotonic() + scn.rng.uniform(0.0, 1.5)
+            elif time.monotonic() - watched["since"] > TRAINING_WAIT_S:
+                clock.due = time.monotonic()  # no step came: killed where it is
         if clock.ready():
-            phase = last_event(leg.run_dir / "trainer.log")
+            phase = last_event(log)
             if kill_pid(pids[0]):
                 phases[phase] += 1
                 leg.kills += 1
-                done.append({"leg": leg.run_id, "after_event": phase})
+                done.append({"leg": leg.run_id, "aimed_at": watched["aim"], "after_event": phase})
                 clock.due = None
                 bar()
 
     legs = run_legs(scn, "trainer", fault, deadline, lambda: len(done) >= n)
-    return [{"kills": len(done), "kill_points": dict(phases), "legs": legs}]
+    return [{"kills": len(done), "kill_points": dict(phases), "at": done, "legs": legs}]
 
 
 def orchestrator_faults(
@@ -814,16 +833,19 @@ def disk_fault(
     deadline: float,
 ) -> dict[str, Any]:
     """The run directory on a 14 MiB tmpfs: room for the run's files and one
-    learner version (~10 MB, merged weights), not two. The run must stop with a
-    clear error, or finish and say why no version was trained, and leave nothing
-    half-written; then the disk grows and the run resumes with its --run-id."""
+    learner version (~10 MB, merged weights), not two. The run (with
+    ``trainer.final_version``, as users run it) must stop with a clear error
+    that says how to resume, and leave nothing half-written; then the disk
+    grows, the run resumes with its --run-id and trains every pair left."""
     mnt = tmp / "small-disk"
     with tmpfs(mnt, 14) as mounted:
         if not mounted:
             return {"skipped": "cannot mount a tmpfs here (needs root); nothing measured"}
         scn = Scenario("disk", tmp, eng, rng, episodes)
         scn.runs_dir = mnt
-        scn.config = run_config(tmp, eng, scn.redis.url, mnt, episodes, rng.randint(0, 10**6))
+        scn.config = run_config(
+            tmp, eng, scn.redis.url, mnt, episodes, rng.randint(0, 10**6), final_version=True
+        )
         leg = Leg("disk-0", mnt / "disk-0")
         try:
             scn.run_leg(leg, lambda _leg: None, deadline, on_exit=lambda _leg, _code: False)
@@ -832,7 +854,7 @@ def disk_fault(
             trace = jsonl(leg.run_dir / "trace.jsonl")
             full: dict[str, Any] = {
                 "exit_code": scn.proc.returncode,
-                "orchestrator_says": scn.last_line(leg),
+                "orchestrator_says": scn.last_line(leg, limit=2000),
                 "left": half_written(leg.run_dir),
                 "disk_free_kib": shutil.disk_usage(mnt).free // 1024,
                 "trainer_errors": sorted(
@@ -857,6 +879,9 @@ def disk_fault(
                 "tmpfs_mib": 14,
                 "at_disk_full": full,
                 "counts_when_full": first,
+                "clear_error": full["exit_code"] != 0
+                and "no space left" in full["orchestrator_says"]
+                and f"--run-id {leg.run_id}" in full["orchestrator_says"],
                 "resumed_after_freeing_space": {
                     "finished": leg.finished,
                     "unplanned_exits": leg.exits,

@@ -128,6 +128,7 @@ def run(
     # lazy: langgraph and the agents' openai client stay off every other command
     from sparring.graphs.checkpoints import CheckpointError
     from sparring.orchestrator import run_main
+    from sparring.orchestrator.trainer import TrainerGaveUp
 
     cfg = _load(config, sets)
     if consumer == "hostname":
@@ -142,7 +143,7 @@ def run(
             progress=not no_progress,
             trace_stdout=trace_stdout,
         )
-    except (ConfigError, BusError, CheckpointError, EngineError) as err:
+    except (ConfigError, BusError, CheckpointError, EngineError, TrainerGaveUp) as err:
         raise click.ClickException(str(err)) from None
 
 

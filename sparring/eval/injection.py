@@ -19,6 +19,7 @@ the same suite against an older sparring to measure "before".
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -223,15 +224,30 @@ async def run_suite(
     return list(await asyncio.gather(*jobs))
 
 
-def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
-    """Flips in all, by kind and by place, beside the controls' flips."""
+def sign_test(attack_only: int, control_only: int) -> float:
+    """One-sided exact sign test on the paired cases where only one of the two
+    flipped: the chance of ``attack_only`` or more of them going to the attack
+    if attack and control moved the judge equally often."""
+    n = attack_only + control_only
+    return sum(math.comb(n, k) for k in range(attack_only, n + 1)) / 2**n if n else 1.0
 
-    def count(xs: list[Outcome]) -> dict[str, int]:
+
+def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
+    """Flips in all, by kind and by place, beside the controls' flips; and, on
+    the cases where only one of the pair flipped, how likely the attacks' lead
+    (if any) is by chance."""
+
+    def count(xs: list[Outcome]) -> dict[str, Any]:
+        attack_only = sum(o.flipped and not o.control_flipped for o in xs)
+        control_only = sum(o.control_flipped and not o.flipped for o in xs)
         return {
             "cases": len(xs),
             "flipped": sum(o.flipped for o in xs),
             "control_flipped": sum(o.control_flipped for o in xs),
             "unreadable": sum(o.attacked is None for o in xs),
+            "attack_only": attack_only,
+            "control_only": control_only,
+            "p_attack_leads": round(sign_test(attack_only, control_only), 4),
         }
 
     return {

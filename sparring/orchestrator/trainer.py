@@ -23,6 +23,10 @@ MAX_TRAINER_RESTARTS = 3
 TRAINER_CHECK_S = 1.0
 
 
+class TrainerGaveUp(RuntimeError):
+    """The trainer died more than ``MAX_TRAINER_RESTARTS`` times: the run stops."""
+
+
 class TrainerProcess(ManagedProcess):
     """``sparring train`` as a background process whose JSON log is trainer.log."""
 
@@ -79,9 +83,11 @@ async def supervise_trainer(
             tracer.log.error(
                 "trainer.gave_up", exit_code=code, log=str(trainer.log_path), last_error=why
             )
-            raise RuntimeError(
+            raise TrainerGaveUp(
                 f"the trainer died {trainer.restarts + 1} times (last exit code "
-                f"{code}{f': {why}' if why else ''}); see {trainer.log_path}"
+                f"{code}{f': {why}' if why else ''}); see {trainer.log_path}. The pairs it "
+                "had not trained stay on the bus: fix the cause, then resume with "
+                f"`sparring run --run-id {trainer.log_path.parent.name}`"
             )
         trainer.restarts += 1
         tracer.log.warning(

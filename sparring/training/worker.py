@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from sparring.bus import ARCHIVE_DIR, Bus, Delivery, make_bus
 from sparring.bus.streams import PAIRS, PROMOTIONS, VERSIONS
-from sparring.config import RunConfig, TrainerConfig, check_name, load_config
+from sparring.config import ConfigError, RunConfig, TrainerConfig, check_name, load_config
 from sparring.schemas import SCHEMA_VERSION, PreferencePair, VersionPublished, newer_schema
 from sparring.serving.loaders import ADAPTER_SUBDIR
 from sparring.serving.models import COMPLETE_MARKER, resolve_model_path
@@ -798,7 +798,13 @@ def main(argv: list[str] | None = None) -> None:
         "exits; `sparring run` starts its trainer so",
     )
     args = ap.parse_args(argv)
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        # one line for the console, and an error event in trainer.log that the
+        # run's supervisor repeats when it restarts this trainer or gives up
+        process_logger("trainer").error("trainer.config_error", error=str(err))
+        raise SystemExit(f"sparring train: {err}") from None
     if args.role not in cfg.trainer.roles:
         ap.error(
             f"--role {args.role}: the config's trainer.roles is {cfg.trainer.roles}; "
