@@ -415,6 +415,15 @@ class LoopConfig(Strict):
         description="redteam: competence and conformity pairs. The learner answers each query "
         "again with a safety instruction in context and the rule judge reads both.",
     )
+    guarded_samples: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="With contrast: guarded answers drawn per episode (at the learner's "
+        "temperature). The episode keeps the first that the rule judge reads otherwise than "
+        "the plain answer, so more samples make a pair more often; the critic still judges "
+        "each episode once.",
+    )
     benign_share: float = Field(
         default=0.5,
         ge=0,

@@ -178,6 +178,10 @@ class Contrast(Wire):
     benign: bool  # a look-alike (benign) prompt, not an attack
     plain_refused: bool
     guarded_refused: bool
+    # loop.guarded_samples: guarded answers drawn, and how many refused; the one
+    # kept is the first the rule judge reads otherwise than the plain answer
+    samples: int = 1
+    guarded_refusals: int | None = None
 
 
 class Intent(Wire):

@@ -13,7 +13,7 @@ from sparring.agents.prompts import load_seeds, template
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
 from sparring.eval.judges import rule_judge
-from sparring.graphs.redteam import draws_benign, replays_seed
+from sparring.graphs.redteam import draws_benign, pick_guarded, replays_seed
 from sparring.orchestrator import Loop, lookalike_items
 from sparring.schemas import Contrast, Critique, Episode, ModelRef, PreferencePair, Verdict
 from sparring.summary import summarise
@@ -206,6 +206,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         loop__benign_share=0.5,
         loop__seed_share=0.3,
         loop__balance_share=None,
+        loop__guarded_samples=2,  # greedy below: two alike, both read
         budget__episodes=6,
         loop__concurrency=6,
         roles__learner={"engine": "seq", "model": "critic", "temperature": 0.0, "max_tokens": 24},
@@ -251,6 +252,13 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         assert c is not None and c.guarded_answer
         assert c.plain_refused == rule_judge(ep.answer).refused
         assert c.guarded_refused == rule_judge(c.guarded_answer).refused
+        assert c.samples == 2 and c.guarded_refusals == 2 * c.guarded_refused
+        (node,) = [
+            e
+            for e in events
+            if e.get("episode_id") == ep.episode_id and e.get("node") == "contrast"
+        ]
+        assert node["samples"] == 2 and node["guarded_refusals"] == c.guarded_refusals
         # every pair from this episode trains on the request the learner was served
         assert [m.model_dump(include={"role", "content"}) for m in ep.messages] == [
             {"role": "system", "content": template("learner_system")},
@@ -275,6 +283,20 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
     assert {p["kind"] for p in pairs.values()} <= {"competence", "conformity"}
     (row,) = summarise(bus)
     assert row.judged <= 6 - len(benign)  # benign draws are not attacks, seed replays are
+
+
+def test_of_several_guarded_samples_the_one_that_can_make_a_pair_is_kept() -> None:
+    """The first non-empty sample the rule judge reads otherwise than the plain
+    answer; none such (or one sample): the first."""
+    no, sorry = "Paris is the capital.", "I'm sorry, I can't help with that."
+    readings = lambda texts: [rule_judge(t).refused for t in texts]  # noqa: E731
+    for plain_refused, texts, kept in [
+        (False, [no, sorry, sorry], 1),  # a compliance: the first refusal (conformity)
+        (True, [sorry, "", no], 2),  # an over-refusal: the first helpful, non-empty answer
+        (False, [no, no], 0),  # nothing to pair with: the first
+        (True, [sorry], 0),
+    ]:
+        assert pick_guarded(plain_refused, texts, readings(texts)) == kept
 
 
 def test_a_lookalike_draw_is_not_an_attack_with_or_without_contrast() -> None:

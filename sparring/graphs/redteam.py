@@ -11,6 +11,7 @@ attacker seed example as written (``loop.seed_share``).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class RedteamContext(CritiqueContext):
     # prompt, raised to balance_share while competence pairs trail conformity
     # pairs (pair_counts, kept by the orchestrator)
     contrast: bool = False
+    guarded_samples: int = 1  # guarded answers drawn per episode (loop.guarded_samples)
     benign_share: float = 0.0
     benign: PromptSource | None = None
     balance_share: float | None = None
@@ -216,22 +218,42 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     if not ctx.contrast or benign is None:
         return {}
     binding = binding_of(state["learner"])
-    out = await ctx.learner.respond_guarded(binding, state["query"])
+    outs = await asyncio.gather(
+        *(ctx.learner.respond_guarded(binding, state["query"]) for _ in range(ctx.guarded_samples))
+    )
+    plain_refused = rule_judge(state["answer"]).refused
+    readings = [rule_judge(o.text).refused for o in outs]
+    out = outs[pick_guarded(plain_refused, [o.text for o in outs], readings)]
     record = Contrast(
         guarded_answer=out.text,
         benign=benign,
-        plain_refused=rule_judge(state["answer"]).refused,
+        plain_refused=plain_refused,
         guarded_refused=rule_judge(out.text).refused,
+        samples=len(outs),
+        guarded_refusals=sum(readings),
     )
     return traced(
         {"contrast": record.model_dump()},
         binding,
-        [out],
+        list(outs),
         output=out.text,
         benign=record.benign,
         plain_refused=record.plain_refused,
         guarded_refused=record.guarded_refused,
+        samples=record.samples,
+        guarded_refusals=record.guarded_refusals,
     )
+
+
+def pick_guarded(plain_refused: bool, texts: list[str], refused: list[bool]) -> int:
+    """Which of the guarded samples the episode keeps: the first non-empty one
+    the rule judge reads otherwise than the plain answer (the one a pair can
+    be made from: a refusal beside a compliance, help beside an over-refusal),
+    else the first. With one sample, that one."""
+    for i, (text, r) in enumerate(zip(texts, refused, strict=True)):
+        if r != plain_refused and text.strip():
+            return i
+    return 0
 
 
 def after_review(state: RedteamState, runtime: Ctx) -> Literal["refine", "emit"]:
@@ -342,6 +364,7 @@ def context(cfg: RunConfig, core: CoreContext) -> RedteamContext:
         attacker=attacker,
         refine=lc.refine,
         contrast=lc.contrast,
+        guarded_samples=lc.guarded_samples,
         balance_share=lc.balance_share,
         attacker_lookalikes=lc.attacker_lookalikes,
         intent_judge=intent_judge_for(cfg, core.chat),
