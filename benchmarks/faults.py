@@ -82,7 +82,8 @@ from sparring.serving.models import COMPLETE_MARKER, build_tiny_model, cache_dir
 
 TARGETS = ("trainer", "orchestrator", "redis", "engine", "disk")
 MAX_TRAINER_RESTARTS = 3  # sparring.runner's; one run survives this many trainer deaths
-TRAINING_WAIT_S = 45.0  # a kill aimed at a training step waits this long for one
+TRAINING_WAIT_S = 90.0  # a kill aimed at a training step waits this long for one
+FINISH_AFTER_DEADLINE_S = 600.0  # a leg stopped at the deadline then runs to its end
 REPO = Path(__file__).resolve().parents[1]
 CONSUMER = "local"  # the orchestrator's consumer name (sparring run's default)
 console = Console(stderr=True)
@@ -107,11 +108,24 @@ def processes_naming(text: str) -> list[int]:
     return [p for p in found if p != os.getpid()]
 
 
+# Children this script started itself (orchestrators, redis-server, engines):
+# their Popen collects them. Were reap() to collect one first, Popen.poll()
+# would read its exit status as 0 and a crash would pass for a finished run.
+OWN: set[int] = set()
+
+
 def reap() -> None:
     """Collect exited orphans handed to this subreaper (else they stay zombies)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(stat.parent.name)
+        if fields[0] == "Z" and fields[1] == me and pid not in OWN:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def kill_pid(pid: int, sig: int = signal.SIGKILL) -> bool:
@@ -163,6 +177,7 @@ class RedisServer:
         ]
         with (self.dir / "redis-server.log").open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        OWN.add(self.proc.pid)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 30
         while True:
@@ -366,6 +381,7 @@ class Scenario:
             cwd=REPO,
         )
         log.close()
+        OWN.add(self.proc.pid)
         self.started_at = time.monotonic()
         self.planned_kill = False
 
@@ -381,8 +397,11 @@ class Scenario:
         on_exit: Callable[[Leg, int], bool] | None = None,
     ) -> None:
         """Run ``leg`` to the end of its budget, restarting the orchestrator
-        when it exits early; ``on_exit`` may stop the restarts (returns False)."""
+        when it exits early; ``on_exit`` may stop the restarts (returns False).
+        At the deadline the run gets SIGTERM and is resumed with faults off
+        (up to ``FINISH_AFTER_DEADLINE_S``), so what it counts is final."""
         self.legs.append(leg)
+        finishing = False
         reviewer = Reviewer(self.redis.url, leg.run_id, random.Random(self.rng.random()))
         reviewer.start()
         self.start(leg)
@@ -392,6 +411,8 @@ class Scenario:
                 reap()
                 assert self.proc is not None
                 code = self.proc.poll()
+                if code is not None:
+                    OWN.discard(self.proc.pid)  # collected: the pid may be reused
                 if code == 0:
                     leg.finished = True
                     return
@@ -406,11 +427,18 @@ class Scenario:
                     self.start(leg)
                     continue
                 if time.monotonic() > deadline:
-                    leg.exits.append("scenario deadline: stopped with SIGTERM")
                     self.proc.send_signal(signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self.proc.wait(120)
-                    return
+                    if finishing:
+                        leg.exits.append("stopped with SIGTERM: not finished after the deadline")
+                        return
+                    # counted once finished: resumed with its --run-id, faults off
+                    leg.exits.append("scenario deadline: stopped with SIGTERM, resumed, no faults")
+                    finishing, fault = True, lambda _leg: None
+                    deadline = time.monotonic() + FINISH_AFTER_DEADLINE_S
+                    self.start(leg)
+                    continue
                 fault(leg)
         finally:
             reviewer.stop.set()
