@@ -38,8 +38,7 @@ def run_once(runs_dir: Path, run_id: str, samples: int, minutes: float, sets: li
         f"budget.minutes={minutes}",
         "loop.refine=false",
         f"loop.guarded_samples={samples}",
-        "trainer.final_version=false",
-        "trainer.pairs_per_version=100000",  # never reached: no training
+        "trainer.managed=false",  # no trainer: only the episodes
         "promotion.gate=false",
         *sets,
     ]
