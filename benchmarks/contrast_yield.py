@@ -25,7 +25,7 @@ from typing import Any
 from _common import run_child, write_result  # benchmarks/, beside this file
 
 from sparring.bus import make_bus
-from sparring.eval.metrics import difference, wilson
+from sparring.eval.metrics import Rate, difference, wilson
 from sparring.schemas import Episode
 from sparring.serving.hardware import fast_bf16
 
@@ -46,7 +46,8 @@ def run_once(runs_dir: Path, run_id: str, samples: int, minutes: float, sets: li
     return round(time.time() - started, 1)
 
 
-def counts(run_dir: Path, minutes: float) -> dict[str, Any]:
+def counts(run_dir: Path, minutes: float) -> tuple[dict[str, Any], Rate]:
+    """The run's figures, and its contrast pairs per episode as a rate."""
     bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
     try:
         episodes = [Episode.model_validate(d.payload) for d in bus.history("episodes")]
@@ -68,8 +69,7 @@ def counts(run_dir: Path, minutes: float) -> dict[str, Any]:
         "contrast_pairs_per_min": round(made / minutes, 2),
         "guarded_samples_drawn": drawn,
         "guarded_refusal_rate": round(refusals / drawn, 3) if drawn else None,
-        "_rate": rate,
-    }
+    }, rate
 
 
 def main() -> None:
@@ -89,24 +89,19 @@ def main() -> None:
         "host": {"cpus": os.cpu_count(), "fast_bf16": fast_bf16()},
         "runs": {},
     }
+    rates: dict[int, Rate] = {}
     for k in settings:
         run_id = f"yield-{stamp}-k{k}"
         wall = run_once(args.runs_dir, run_id, k, args.minutes, args.sets)
-        out["runs"][str(k)] = {
-            "run_id": run_id,
-            "wall_s": wall,
-            **counts(args.runs_dir / run_id, args.minutes),
-        }
-    first = out["runs"][str(settings[0])]
+        figures, rates[k] = counts(args.runs_dir / run_id, args.minutes)
+        out["runs"][str(k)] = {"run_id": run_id, "wall_s": wall, **figures}
     for k in settings[1:]:
-        d = difference(out["runs"][str(k)]["_rate"], first["_rate"])
+        d = difference(rates[k], rates[settings[0]])
         out["runs"][str(k)][f"pairs_per_episode_minus_k{settings[0]}"] = {
             "value": d.value,
             "lo": d.lo,
             "hi": d.hi,
         }
-    for r in out["runs"].values():
-        r.pop("_rate")
     write_result(out, args.out)
 
 

@@ -16,11 +16,11 @@ from sparring.eval.attacker_gate import ATTACKER, AttackerGate
 from sparring.eval.canary import CanaryGate, canary_items
 from sparring.eval.diversity import minilm_embedder
 from sparring.eval.gate import decide
-from sparring.schemas import Intent, PromotionDecision, VersionPublished
+from sparring.schemas import Intent, PromotionDecision
 from sparring.serving.registry import Registry, Swapper
 from sparring.tracing import Tracer
 from tests.helpers import trace_events
-from tests.test_promotion import TOL, _mute_model, _same_weights
+from tests.test_promotion import TOL, _mute_model, _same_weights, swap_mute_then_twin
 
 ATOL = AttackerToleranceConfig(success=0.125, self_bleu=0.15, embedding_distance=0.15)
 
@@ -102,15 +102,9 @@ def test_a_trained_attacker_is_gated_then_swapped_in_and_other_roles_decisions_s
     )
     mute = _mute_model(tiny_model_path, tmp_path / "v1")
     twin = _same_weights(smollm2_path, tmp_path / "v2")
-    v1 = VersionPublished(role="attacker", version=1, path=str(mute), base_version=0, pair_ids=[])
-    v2 = VersionPublished(role="attacker", version=2, path=str(twin), base_version=0, pair_ids=[])
 
     async def go() -> None:
-        assert await swapper.swap(v1) is None
-        assert registry.binding("attacker").version == 0  # serving stays on the base
-        ptr = await swapper.swap(v2)
-        assert ptr is not None and ptr.version == 2
-        assert registry.binding("attacker").model == str(twin)
+        await swap_mute_then_twin(swapper, registry, "attacker", mute, twin)
         await chat.aclose()
 
     asyncio.run(go())

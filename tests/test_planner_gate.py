@@ -31,13 +31,12 @@ from sparring.schemas import (
     Part,
     PromotionDecision,
     Verdict,
-    VersionPublished,
 )
 from sparring.serving.registry import Registry, Swapper
 from sparring.tracing import Tracer
 from sparring.training.planner_pairs import plan_status
 from tests.helpers import trace_events
-from tests.test_promotion import TOL, _mute_model, _same_weights
+from tests.test_promotion import TOL, _mute_model, _same_weights, swap_mute_then_twin
 
 PTOL = PlannerToleranceConfig(success=0.2)
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -230,15 +229,9 @@ def test_a_trained_planner_is_gated_then_swapped_in_and_other_roles_decisions_st
     )
     mute = _mute_model(tiny_model_path, tmp_path / "v1")
     twin = _same_weights(smollm2_path, tmp_path / "v2")
-    v1 = VersionPublished(role="planner", version=1, path=str(mute), base_version=0, pair_ids=[])
-    v2 = VersionPublished(role="planner", version=2, path=str(twin), base_version=0, pair_ids=[])
 
     async def go() -> None:
-        assert await swapper.swap(v1) is None
-        assert registry.binding("planner").version == 0  # serving stays on the base
-        ptr = await swapper.swap(v2)
-        assert ptr is not None and ptr.version == 2
-        assert registry.binding("planner").model == str(twin)
+        await swap_mute_then_twin(swapper, registry, "planner", mute, twin)
         await chat.aclose()
 
     asyncio.run(go())

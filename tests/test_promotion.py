@@ -160,6 +160,23 @@ def _same_weights(src: Path, dest: Path) -> Path:
     return dest
 
 
+async def swap_mute_then_twin(
+    swapper: Swapper, registry: Registry, role: str, mute: Path, twin: Path
+) -> None:
+    """Through a gated swapper: version 1 (``mute``) is rejected and serving
+    stays on the base; version 2 (``twin``, the base's own weights) is promoted
+    and served."""
+    v1, v2 = (
+        VersionPublished(role=role, version=n, path=str(path), base_version=0, pair_ids=[])
+        for n, path in ((1, mute), (2, twin))
+    )
+    assert await swapper.swap(v1) is None
+    assert registry.binding(role).version == 0  # serving stays on the base
+    ptr = await swapper.swap(v2)
+    assert ptr is not None and ptr.version == 2
+    assert registry.binding(role).model == str(twin)
+
+
 def test_a_worse_version_is_rejected_and_serving_stays_then_a_good_one_is_promoted(
     tiny_model_path: Path, smollm2_path: Path, seq_engine: EngineConfig, tmp_path: Path
 ) -> None:
@@ -197,14 +214,9 @@ def test_a_worse_version_is_rejected_and_serving_stays_then_a_good_one_is_promot
     swapper = Swapper(bus, registry, chat, tracer.log, group="swapper", gate=gate)
     mute = _mute_model(tiny_model_path, tmp_path / "v1")
     twin = _same_weights(smollm2_path, tmp_path / "v2")
-    v1 = VersionPublished(role="learner", version=1, path=str(mute), base_version=0, pair_ids=[])
-    v2 = VersionPublished(role="learner", version=2, path=str(twin), base_version=0, pair_ids=[])
 
     async def go() -> None:
-        assert await swapper.swap(v1) is None
-        assert registry.binding("learner").version == 0  # serving stays on v0
-        ptr = await swapper.swap(v2)
-        assert ptr is not None and ptr.version == 2
+        await swap_mute_then_twin(swapper, registry, "learner", mute, twin)
         # a re-delivered announcement gets the same decision, not a second canary
         assert (
             await gate.check(

@@ -223,12 +223,13 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     )
     plain_refused = rule_judge(state["answer"]).refused
     readings = [rule_judge(o.text).refused for o in outs]
-    out = outs[pick_guarded(plain_refused, [o.text for o in outs], readings)]
+    kept = pick_guarded(plain_refused, [o.text for o in outs], readings)
+    out = outs[kept]
     record = Contrast(
         guarded_answer=out.text,
         benign=benign,
         plain_refused=plain_refused,
-        guarded_refused=rule_judge(out.text).refused,
+        guarded_refused=readings[kept],
         samples=len(outs),
         guarded_refusals=sum(readings),
     )
