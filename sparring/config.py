@@ -424,6 +424,14 @@ class LoopConfig(Strict):
         "the plain answer, so more samples make a pair more often; the critic still judges "
         "each episode once.",
     )
+    written_refusals: bool = Field(
+        default=False,
+        description="With contrast: when none of the learner's guarded answers refused, the "
+        "episode takes a refusal written for this project (sparring/agents/"
+        "written_refusals.yaml) instead, so an attack the plain answer complied with, or a "
+        "look-alike it helped with, still makes a pair. SmolLM2-135M refuses in context about "
+        "a third of the time, on harmful and harmless requests alike (docs/experiments.md).",
+    )
     benign_share: float = Field(
         default=0.5,
         ge=0,

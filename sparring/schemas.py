@@ -182,6 +182,9 @@ class Contrast(Wire):
     # kept is the first the rule judge reads otherwise than the plain answer
     samples: int = 1
     guarded_refusals: int | None = None
+    # loop.written_refusals: no guarded sample refused, so the guarded answer is
+    # a refusal written for the project, not the learner's
+    written: bool = False
 
 
 class Intent(Wire):

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sparring.agents.learner import written_refusal, written_refusals
 from sparring.agents.prompts import load_seeds, template
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
@@ -18,7 +19,7 @@ from sparring.orchestrator import Loop, lookalike_items
 from sparring.schemas import Contrast, Critique, Episode, ModelRef, PreferencePair, Verdict
 from sparring.summary import summarise
 from sparring.tracing import process_logger
-from sparring.training.pairs import contrast_pairs
+from sparring.training.pairs import WRITTEN, contrast_pairs
 from sparring.training.worker import Trainer, complete_versions, run_trainer
 from tests.helpers import tiny_config, trace_events
 from tests.test_trainer import CFG, make_pairs, publish
@@ -83,6 +84,30 @@ def test_a_guarded_refusal_of_a_benign_request_makes_a_competence_pair() -> None
     assert contrast_pairs(_episode(help_, "", benign=True)) == []
     assert contrast_pairs(_episode("", help_, benign=True)) == []
     assert contrast_pairs(_episode("", REFUSAL, benign=False)) == []
+
+
+def test_a_written_refusal_is_credited_to_the_file_not_the_learner() -> None:
+    """loop.written_refusals: every written refusal reads as a refusal, one is
+    fixed by the episode id, and the pair names the file as its author."""
+    pool = written_refusals()
+    assert len(pool) >= 12 and len(set(pool)) == len(pool)
+    assert all(rule_judge(t).refused for t in pool)
+    assert written_refusal("ep1") == written_refusal("ep1")
+    assert len({written_refusal(f"ep{i}") for i in range(40)}) > 5
+    help_ = "Use a soft cloth and warm soapy water, then dry it at once."
+    for answer, benign, kind in [(COMPLIANCE, False, "conformity"), (help_, True, "competence")]:
+        ep = _episode(answer, pool[0], benign=benign)
+        assert ep.contrast is not None
+        ep = ep.model_copy(update={"contrast": ep.contrast.model_copy(update={"written": True})})
+        (pair,) = contrast_pairs(ep)
+        assert pair.kind == kind and "a written refusal" in pair.critique
+        refusal_side, answer_side = (
+            (pair.chosen_by, pair.rejected_by)
+            if kind == "conformity"
+            else (pair.rejected_by, pair.chosen_by)
+        )
+        assert refusal_side == WRITTEN and answer_side.role == "learner"
+        assert {pair.chosen, pair.rejected} == {answer, pool[0]}
 
 
 def test_benign_draws_are_fixed_by_the_episode_id() -> None:
@@ -207,6 +232,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         loop__seed_share=0.3,
         loop__balance_share=None,
         loop__guarded_samples=2,  # greedy below: two alike, both read
+        loop__written_refusals=True,  # none refused: a written refusal stands in
         budget__episodes=6,
         loop__concurrency=6,
         roles__learner={"engine": "seq", "model": "critic", "temperature": 0.0, "max_tokens": 24},
@@ -252,13 +278,20 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         assert c is not None and c.guarded_answer
         assert c.plain_refused == rule_judge(ep.answer).refused
         assert c.guarded_refused == rule_judge(c.guarded_answer).refused
-        assert c.samples == 2 and c.guarded_refusals == 2 * c.guarded_refused
+        if c.written:  # neither answer refused: the pair takes a written refusal
+            assert not c.plain_refused and c.guarded_refusals == 0
+            assert c.guarded_answer == written_refusal(ep.episode_id) and c.guarded_refused
+        else:
+            assert c.samples == 2 and c.guarded_refusals == 2 * c.guarded_refused
+        # a plain answer that did not refuse always has a refusal beside it
+        assert c.plain_refused or c.guarded_refused
         (node,) = [
             e
             for e in events
             if e.get("episode_id") == ep.episode_id and e.get("node") == "contrast"
         ]
         assert node["samples"] == 2 and node["guarded_refusals"] == c.guarded_refusals
+        assert node["written"] == c.written and node["output"] == c.guarded_answer
         # every pair from this episode trains on the request the learner was served
         assert [m.model_dump(include={"role", "content"}) for m in ep.messages] == [
             {"role": "system", "content": template("learner_system")},
@@ -280,6 +313,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         assert nodes[3:] == ["critique", "emit"] and not ep.refined_answer
         assert ep.refined_critique is None
     assert checked >= 1  # a look-alike the attacker wrote was checked
+    assert any(e.contrast and e.contrast.written for e in episodes)  # the path was taken
     assert {p["kind"] for p in pairs.values()} <= {"competence", "conformity"}
     (row,) = summarise(bus)
     assert row.judged <= 6 - len(benign)  # benign draws are not attacks, seed replays are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from functools import cache
 from importlib import resources
 from typing import Literal
@@ -21,6 +22,19 @@ SystemPrompt = Literal["served", "template"] | str
 def guarded_examples() -> list[dict[str, str]]:
     text = resources.files("sparring.agents").joinpath("guarded_examples.yaml").read_text()
     return list(yaml.safe_load(text))
+
+
+@cache
+def written_refusals() -> list[str]:
+    text = resources.files("sparring.agents").joinpath("written_refusals.yaml").read_text()
+    return [str(t) for t in yaml.safe_load(text)]
+
+
+def written_refusal(key: str) -> str:
+    """One of the written refusals, fixed by ``key`` (an episode id), so a
+    resumed episode takes the same one."""
+    pool = written_refusals()
+    return pool[random.Random(key).randrange(len(pool))]
 
 
 def system_text(system: SystemPrompt) -> str | None:

@@ -24,6 +24,7 @@ from langgraph.runtime import Runtime
 
 from sparring.agents import Attacker
 from sparring.agents.difficulty import DifficultyController
+from sparring.agents.learner import written_refusal
 from sparring.agents.prompts import PromptItem, PromptSource, Seed, load_prompt_set, load_seeds
 from sparring.config import RunConfig
 from sparring.graphs.api import (
@@ -76,6 +77,7 @@ class RedteamContext(CritiqueContext):
     # pairs (pair_counts, kept by the orchestrator)
     contrast: bool = False
     guarded_samples: int = 1  # guarded answers drawn per episode (loop.guarded_samples)
+    written_refusals: bool = False  # none refused: a written refusal (loop.written_refusals)
     benign_share: float = 0.0
     benign: PromptSource | None = None
     balance_share: float | None = None
@@ -211,6 +213,8 @@ def lookalike_harmless(state: RedteamState) -> bool | None:
 async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     """With loop.contrast: the learner answers again with a safety instruction
     in context; the rule judge reads both answers (competence/conformity pairs).
+    With loop.written_refusals, a written refusal stands in when no guarded
+    answer refused and the plain answer did not either.
     A look-alike the attacker wrote that nothing certified harmless gets none:
     answering it is competence only if it is harmless."""
     ctx = runtime.context
@@ -224,25 +228,31 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     plain_refused = rule_judge(state["answer"]).refused
     readings = [rule_judge(o.text).refused for o in outs]
     kept = pick_guarded(plain_refused, [o.text for o in outs], readings)
-    out = outs[kept]
+    text, refused = outs[kept].text, readings[kept]
+    # no guarded sample refused a request the plain answer did not refuse
+    written = ctx.written_refusals and not (plain_refused or refused)
+    if written:
+        text, refused = written_refusal(state["episode_id"]), True
     record = Contrast(
-        guarded_answer=out.text,
+        guarded_answer=text,
         benign=benign,
         plain_refused=plain_refused,
-        guarded_refused=readings[kept],
+        guarded_refused=refused,
         samples=len(outs),
         guarded_refusals=sum(readings),
+        written=written,
     )
     return traced(
         {"contrast": record.model_dump()},
         binding,
         list(outs),
-        output=out.text,
+        output=text,
         benign=record.benign,
         plain_refused=record.plain_refused,
         guarded_refused=record.guarded_refused,
         samples=record.samples,
         guarded_refusals=record.guarded_refusals,
+        written=written,
     )
 
 
@@ -366,6 +376,7 @@ def context(cfg: RunConfig, core: CoreContext) -> RedteamContext:
         refine=lc.refine,
         contrast=lc.contrast,
         guarded_samples=lc.guarded_samples,
+        written_refusals=lc.written_refusals,
         balance_share=lc.balance_share,
         attacker_lookalikes=lc.attacker_lookalikes,
         intent_judge=intent_judge_for(cfg, core.chat),

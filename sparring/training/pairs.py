@@ -118,6 +118,10 @@ def debate_pairs(episode: Episode, require_truth: bool = False) -> list[Preferen
     ]
 
 
+# who wrote a contrast pair's refusal under loop.written_refusals
+WRITTEN = ModelRef(role="dataset", model="written_refusals.yaml", version=0)
+
+
 def contrast_pairs(episode: Episode) -> list[PreferencePair]:
     """Conformity and competence pairs (the alternating scheme of Kim et al.):
     on an adversarial prompt, the guarded refusal over a plain answer that did
@@ -136,14 +140,15 @@ def contrast_pairs(episode: Episode) -> list[PreferencePair]:
         episode.critique and episode.critique.verdict and episode.critique.verdict.harmful
     )
     kind: Literal["conformity", "competence"]
+    guarded = "a written refusal" if c.written else "the guarded answer"
     if not c.benign and c.guarded_refused:
         kind = "conformity"
         chosen, rejected = c.guarded_answer, episode.answer
-        why = "the guarded answer refused an adversarial request the plain answer complied with"
+        why = f"{guarded} refused an adversarial request the plain answer complied with"
     elif c.benign and c.guarded_refused and not plain_harmful:
         kind = "competence"
         chosen, rejected = episode.answer, c.guarded_answer
-        why = "the plain answer helped with a look-alike request the guarded answer refused"
+        why = f"the plain answer helped with a look-alike request {guarded} refused"
     elif c.benign and c.plain_refused:
         kind = "competence"
         chosen, rejected = c.guarded_answer, episode.answer
@@ -159,8 +164,8 @@ def contrast_pairs(episode: Episode) -> list[PreferencePair]:
             messages=episode.messages,
             chosen=chosen,
             rejected=rejected,
-            chosen_by=episode.learner,
-            rejected_by=episode.learner,
+            chosen_by=WRITTEN if c.written and kind == "conformity" else episode.learner,
+            rejected_by=WRITTEN if c.written and kind == "competence" else episode.learner,
             critique=f"rule judge: {why}",
             kind=kind,
         )
