@@ -1,15 +1,19 @@
-"""How many contrast pairs does an episode make, with 1 or k guarded samples?
+"""How many contrast pairs does an episode make, with 1 or k guarded samples,
+or with written refusals?
 
 Short runs of the default profile (no training, no gate: only the episodes),
-one per setting of ``loop.guarded_samples``, one after the other on this
-machine, each ``--minutes`` of episodes; the same seed, so the same episodes
-draw the same modes. Counts, from each run's bus: episodes, contrast records
-(by mode), competence and conformity pairs, and the pairs per episode with
-a Wilson interval, beside the episodes per minute (drawing k samples costs
-learner time). Prints and writes JSON.
+one per arm, one after the other on this machine, each ``--minutes`` of
+episodes; the same seed, so the same episodes draw the same modes. An arm is
+``--samples K`` (``loop.guarded_samples=K``) or ``--arm LABEL:KEY=VALUE,...``
+(any settings; guarded_samples 1 unless it sets it). Counts, from each run's
+bus: episodes, contrast records (by mode), competence and conformity pairs,
+written refusals, and the pairs per episode with a Wilson interval, beside the
+episodes per minute (drawing k samples costs learner time). Prints and writes JSON.
 
     python3 benchmarks/contrast_yield.py --samples 1 --samples 3 \\
         --out benchmarks/results/contrast_yield.json
+    python3 benchmarks/contrast_yield.py --samples 1 --arm written:loop.written_refusals=true \\
+        --out benchmarks/results/contrast_yield_written.json
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ from sparring.schemas import Episode
 from sparring.serving.hardware import fast_bf16
 
 
-def run_once(runs_dir: Path, run_id: str, samples: int, minutes: float, sets: list[str]) -> float:
+def run_once(runs_dir: Path, run_id: str, arm: list[str], minutes: float, sets: list[str]) -> float:
     started = time.time()
     cmd = [sys.executable, "-m", "sparring", "run", "--run-id", run_id, "--no-progress"]
     fixed = [
         f"runs_dir={runs_dir}",
         f"budget.minutes={minutes}",
         "loop.refine=false",
-        f"loop.guarded_samples={samples}",
+        *arm,
         "trainer.managed=false",  # no trainer: only the episodes
         "promotion.gate=false",
         *sets,
@@ -60,6 +64,7 @@ def counts(run_dir: Path, minutes: float) -> tuple[dict[str, Any], Rate]:
     rate = wilson(made, len(contrast))
     drawn = sum(c.samples for c in contrast)
     refusals = sum(c.guarded_refusals or 0 for c in contrast)
+    written = sum(c.written for c in contrast)
     return {
         "episodes": len(episodes),
         "episodes_per_min": round(len(episodes) / minutes, 2),
@@ -69,18 +74,35 @@ def counts(run_dir: Path, minutes: float) -> tuple[dict[str, Any], Rate]:
         "contrast_pairs_per_min": round(made / minutes, 2),
         "guarded_samples_drawn": drawn,
         "guarded_refusal_rate": round(refusals / drawn, 3) if drawn else None,
+        "written_refusals": written,
     }, rate
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """``LABEL:KEY=VALUE,KEY=VALUE`` -> the label and its --set items."""
+    label, _, sets = text.partition(":")
+    items = [s for s in sets.split(",") if s]
+    if not label or any("=" not in s for s in items):
+        raise SystemExit(f"--arm {text!r}: want LABEL:KEY=VALUE[,KEY=VALUE]")
+    return label, items
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, action="append", default=[], help="repeatable")
+    ap.add_argument(
+        "--samples", type=int, action="append", default=[], help="an arm k<K>; repeatable"
+    )
+    ap.add_argument(
+        "--arm", action="append", default=[], metavar="LABEL:KEY=VALUE,...", help="repeatable"
+    )
     ap.add_argument("--minutes", type=float, default=8.0, help="of episodes, per run")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/contrast_yield.json"))
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    settings = args.samples or [1, 3]
+    arms = [(f"k{k}", [f"loop.guarded_samples={k}"]) for k in args.samples]
+    arms += [parse_arm(a) for a in args.arm]
+    arms = arms or [("k1", ["loop.guarded_samples=1"]), ("k3", ["loop.guarded_samples=3"])]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out: dict[str, Any] = {
         "benchmark": "contrast_yield",
@@ -89,15 +111,16 @@ def main() -> None:
         "host": {"cpus": os.cpu_count(), "fast_bf16": fast_bf16()},
         "runs": {},
     }
-    rates: dict[int, Rate] = {}
-    for k in settings:
-        run_id = f"yield-{stamp}-k{k}"
-        wall = run_once(args.runs_dir, run_id, k, args.minutes, args.sets)
-        figures, rates[k] = counts(args.runs_dir / run_id, args.minutes)
-        out["runs"][str(k)] = {"run_id": run_id, "wall_s": wall, **figures}
-    for k in settings[1:]:
-        d = difference(rates[k], rates[settings[0]])
-        out["runs"][str(k)][f"pairs_per_episode_minus_k{settings[0]}"] = {
+    rates: dict[str, Rate] = {}
+    for label, arm in arms:
+        run_id = f"yield-{stamp}-{label}"
+        wall = run_once(args.runs_dir, run_id, arm, args.minutes, args.sets)
+        figures, rates[label] = counts(args.runs_dir / run_id, args.minutes)
+        out["runs"][label] = {"run_id": run_id, "sets": arm, "wall_s": wall, **figures}
+    first = arms[0][0]
+    for label, _ in arms[1:]:
+        d = difference(rates[label], rates[first])
+        out["runs"][label][f"pairs_per_episode_minus_{first}"] = {
             "value": d.value,
             "lo": d.lo,
             "hi": d.hi,

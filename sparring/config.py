@@ -426,11 +426,12 @@ class LoopConfig(Strict):
     )
     written_refusals: bool = Field(
         default=False,
-        description="With contrast: when none of the learner's guarded answers refused, the "
-        "episode takes a refusal written for this project (sparring/agents/"
-        "written_refusals.yaml) instead, so an attack the plain answer complied with, or a "
-        "look-alike it helped with, still makes a pair. SmolLM2-135M refuses in context about "
-        "a third of the time, on harmful and harmless requests alike (docs/experiments.md).",
+        description="With contrast: when neither the plain answer nor the guarded one "
+        "refused, the pairs take a refusal written for this project (sparring/agents/"
+        "written_refusals.yaml, credited to it, not the learner): chosen over an attack's "
+        "compliance, rejected beside a look-alike's answer the critic did not judge harmful. "
+        "SmolLM2-135M refuses in context about a third of the time, on harmful and harmless "
+        "requests alike (docs/experiments.md).",
     )
     benign_share: float = Field(
         default=0.5,

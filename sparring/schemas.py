@@ -182,9 +182,18 @@ class Contrast(Wire):
     # kept is the first the rule judge reads otherwise than the plain answer
     samples: int = 1
     guarded_refusals: int | None = None
-    # loop.written_refusals: no guarded sample refused, so the guarded answer is
-    # a refusal written for the project, not the learner's
+    # loop.written_refusals: neither answer refused, so the pairs take a refusal
+    # written for the project (written_refusal) beside the learner's own answers
+    # (records from before written_refusal held it in guarded_answer)
     written: bool = False
+    written_refusal: str | None = None
+
+    def refusal(self) -> tuple[str, bool]:
+        """The refusal side a pair takes, and whether the rule judge read it as
+        one: the written refusal when one stood in, else the guarded answer."""
+        if self.written:
+            return self.written_refusal or self.guarded_answer, True
+        return self.guarded_answer, self.guarded_refused
 
 
 class Intent(Wire):

@@ -96,12 +96,15 @@ def group_by_version(
     decided = {int(d["version"]): d for d in decisions if "version" in d}
     served = [(e, served_version(e, role)) for e in episodes]
     episode_version = {e.episode_id: v for e, v in served if v is not None}
-    side = "rejected_by" if role == "learner" else "chosen_by"
     pair_version: dict[int, list[dict[str, Any]]] = {}
     for p in pairs:
         v = episode_version.get(p.get("episode_id", "")) if role == "learner" else None
         if v is None:
-            v = int((p.get(side) or {}).get("version", 0))
+            # the learner's side (a written refusal, loop.written_refusals, is neither's)
+            sides = ("rejected_by", "chosen_by") if role == "learner" else ("chosen_by",)
+            refs = [p.get(s) or {} for s in sides]
+            ref = next((r for r in refs if r.get("role") == role), refs[0])
+            v = int(ref.get("version", 0))
         pair_version.setdefault(v, []).append(p)
     versions = set(episode_version.values()) | set(by_version) | set(decided) | {0}
     out = []

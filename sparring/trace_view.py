@@ -167,6 +167,8 @@ def render_event(e: dict[str, Any], console: Console, role_filter: str | None = 
             )
     if node in ("attack", "draw"):
         body = Text(f"[{e.get('category')}] ", style="dim") + body
+    if node == "contrast" and e.get("written_refusal"):
+        body.append(f"\nwritten refusal (pairs take it): {e['written_refusal']}", style="dim")
     if node in ("helpful", "sneaky"):
         body = Text(f"turn {e.get('turn')}, for: {e.get('position')}\n", style="dim") + body
     if node == "solve":

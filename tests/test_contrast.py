@@ -14,7 +14,12 @@ from sparring.agents.prompts import load_seeds, template
 from sparring.bus import make_bus
 from sparring.config import EngineConfig
 from sparring.eval.judges import rule_judge
-from sparring.graphs.redteam import draws_benign, pick_guarded, replays_seed
+from sparring.graphs.redteam import (
+    draws_benign,
+    needs_written_refusal,
+    pick_guarded,
+    replays_seed,
+)
 from sparring.orchestrator import Loop, lookalike_items
 from sparring.schemas import Contrast, Critique, Episode, ModelRef, PreferencePair, Verdict
 from sparring.summary import summarise
@@ -98,7 +103,16 @@ def test_a_written_refusal_is_credited_to_the_file_not_the_learner() -> None:
     for answer, benign, kind in [(COMPLIANCE, False, "conformity"), (help_, True, "competence")]:
         ep = _episode(answer, pool[0], benign=benign)
         assert ep.contrast is not None
-        ep = ep.model_copy(update={"contrast": ep.contrast.model_copy(update={"written": True})})
+        # the learner's own guarded answer did not refuse; the written one stands in
+        written = ep.contrast.model_copy(
+            update={
+                "guarded_answer": answer,
+                "guarded_refused": False,
+                "written": True,
+                "written_refusal": pool[0],
+            }
+        )
+        ep = ep.model_copy(update={"contrast": written})
         (pair,) = contrast_pairs(ep)
         assert pair.kind == kind and "a written refusal" in pair.critique
         refusal_side, answer_side = (
@@ -108,6 +122,47 @@ def test_a_written_refusal_is_credited_to_the_file_not_the_learner() -> None:
         )
         assert refusal_side == WRITTEN and answer_side.role == "learner"
         assert {pair.chosen, pair.rejected} == {answer, pool[0]}
+        # a record from before written_refusal held the refusal in guarded_answer
+        old = written.model_copy(
+            update={"guarded_answer": pool[0], "guarded_refused": True, "written_refusal": None}
+        )
+        (same,) = contrast_pairs(ep.model_copy(update={"contrast": old}))
+        assert (same.chosen, same.rejected) == (pair.chosen, pair.rejected)
+    # a look-alike answer the critic judged harmful is never chosen over one
+    judged = Critique(
+        text="it enables harm",
+        verdict=Verdict(harmful=True, helpfulness=5, confidence=8),
+        critic=ModelRef(role="critic", model="c"),
+    )
+    ep = _episode(help_, help_, benign=True)
+    assert ep.contrast is not None
+    c = ep.contrast.model_copy(update={"written": True, "written_refusal": pool[0]})
+    assert contrast_pairs(ep.model_copy(update={"contrast": c, "critique": judged})) == []
+
+
+def test_a_written_refusal_stands_in_only_when_neither_answer_refused() -> None:
+    for plain_refused, guarded, stands_in in [
+        (False, COMPLIANCE, True),  # neither refused
+        (False, "", True),  # an empty guarded answer reads as refused, but makes no pair
+        (False, REFUSAL, False),  # the learner's own refusal is kept
+        (True, COMPLIANCE, False),  # the plain answer refused: the pair is the other way
+        (True, "", False),
+    ]:
+        got = needs_written_refusal(plain_refused, guarded, rule_judge(guarded).refused)
+        assert got == stands_in, (plain_refused, guarded)
+
+
+def test_the_written_refusal_does_not_tell_an_attack_from_a_lookalike() -> None:
+    """Its wording is drawn independently of the episode's look-alike draw, at
+    any share: else a learner could learn the wording instead of the request."""
+    pool = written_refusals()
+    for share in (0.25, 0.5, 0.75):
+        ids = [f"run-ep{i:05d}" for i in range(2000)]
+        benign = [i for i in ids if draws_benign(i, share)]
+        attack = [i for i in ids if not draws_benign(i, share)]
+        for group in (benign, attack):
+            firsts = sum(pool.index(written_refusal(i)) < len(pool) // 2 for i in group)
+            assert 0.4 < firsts / len(group) < 0.6, share
 
 
 def test_benign_draws_are_fixed_by_the_episode_id() -> None:
@@ -278,20 +333,22 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         assert c is not None and c.guarded_answer
         assert c.plain_refused == rule_judge(ep.answer).refused
         assert c.guarded_refused == rule_judge(c.guarded_answer).refused
-        if c.written:  # neither answer refused: the pair takes a written refusal
-            assert not c.plain_refused and c.guarded_refusals == 0
-            assert c.guarded_answer == written_refusal(ep.episode_id) and c.guarded_refused
+        assert c.samples == 2 and c.guarded_refusals == 2 * c.guarded_refused
+        if c.written:  # neither answer refused: the pairs take a written refusal
+            assert not c.plain_refused and not c.guarded_refused
+            assert c.written_refusal == written_refusal(ep.episode_id)
         else:
-            assert c.samples == 2 and c.guarded_refusals == 2 * c.guarded_refused
+            assert c.written_refusal is None
         # a plain answer that did not refuse always has a refusal beside it
-        assert c.plain_refused or c.guarded_refused
+        assert c.plain_refused or c.refusal()[1]
         (node,) = [
             e
             for e in events
             if e.get("episode_id") == ep.episode_id and e.get("node") == "contrast"
         ]
         assert node["samples"] == 2 and node["guarded_refusals"] == c.guarded_refusals
-        assert node["written"] == c.written and node["output"] == c.guarded_answer
+        assert node["written_refusal"] == c.written_refusal
+        assert node["output"] == c.guarded_answer  # the learner's own words
         # every pair from this episode trains on the request the learner was served
         assert [m.model_dump(include={"role", "content"}) for m in ep.messages] == [
             {"role": "system", "content": template("learner_system")},

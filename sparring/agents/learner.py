@@ -32,9 +32,11 @@ def written_refusals() -> list[str]:
 
 def written_refusal(key: str) -> str:
     """One of the written refusals, fixed by ``key`` (an episode id), so a
-    resumed episode takes the same one."""
+    resumed episode takes the same one. Salted: the episode's other draws from
+    its id (look-alike or attack) must not predict the wording, or the learner
+    could learn the wording instead of the request."""
     pool = written_refusals()
-    return pool[random.Random(key).randrange(len(pool))]
+    return pool[random.Random(f"{key}:written-refusal").randrange(len(pool))]
 
 
 def system_text(system: SystemPrompt) -> str | None:

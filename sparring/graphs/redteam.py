@@ -229,10 +229,7 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     readings = [rule_judge(o.text).refused for o in outs]
     kept = pick_guarded(plain_refused, [o.text for o in outs], readings)
     text, refused = outs[kept].text, readings[kept]
-    # no guarded sample refused a request the plain answer did not refuse
-    written = ctx.written_refusals and not (plain_refused or refused)
-    if written:
-        text, refused = written_refusal(state["episode_id"]), True
+    written = ctx.written_refusals and needs_written_refusal(plain_refused, text, refused)
     record = Contrast(
         guarded_answer=text,
         benign=benign,
@@ -241,6 +238,7 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
         samples=len(outs),
         guarded_refusals=sum(readings),
         written=written,
+        written_refusal=written_refusal(state["episode_id"]) if written else None,
     )
     return traced(
         {"contrast": record.model_dump()},
@@ -252,7 +250,7 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
         guarded_refused=record.guarded_refused,
         samples=record.samples,
         guarded_refusals=record.guarded_refusals,
-        written=written,
+        written_refusal=record.written_refusal,
     )
 
 
@@ -265,6 +263,14 @@ def pick_guarded(plain_refused: bool, texts: list[str], refused: list[bool]) -> 
         if r != plain_refused and text.strip():
             return i
     return 0
+
+
+def needs_written_refusal(plain_refused: bool, guarded: str, guarded_refused: bool) -> bool:
+    """With loop.written_refusals: does a written refusal stand in beside the
+    learner's answers? When neither refused: the plain answer did not, and the
+    guarded one kept did not either, or was empty (the rule judge reads an empty
+    answer as refused, but it makes no pair)."""
+    return not plain_refused and not (guarded_refused and guarded.strip())
 
 
 def after_review(state: RedteamState, runtime: Ctx) -> Literal["refine", "emit"]:

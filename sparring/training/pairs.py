@@ -132,26 +132,29 @@ def contrast_pairs(episode: Episode) -> list[PreferencePair]:
     model's; a helpful answer the critic judged harmful is never chosen, and
     an empty answer never makes a pair."""
     c = episode.contrast
-    if c is None or c.plain_refused == c.guarded_refused:
+    if c is None:
         return []
-    if not (episode.answer.strip() and c.guarded_answer.strip()):
+    guarded_answer, guarded_refused = c.refusal()
+    if c.plain_refused == guarded_refused:
+        return []
+    if not (episode.answer.strip() and guarded_answer.strip()):
         return []
     plain_harmful = bool(
         episode.critique and episode.critique.verdict and episode.critique.verdict.harmful
     )
     kind: Literal["conformity", "competence"]
     guarded = "a written refusal" if c.written else "the guarded answer"
-    if not c.benign and c.guarded_refused:
+    if not c.benign and guarded_refused:
         kind = "conformity"
-        chosen, rejected = c.guarded_answer, episode.answer
+        chosen, rejected = guarded_answer, episode.answer
         why = f"{guarded} refused an adversarial request the plain answer complied with"
-    elif c.benign and c.guarded_refused and not plain_harmful:
+    elif c.benign and guarded_refused and not plain_harmful:
         kind = "competence"
-        chosen, rejected = episode.answer, c.guarded_answer
+        chosen, rejected = episode.answer, guarded_answer
         why = f"the plain answer helped with a look-alike request {guarded} refused"
     elif c.benign and c.plain_refused:
         kind = "competence"
-        chosen, rejected = c.guarded_answer, episode.answer
+        chosen, rejected = guarded_answer, episode.answer
         why = "the guarded answer helped with a look-alike request the plain answer refused"
     else:
         return []
