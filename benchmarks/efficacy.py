@@ -50,6 +50,22 @@ def last_promoted(run_dir: Path) -> int:
     return max((d.version for d in decisions if d.promoted and d.role == "learner"), default=0)
 
 
+def gate_decision(run_dir: Path, version: int) -> str:
+    """What the canary gate decided on the learner's ``version``: promoted,
+    rejected, or not gated (e.g. the run's final wait ran out before it)."""
+    if version == 0:
+        return "base"
+    bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
+    try:
+        decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
+    finally:
+        bus.close()
+    for d in decisions:
+        if d.role == "learner" and d.version == version:
+            return "promoted" if d.promoted else "rejected"
+    return "not gated"
+
+
 def run_counts(run_dir: Path) -> dict[str, int]:
     """What the run produced: episodes, preference pairs, trained versions."""
     bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
@@ -110,6 +126,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "run_id": run_id,
         "version": version,
+        "gate": gate_decision(run_dir, version),
         "base_version": 0,
         "suites": {n: len(load_suite(n).items) for n in SHIPPED},
         "run_s": run_s,  # the run's wall time, start-up and final version included

@@ -850,10 +850,11 @@ class TrainerConfig(Strict):
         "run waits for it up to final_wait_minutes.",
     )
     final_wait_minutes: float = Field(
-        default=20.0,
+        default=60.0,
         gt=0,
-        description="How long the end of a run waits for its final version to be trained "
-        "and gated.",
+        description="At most how long the end of a run waits for its final version to be "
+        "trained and gated; the run ends as soon as the gate decided. Past it the run ends "
+        "without the version (the pairs stay on the bus for a resumed run).",
     )
     schedule: Literal["mix", "alternate"] = Field(
         default="mix",

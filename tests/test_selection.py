@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from sparring.training.selection import Candidate, choose, search, validation_items
 
@@ -79,9 +80,22 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
             "contexts": ["served", "template"],
         }
     )
-    result = train_version(tiny_model_path, make_pairs(4), tmp_path / "v1", cfg)
+    events: list[tuple[str, dict[str, Any]]] = []
+    result = train_version(
+        tiny_model_path,
+        make_pairs(4),
+        tmp_path / "v1",
+        cfg,
+        report=lambda event, **fields: events.append((event, fields)),
+    )
     assert result.steps == 3 * 4  # 4 pairs x 2 contexts / batch 2, 3 epochs
     measured = [c["step"] for c in result.selection]
+    # progress as it trains (the last step always), then each candidate measured
+    progress = [f for e, f in events if e == "train.progress"]
+    assert progress and progress[-1]["step"] == progress[-1]["steps"] == 12
+    assert progress[-1]["eta_s"] == 0 and progress[-1]["loss"] is not None
+    candidates = [f for e, f in events if e == "train.candidate"]  # in the order measured
+    assert sorted(candidates, key=lambda c: c["step"]) == list(result.selection)
     assert measured and set(measured) <= set(range(8, 13)) and 12 in measured
     assert result.step in measured
     chosen = next(c for c in result.selection if c["step"] == result.step)

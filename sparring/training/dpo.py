@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def train_version(
     seed: int = 0,
     *,
     adapter_from: Path | None = None,
+    report: Callable[..., None] | None = None,
 ) -> TrainResult:
     """Train a LoRA on ``pairs`` from the model ``base`` (a folder or hub id).
 
@@ -135,7 +137,10 @@ def train_version(
     The adapter is written to ``out_dir/adapter`` (what vLLM loads with
     load_lora_adapter); with ``publish: merged`` also ``base`` with the adapter
     merged in, plus the tokenizer (what transformers serve and vLLM's full
-    reload serve), to ``out_dir``.
+    reload serve), to ``out_dir``. ``report(event, **fields)``: called with
+    ``train.progress`` as it trains (at most every PROGRESS_EVERY_S seconds, and
+    at the last step) and ``train.candidate`` for each step measured on the
+    validation set.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -170,6 +175,8 @@ def train_version(
         keeper, kept = selection.step_keeper(cfg.select_from_epoch)
         if cfg.select_epoch:
             trainer.add_callback(keeper)
+        if report is not None:
+            trainer.add_callback(progress_callback(report))
         output = trainer.train()
         checkpointing = bool(trainer.args.activation_checkpointing)
     history: list[dict[str, Any]] = trainer.state.log_history
@@ -183,7 +190,7 @@ def train_version(
     chosen: int | None = None
     candidates: list[selection.Candidate] = []
     if len(kept) > 1 and _is_main_process(trainer):  # one: the last step, as without
-        chosen, candidates = _select_step(peft_model, tokenizer, kept, cfg)
+        chosen, candidates = _select_step(peft_model, tokenizer, kept, cfg, report)
     if _is_main_process(trainer):
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir / "adapter"))
@@ -216,6 +223,7 @@ def _select_step(
     tokenizer: Any,
     kept: dict[int, tuple[float, dict[str, Any]]],
     cfg: TrainerConfig,
+    report: Callable[..., None] | None = None,
 ) -> tuple[int, list[selection.Candidate]]:
     """Measure kept steps' adapters on the validation set (a bisection), load
     the chosen one into ``model`` (the one then written), and return its step
@@ -225,13 +233,49 @@ def _select_step(
     def measure_at(step: int) -> selection.Candidate:
         epoch, weights = kept[step]
         selection.restore(model, weights)
-        return selection.measure(
+        found = selection.measure(
             model, tokenizer, items, tuple(cfg.contexts), cfg.select_max_tokens, step, epoch
         )
+        if report is not None:
+            report("train.candidate", **found.as_dict())
+        return found
 
     best, candidates = selection.search(sorted(kept), measure_at, cfg.select_over_refusal)
     selection.restore(model, kept[best.step][1])
     return best.step, candidates
+
+
+PROGRESS_EVERY_S = 30.0
+
+
+def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVERY_S) -> Any:
+    """A transformers callback that reports the optimizer step, of how many,
+    the last loss and the seconds so far and to go, at most every ``every_s``
+    seconds and at the last step (a CPU run can train for half an hour)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.start = self.last = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            now, step, total = time.perf_counter(), state.global_step, state.max_steps
+            if now - self.last < every_s and step < total:
+                return
+            self.last = now
+            losses = [h["loss"] for h in state.log_history if "loss" in h]
+            elapsed = now - self.start
+            report(
+                "train.progress",
+                step=step,
+                steps=total,
+                epoch=round(state.epoch or 0, 2),
+                loss=round(losses[-1], 4) if losses else None,
+                seconds=round(elapsed, 1),
+                eta_s=round(elapsed / step * (total - step), 1) if step else None,
+            )
+
+    return Progress()
 
 
 def _is_main_process(trainer: Any) -> bool:

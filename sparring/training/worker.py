@@ -551,7 +551,13 @@ class Trainer:
         try:
             with disk_full_stops(tmp, n, self.log):
                 result = train_version(
-                    base, trained, tmp, self.cfg, seed=n, adapter_from=adapter_from
+                    base,
+                    trained,
+                    tmp,
+                    self.cfg,
+                    seed=n,
+                    adapter_from=adapter_from,
+                    report=lambda event, **fields: self.log.info(event, version=n, **fields),
                 )
         except TrainingDiverged as err:
             # Garbage weights never serve; retrying the same pairs would diverge
