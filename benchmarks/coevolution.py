@@ -35,6 +35,7 @@ from efficacy import (  # benchmarks/, beside this file
     CONDITIONS,
     evaluate,
     last_promoted,
+    learner_decisions,
     run_counts,
 )
 
@@ -261,10 +262,14 @@ def main() -> None:
         crossplay(run_dir, [0, *(r["version"] for r in attackers)], [0, *promoted])
     )
     if not args.skip_held_out:
-        out["held_out"] = {run_id: held_out(run_dir, last_promoted(run_dir), with_base=True)}
+        out["held_out"] = {
+            run_id: held_out(run_dir, last_promoted(learner_decisions(run_dir)), with_base=True)
+        }
         if base_id:
             base_dir = args.runs_dir / base_id
-            out["held_out"][base_id] = held_out(base_dir, last_promoted(base_dir), with_base=False)
+            out["held_out"][base_id] = held_out(
+                base_dir, last_promoted(learner_decisions(base_dir)), with_base=False
+            )
     out["elapsed_s"] = round(time.time() - started, 1)
     write_result(out, args.out)
 

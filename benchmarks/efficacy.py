@@ -40,28 +40,28 @@ from sparring.serving.hardware import fast_bf16
 CONDITIONS = ("served", "template")
 
 
-def last_promoted(run_dir: Path) -> int:
-    """The newest version the canary gate promoted (0: none was)."""
+def learner_decisions(run_dir: Path) -> list[PromotionDecision]:
+    """The canary gate's decisions on the run's learner versions."""
     bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
     try:
         decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
     finally:
         bus.close()
-    return max((d.version for d in decisions if d.promoted and d.role == "learner"), default=0)
+    return [d for d in decisions if d.role == "learner"]
 
 
-def gate_decision(run_dir: Path, version: int) -> str:
-    """What the canary gate decided on the learner's ``version``: promoted,
-    rejected, or not gated (e.g. the run's final wait ran out before it)."""
+def last_promoted(decisions: list[PromotionDecision]) -> int:
+    """The newest version the canary gate promoted (0: none was)."""
+    return max((d.version for d in decisions if d.promoted), default=0)
+
+
+def gate_decision(decisions: list[PromotionDecision], version: int) -> str:
+    """What the canary gate decided on ``version``: promoted, rejected, or not
+    gated (e.g. the run's final wait ran out before it)."""
     if version == 0:
         return "base"
-    bus = make_bus(None, run_dir / "bus.sqlite", namespace=run_dir.name)
-    try:
-        decisions = [PromotionDecision.model_validate(d.payload) for d in bus.history("promotions")]
-    finally:
-        bus.close()
     for d in decisions:
-        if d.role == "learner" and d.version == version:
+        if d.version == version:
             return "promoted" if d.promoted else "rejected"
     return "not gated"
 
@@ -122,11 +122,12 @@ def main() -> None:
         run_s: float | None = round(time.time() - started, 1)
     else:
         run_s = None
-    version = args.version if args.version is not None else last_promoted(run_dir)
+    decisions = learner_decisions(run_dir)
+    version = args.version if args.version is not None else last_promoted(decisions)
     out: dict[str, Any] = {
         "run_id": run_id,
         "version": version,
-        "gate": gate_decision(run_dir, version),
+        "gate": gate_decision(decisions, version),
         "base_version": 0,
         "suites": {n: len(load_suite(n).items) for n in SHIPPED},
         "run_s": run_s,  # the run's wall time, start-up and final version included
