@@ -12,24 +12,18 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
-import yaml
-
 from sparring.agents.critic import VerdictParseError, parse_field
-from sparring.agents.prompts import FENCE, Data, neutralise, render, template
+from sparring.agents.prompts import FENCE, Data, neutralise, packaged_yaml, render, template
 from sparring.llm import Binding, Chat, Completion, Message, ask_parsed
 from sparring.schemas import Judgement, ModelRef
 
 CHOICE_MAX_TOKENS = 4
 
 
-@cache
 def debate_examples() -> list[dict[str, Any]]:
-    text = resources.files("sparring.agents").joinpath("debate_examples.yaml").read_text()
-    return list(yaml.safe_load(text))
+    return list(packaged_yaml("debate_examples.yaml"))
 
 
 def transcript(turns: list[tuple[str, str]], tag: str = "debate") -> str:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import random
-from functools import cache
-from importlib import resources
 from typing import Literal
 
-import yaml
-
-from sparring.agents.prompts import Data, render, template
+from sparring.agents.prompts import Data, packaged_yaml, render, template
 from sparring.llm import Binding, Chat, Completion, Message
 
 # How the learner's system prompt is chosen: served (learner_system.txt, what
@@ -18,16 +14,12 @@ from sparring.llm import Binding, Chat, Completion, Message
 SystemPrompt = Literal["served", "template"] | str
 
 
-@cache
 def guarded_examples() -> list[dict[str, str]]:
-    text = resources.files("sparring.agents").joinpath("guarded_examples.yaml").read_text()
-    return list(yaml.safe_load(text))
+    return list(packaged_yaml("guarded_examples.yaml"))
 
 
-@cache
 def written_refusals() -> list[str]:
-    text = resources.files("sparring.agents").joinpath("written_refusals.yaml").read_text()
-    return [str(t) for t in yaml.safe_load(text)]
+    return [str(t) for t in packaged_yaml("written_refusals.yaml")]
 
 
 def written_refusal(key: str) -> str:

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
-import yaml
-
-from sparring.agents.prompts import Data, neutralise, render, template
+from sparring.agents.prompts import Data, neutralise, packaged_yaml, render, template
 from sparring.llm import Binding, Chat, Completion, Message, ask_parsed
 
 
@@ -51,10 +47,8 @@ class Plan:
     messages: list[Message]
 
 
-@cache
 def plan_examples() -> list[dict[str, Any]]:
-    text = resources.files("sparring.agents").joinpath("plan_examples.yaml").read_text()
-    return list(yaml.safe_load(text))
+    return list(packaged_yaml("plan_examples.yaml"))
 
 
 class Planner:

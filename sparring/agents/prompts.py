@@ -18,6 +18,13 @@ def template(name: str) -> str:
     return resources.files("sparring.agents").joinpath(f"prompts/{name}.txt").read_text().strip()
 
 
+@cache
+def packaged_yaml(name: str) -> Any:
+    """A YAML file shipped beside the agents (few-shot examples, written
+    refusals), parsed once. Callers read it and never change it."""
+    return yaml.safe_load(resources.files("sparring.agents").joinpath(name).read_text())
+
+
 class Data(str):
     """Text a model or a user wrote (a query, an answer, a critique, a debate
     turn): :func:`render` puts it inside fences it cannot close or forge, so a
@@ -101,15 +108,12 @@ def load_seeds(path: Path | None = None) -> list[Seed]:
     return seeds
 
 
-@cache
 def critic_examples() -> list[dict[str, str]]:
-    text = resources.files("sparring.agents").joinpath("critic_examples.yaml").read_text()
-    return list(yaml.safe_load(text))
+    return list(packaged_yaml("critic_examples.yaml"))
 
 
 def intent_examples() -> list[dict[str, str]]:
-    text = resources.files("sparring.agents").joinpath("intent_examples.yaml").read_text()
-    return list(yaml.safe_load(text))
+    return list(packaged_yaml("intent_examples.yaml"))
 
 
 @dataclass(frozen=True)
