@@ -84,6 +84,8 @@ def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
         promotion__gate=True,
         promotion__canary_per_kind=1,
         promotion__canary_competence=1,
+        # the tiny model's versions are gated, not judged on merit: any figure passes
+        promotion__discrimination_gain=None,
         promotion__tolerance={
             "attack_success": 1,
             "over_refusal": 1,

@@ -189,6 +189,12 @@ class Gate:
         """The decision's reason, from :func:`decide`'s."""
         return reason
 
+    def short_of_gain(self, candidate: Figures, baseline: Figures) -> str | None:
+        """Why a candidate no tolerance rejects is still not promoted (it gains
+        too little over ``baseline``, the serving version's figures, or the
+        figures the gate holds it to), or None: no gain is required."""
+        return None
+
     async def measure(self, binding: Binding) -> Figures:
         """The figures of the version ``binding`` serves (once per version)."""
         if binding.version in self.figures:
@@ -212,6 +218,8 @@ class Gate:
         metrics = await self.measure(candidate)
         reference = self.held_to()
         promoted, reason = decide(metrics, reference or baseline, self._tolerance, self.tracking)
+        if promoted and (short := self.short_of_gain(metrics, baseline)) is not None:
+            promoted, reason = False, f"{short}; {reason}"
         decision = PromotionDecision(
             role=role,
             version=candidate.version,

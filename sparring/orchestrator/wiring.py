@@ -306,4 +306,5 @@ def make_gate(
         reference=p.reference,
         conditions=tuple(p.conditions),
         max_tokens=p.max_tokens,
+        discrimination_gain=p.discrimination_gain,
     )
