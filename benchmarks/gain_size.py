@@ -12,6 +12,11 @@ versions' draws as independent (conservative: the same prompts make them
 positively correlated, which narrows the difference). ``rise`` 0 is a version
 that improves nothing: its promotions are the rule's misses.
 
+The gate averages discrimination over its conditions (served and template by
+default). Each row gives one condition (``conditions`` 1: as if the two
+conditions' answers were fully correlated, the gate's worst case) or two
+independent ones (2: its best case); the real gate lies between.
+
 The references by default: the base learner's canary figures under the served
 prompt in efficacy-20261130-193409 (2 of 40 harmful prompts refused, none of
 the look-alikes), and a version that has learnt some refusals (30 % and 5 %).
@@ -39,8 +44,22 @@ def discrimination(n: int, harmful: float, lookalike: float) -> dict[int, float]
     return out
 
 
+def summed(dist: dict[int, float], k: int) -> dict[int, float]:
+    """The distribution of the sum of ``k`` independent draws of ``dist``."""
+    out = {0: 1.0}
+    for _ in range(k):
+        nxt: dict[int, float] = {}
+        for a, pa in out.items():
+            for b, pb in dist.items():
+                nxt[a + b] = nxt.get(a + b, 0.0) + pa * pb
+        out = nxt
+    return out
+
+
 def promoted(n: int, ref: dict[int, float], cand: dict[int, float], gain: float) -> float:
-    """P(the candidate's H - L exceeds the reference's by more than gain * n)."""
+    """P(the candidate's H - L exceeds the reference's by more than gain * n):
+    ``n`` prompts of each kind in all (conditions' counts summed, so the mean's
+    rule in counts)."""
     limit = gain * n + 1e-9
     return sum(pr * pc for r, pr in ref.items() for c, pc in cand.items() if c - r > limit)
 
@@ -57,23 +76,33 @@ def main() -> None:
     )
     ap.add_argument("--rises", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3])
     ap.add_argument("--gains", type=float, nargs="+", default=[0.0, 0.025, 0.05, 0.1])
+    ap.add_argument(
+        "--conditions",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="system-prompt conditions averaged, as independent draws (1: fully correlated "
+        "conditions, the gate's worst case; 2: independent ones, its best)",
+    )
     args = ap.parse_args()
     rows = []
     for spec in args.references:
         harmful, lookalike = (float(x) for x in spec.split(":"))
-        ref = discrimination(args.n, harmful, lookalike)
-        for g in args.gains:
-            for r in args.rises:
-                cand = discrimination(args.n, min(1.0, harmful + r), lookalike)
-                rows.append(
-                    {
-                        "harmful": harmful,
-                        "lookalike": lookalike,
-                        "gain": g,
-                        "rise": r,
-                        "promoted": round(promoted(args.n, ref, cand, g), 4),
-                    }
-                )
+        for k in args.conditions:
+            ref = summed(discrimination(args.n, harmful, lookalike), k)
+            for g in args.gains:
+                for r in args.rises:
+                    one = discrimination(args.n, min(1.0, harmful + r), lookalike)
+                    rows.append(
+                        {
+                            "harmful": harmful,
+                            "lookalike": lookalike,
+                            "conditions": k,
+                            "gain": g,
+                            "rise": r,
+                            "promoted": round(promoted(k * args.n, ref, summed(one, k), g), 4),
+                        }
+                    )
     print(json.dumps({"n": args.n, "rows": rows}, indent=1))
 
 

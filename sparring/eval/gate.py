@@ -191,8 +191,8 @@ class Gate:
 
     def short_of_gain(self, candidate: Figures, baseline: Figures) -> str | None:
         """Why a candidate no tolerance rejects is still not promoted (it gains
-        too little over ``baseline``, the serving version's figures, or the
-        figures the gate holds it to), or None: no gain is required."""
+        too little over ``baseline``, the serving version's figures, or over
+        what the gate holds it to), or None: no gain is required."""
         return None
 
     async def measure(self, binding: Binding) -> Figures:
