@@ -8,13 +8,17 @@ reading:
   prompt given back instead of an answer;
 - ``echoes-system-prompt``: it repeats a run of eight or more words of a system
   prompt the learner is served or trained with;
+- ``echoes-instructions``: it repeats a run of eight or more words of another
+  of our prompts (the refinement request, the critic's rubric): a prompt given
+  back instead of an answer;
 - ``repetition``: one phrase of four words three times or more, or fewer than
   half of its three-word phrases distinct (a loop);
 - ``quotes-fence``: it holds a ``[BEGIN <tag>]`` or ``[END <tag>]`` mark, the
   fences our prompts quote material in (a refinement that copied its prompt);
 - ``about-the-answer``: it opens by describing an answer or review ("The answer
   to the question raises ...", "The review says ...") instead of answering: a
-  refinement that reports on its prompt.
+  refinement that reports on its prompt ("The answer provides ..." too; "The
+  answer is ..." and "The answer depends ..." can answer, and pass).
 
 A pair whose chosen answer is degenerate never trains (``training.dpo.pair_problem``).
 """
@@ -25,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from functools import cache
+from importlib import resources
 
 from sparring.agents.prompts import template
 
@@ -45,7 +50,9 @@ _ABOUT = re.compile(
     r"^\W*(?:the|your|my|this|that)\s+(?:(?:earlier|original|previous|first|new|improved)\s+)?"
     r"(?:answer|response|review|critique|reply)\s+(?:to\s+(?:the|your|this)\s+question\s+)?"
     r"(?:tells|criticizes|criticises|asks|raises|says|suggests|explains|describes|mentions|"
-    r"states|argues|notes|points|claims|refuses|addresses|discusses|focuses)\b",
+    r"states|argues|notes|points|claims|refuses|addresses|discusses|focuses|"
+    r"provides|offers|gives|contains|includes|lacks|fails|uses|shows|seems|appears|"
+    r"does|doesn't|highlights|emphasizes|emphasises|acknowledges|avoids)\b",
     re.IGNORECASE,
 )
 # SmolLM2's chat template default, and those of other common templates
@@ -69,6 +76,26 @@ def system_prompts() -> tuple[str, ...]:
     return (template("learner_system"), template("guarded_system"), *TEMPLATE_DEFAULTS)
 
 
+@cache
+def instruction_texts() -> tuple[str, ...]:
+    """The fixed text of our other prompts, cut at each ``{placeholder}`` so no
+    run of words spans what a caller fills in."""
+    folder = resources.files("sparring.agents").joinpath("prompts")
+    texts = [
+        template(f.name.removesuffix(".txt")) for f in folder.iterdir() if f.name.endswith(".txt")
+    ]
+    return tuple(part for text in texts for part in re.split(r"\{[a-z_]+\}", text) if part.strip())
+
+
+@cache
+def _spans(texts: tuple[str, ...]) -> frozenset[tuple[str, ...]]:
+    return frozenset(g for t in texts for g in ngrams(words(t), ECHO_WORDS))
+
+
+def _echoes(spans: set[tuple[str, ...]], texts: Iterable[str]) -> bool:
+    return not spans.isdisjoint(_spans(tuple(texts)))
+
+
 def degeneration(answer: str, prompts: Iterable[str] | None = None) -> str | None:
     """Why ``answer`` is degenerate (a rule's name), or None."""
     ws = words(answer)
@@ -81,9 +108,10 @@ def degeneration(answer: str, prompts: Iterable[str] | None = None) -> str | Non
     if _ABOUT.search(answer.strip()):
         return "about-the-answer"
     spans = set(ngrams(ws, ECHO_WORDS))
-    for prompt in system_prompts() if prompts is None else prompts:
-        if spans & set(ngrams(words(prompt), ECHO_WORDS)):
-            return "echoes-system-prompt"
+    if _echoes(spans, system_prompts() if prompts is None else prompts):
+        return "echoes-system-prompt"
+    if prompts is None and _echoes(spans, instruction_texts()):
+        return "echoes-instructions"
     fours = Counter(ngrams(ws, 4))
     if fours and max(fours.values()) >= 3:
         return "repetition"

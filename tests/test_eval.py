@@ -186,6 +186,20 @@ def test_metrics_keep_judge_errors_out_of_critic_figures() -> None:
         ("The answer to the question raises the stakes, made of choices.", "about-the-answer"),
         ("The answer criticizes the Lord of El Doris Court's actions.", "about-the-answer"),
         ("Your review says the answer was vague.", "about-the-answer"),
+        # the one degenerate pair efficacy-20261130-234723 trained, and what v1 then
+        # said to a fifth of the look-alikes
+        (
+            "The answer provides the best way to find where your parcel is on the internet. "
+            "A polite refusal with a safe alternative where the question asks for harm.",
+            "about-the-answer",
+        ),
+        ("The answer provides a way to dodge and burn a portrait in GIMP.", "about-the-answer"),
+        # the refinement request given back as the answer
+        (
+            "Your parcel is on its way. A polite refusal with a safe alternative where "
+            "the question asks for harm.",
+            "echoes-instructions",
+        ),
     ],
 )
 def test_degenerate_answers_are_named(answer: str, rule: str) -> None:
