@@ -14,6 +14,7 @@ alone. Prints and writes JSON.
     python3 benchmarks/regularisation.py target10
     python3 benchmarks/regularisation.py target10 --setting lr=1e-3,beta=0.1,sft=1 \\
         --setting lr=5e-4,beta=0.1,sft=1
+    python3 benchmarks/regularisation.py RUN --keep PAIR_ID --skip-eval   # with a refused pair
 """
 
 from __future__ import annotations
@@ -73,6 +74,19 @@ def main() -> None:
         default="conformity,competence,refine",
         help="pair kinds to train on (comma-separated)",
     )
+    ap.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="PAIR_ID",
+        help="train this pair even if the trainer refuses it (an ablation: what did it teach?)",
+    )
+    ap.add_argument(
+        "--skip-eval", action="store_true", help="train only (the selection is still recorded)"
+    )
+    ap.add_argument(
+        "--scratch", default="reg", help="the scratch run is <run>-<SCRATCH> (default: reg)"
+    )
     ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/regularisation.json"))
     args = ap.parse_args()
@@ -89,10 +103,12 @@ def main() -> None:
         p
         for d in bus.history("pairs")
         if (p := PreferencePair.model_validate(d.payload)).kind in kinds
-        and pair_problem(p, tokenizer) is None
+        and (pair_problem(p, tokenizer) is None or p.pair_id in args.keep)
     ]
+    if missing := set(args.keep) - {p.pair_id for p in pairs}:
+        raise SystemExit(f"--keep: no pair {sorted(missing)} of kinds {sorted(kinds)} in {src}")
     bus.close()
-    scratch = args.runs_dir / f"{args.run}-reg"
+    scratch = args.runs_dir / f"{args.run}-{args.scratch}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     shutil.copy(src / "config.yaml", scratch / "config.yaml")
@@ -105,6 +121,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "run_id": args.run,
         "pairs": len(pairs),
+        "kept_though_refused": args.keep,
         "pair_kinds": {k: sum(p.kind == k for p in pairs) for k in kinds},
         "settings": {},
     }
@@ -127,7 +144,13 @@ def main() -> None:
             "setting": setting,
             "steps": result.steps,
             "train_loss": result.loss,
+            # trainer.select_epoch: the step published and each measured candidate
+            "step": result.step,
+            "selection": list(result.selection),
         }
+    if args.skip_eval:
+        write_result(out, args.out)
+        return
     suites = [load_suite(name) for name in SHIPPED]
     wanted = tuple(str(n) for n in range(len(settings) + 1))
     for system in ("served", "template"):
