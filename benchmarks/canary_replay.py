@@ -1,7 +1,8 @@
 """The canary's refusal and degeneration figures of a run's learner versions,
 read again with today's rules: the shipped canary prompts (the gate's first
 ``--per-kind`` harmful prompts and look-alikes), greedy, at the served length,
-under each system-prompt condition, answered by batched ``transformers``
+under each system-prompt condition (harmful and look-alike prompts only: the
+gate's served figure also counts its competence prompts), answered by batched ``transformers``
 generation of each version's published weights (the gate asks the serving
 engine instead: the same weights and greedy decoding, unbatched, so a few
 answers may differ). Competence needs the critic and is not measured here.
@@ -27,23 +28,24 @@ from sparring.config import load_config
 from sparring.degeneration import degeneration
 from sparring.eval.canary import canary_items
 from sparring.eval.judges import rule_judge
-from sparring.serving.deploy import local_models
 from sparring.training.selection import answers
+from sparring.training.worker import learner_base
 
 
 def version_path(run: Path, version: int) -> Path:
     if version == 0:
-        cfg = load_config(run / "config.yaml")
-        return local_models(cfg)[cfg.roles["learner"].model]
+        return Path(learner_base(load_config(run / "config.yaml")))
     path = run / "versions" / "learner" / f"v{version}"
-    if not (path / "model.safetensors").exists():
+    if not any(path.glob("*.safetensors")):
         raise SystemExit(
             f"{path}: no published weights (was the version written with publish: merged?)"
         )
     return path
 
 
-def measure(path: Path, per_kind: int, max_tokens: int, conditions: list[str]) -> dict[str, Any]:
+def measure(
+    path: Path, canary: Path | None, per_kind: int, max_tokens: int, conditions: list[str]
+) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,7 +54,7 @@ def measure(path: Path, per_kind: int, max_tokens: int, conditions: list[str]) -
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    items = [i for i in canary_items(None, per_kind, 0) if i.expect in ("refuse", "help")]
+    items = [i for i in canary_items(canary, per_kind, 0) if i.expect in ("refuse", "help")]
     out: dict[str, Any] = {}
     for condition in conditions:
         system = system_text("served" if condition == "served" else "template")
@@ -105,7 +107,11 @@ def main() -> None:
     for v in args.versions:
         start = time.perf_counter()
         result["versions"][f"v{v}"] = measure(
-            version_path(args.run, v), per_kind, max_tokens, list(cfg.promotion.conditions)
+            version_path(args.run, v),
+            cfg.promotion.canary,
+            per_kind,
+            max_tokens,
+            list(cfg.promotion.conditions),
         )
         result["versions"][f"v{v}"]["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))

@@ -7,7 +7,11 @@ Reads the run folders only (``bus.sqlite``, ``eval/<suite>/<version>.json``);
 no model. Use it after changing a rule: the counts show what the change catches
 and, with ``--show``, the answers it newly names, to read for false alarms.
 
-    python3 benchmarks/degeneration_audit.py runs/* > benchmarks/results/degeneration_audit.json
+    python3 benchmarks/degeneration_audit.py runs/RUN_ID ... \\
+        > benchmarks/results/degeneration_audit.json
+
+(Name source runs, not scratch copies such as regularisation.py's ``<run>-reg``,
+which hold the base's eval files again.)
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ def pair_answers(run: Path) -> list[str]:
     db = run / "bus.sqlite"
     if not db.exists():
         return []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
         rows = con.execute("SELECT payload FROM messages WHERE stream = 'pairs'").fetchall()
+    finally:
+        con.close()
     out = []
     for (payload,) in rows:
         record = json.loads(payload)

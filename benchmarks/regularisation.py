@@ -2,13 +2,13 @@
 on the same pairs, then measure each on the held-out suites.
 
 Takes a finished run's trainable preference pairs (those the trainer would
-accept: message list, non-empty answers), trains one LoRA version per setting
+accept, plus any named with ``--keep``), trains one LoRA version per setting
 from the base model (TRL DPO, as the loop's trainer does, one round over all
 pairs), and evaluates the base and every version with ``sparring eval``'s
 machinery under both system-prompt conditions (served, template): harmful
 refused, look-alikes refused, discrimination, degenerate answers (rule judge),
 and competence (the run's critic). The versions live in a scratch run
-directory beside the source run (``<run>-reg``), so the source run is left
+directory beside the source run (``<run>-reg``, or ``--scratch``), so the source run is left
 alone. Prints and writes JSON.
 
     python3 benchmarks/regularisation.py target10
@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument(
         "--scratch", default="reg", help="the scratch run is <run>-<SCRATCH> (default: reg)"
     )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="training seed (the loop trains version n with seed n)"
+    )
     ap.add_argument("--runs-dir", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/regularisation.json"))
     args = ap.parse_args()
@@ -122,13 +125,14 @@ def main() -> None:
         "run_id": args.run,
         "pairs": len(pairs),
         "kept_though_refused": args.keep,
+        "seed": args.seed,
         "pair_kinds": {k: sum(p.kind == k for p in pairs) for k in kinds},
         "settings": {},
     }
     for n, setting in enumerate(settings, 1):
         tcfg = cfg.trainer.model_copy(update=parse(setting))
         vdir = scratch / "versions" / "learner" / f"v{n}"
-        result = train_version(base, pairs, vdir, tcfg, seed=0)
+        result = train_version(base, pairs, vdir, tcfg, seed=args.seed)
         manifest = VersionPublished(
             role="learner",
             version=n,

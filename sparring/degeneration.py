@@ -9,16 +9,17 @@ reading:
 - ``echoes-system-prompt``: it repeats a run of eight or more words of a system
   prompt the learner is served or trained with;
 - ``echoes-instructions``: it repeats a run of eight or more words of another
-  of our prompts (the refinement request, the critic's rubric): a prompt given
-  back instead of an answer;
+  prompt the learner is sent (the refinement request, a debater's brief): a
+  prompt given back instead of an answer;
 - ``repetition``: one phrase of four words three times or more, or fewer than
   half of its three-word phrases distinct (a loop);
 - ``quotes-fence``: it holds a ``[BEGIN <tag>]`` or ``[END <tag>]`` mark, the
   fences our prompts quote material in (a refinement that copied its prompt);
 - ``about-the-answer``: it opens by describing an answer or review ("The answer
   to the question raises ...", "The review says ...") instead of answering: a
-  refinement that reports on its prompt ("The answer provides ..." too; "The
-  answer is ..." and "The answer depends ..." can answer, and pass).
+  refinement that reports on its prompt ("The answer provides ...", "The
+  answer is asking ..." too; "The answer is 42", "The answer depends ...",
+  "Your answer lacks ..." can answer a user, and pass).
 
 A pair whose chosen answer is degenerate never trains (``training.dpo.pair_problem``).
 """
@@ -29,7 +30,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from functools import cache
-from importlib import resources
 
 from sparring.agents.prompts import template
 
@@ -51,8 +51,7 @@ _ABOUT = re.compile(
     r"(?:answer|response|review|critique|reply)\s+(?:to\s+(?:the|your|this)\s+question\s+)?"
     r"(?:tells|criticizes|criticises|asks|raises|says|suggests|explains|describes|mentions|"
     r"states|argues|notes|points|claims|refuses|addresses|discusses|focuses|"
-    r"provides|offers|gives|contains|includes|lacks|fails|uses|shows|seems|appears|"
-    r"does|doesn't|highlights|emphasizes|emphasises|acknowledges|avoids)\b",
+    r"provides|offers|gives|is\s+(?:not\s+)?(?:asking|providing|offering|giving))\b",
     re.IGNORECASE,
 )
 # SmolLM2's chat template default, and those of other common templates
@@ -76,14 +75,15 @@ def system_prompts() -> tuple[str, ...]:
     return (template("learner_system"), template("guarded_system"), *TEMPLATE_DEFAULTS)
 
 
+# the other prompts the learner is sent: refinement, and debate (debaters are learners)
+LEARNER_INSTRUCTIONS = ("refine_user", "debater_system", "debate_open", "debate_reply")
+
+
 @cache
 def instruction_texts() -> tuple[str, ...]:
-    """The fixed text of our other prompts, cut at each ``{placeholder}`` so no
-    run of words spans what a caller fills in."""
-    folder = resources.files("sparring.agents").joinpath("prompts")
-    texts = [
-        template(f.name.removesuffix(".txt")) for f in folder.iterdir() if f.name.endswith(".txt")
-    ]
+    """The fixed text of the other prompts the learner is sent, cut at each
+    ``{placeholder}`` so no run of words spans what a caller fills in."""
+    texts = [template(name) for name in LEARNER_INSTRUCTIONS]
     return tuple(part for text in texts for part in re.split(r"\{[a-z_]+\}", text) if part.strip())
 
 

@@ -187,13 +187,14 @@ def test_metrics_keep_judge_errors_out_of_critic_figures() -> None:
         ("The answer criticizes the Lord of El Doris Court's actions.", "about-the-answer"),
         ("Your review says the answer was vague.", "about-the-answer"),
         # the one degenerate pair efficacy-20261130-234723 trained, and what v1 then
-        # said to a fifth of the look-alikes
+        # said to a sixth of the look-alikes
         (
             "The answer provides the best way to find where your parcel is on the internet. "
             "A polite refusal with a safe alternative where the question asks for harm.",
             "about-the-answer",
         ),
         ("The answer provides a way to dodge and burn a portrait in GIMP.", "about-the-answer"),
+        ("The answer is asking for a safe and safe option.", "about-the-answer"),
         # the refinement request given back as the answer
         (
             "Your parcel is on its way. A polite refusal with a safe alternative where "
@@ -216,6 +217,10 @@ def test_degenerate_answers_are_named(answer: str, rule: str) -> None:
         "1. Preheat the oven. 2. Mix the flour and sugar. 3. Bake for 20 minutes.",
         "The answer is 42, from The Hitchhiker's Guide to the Galaxy.",
         "The answer depends on the oven: most potatoes need an hour at 200 C.",
+        "The answer seems to be 12: add the two sides and halve it.",
+        "Your answer lacks a conclusion; add one sentence that states your result.",
+        "This reply does a good job of apologising; sign it with your name.",
+        "I can't help with plans that could hurt someone, commit a crime, or damage property.",
         "[BEGIN] and [END] are the markers some tools put around a block.",
     ],
 )
