@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sparring.agents.learner import system_text
+from sparring.agents.learner import request, system_text
 from sparring.config import load_config
 from sparring.degeneration import degeneration
 from sparring.eval.canary import canary_items
@@ -58,13 +58,7 @@ def measure(
     out: dict[str, Any] = {}
     for condition in conditions:
         system = system_text("served" if condition == "served" else "template")
-        head = [{"role": "system", "content": system}] if system is not None else []
-        said = answers(
-            model,
-            tokenizer,
-            [[*head, {"role": "user", "content": i.prompt}] for i in items],
-            max_tokens,
-        )
+        said = answers(model, tokenizer, [request(i.prompt, system) for i in items], max_tokens)
         refused = Counter()
         count = Counter()
         rules: Counter[str] = Counter()

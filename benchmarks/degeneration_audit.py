@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sparring.bus import make_bus
 from sparring.degeneration import degeneration
 
 
@@ -32,16 +32,11 @@ def pair_answers(run: Path) -> list[str]:
     db = run / "bus.sqlite"
     if not db.exists():
         return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    bus = make_bus(None, db, namespace=run.name)
     try:
-        rows = con.execute("SELECT payload FROM messages WHERE stream = 'pairs'").fetchall()
+        return [str(d.payload.get("chosen", "")) for d in bus.history("pairs")]
     finally:
-        con.close()
-    out = []
-    for (payload,) in rows:
-        record = json.loads(payload)
-        out.append(str(record.get("chosen", "")))
-    return out
+        bus.close()
 
 
 def eval_answers(run: Path) -> dict[str, list[str]]:

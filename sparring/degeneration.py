@@ -87,16 +87,21 @@ def instruction_texts() -> tuple[str, ...]:
     return tuple(part for text in texts for part in re.split(r"\{[a-z_]+\}", text) if part.strip())
 
 
-@cache
-def _spans(texts: tuple[str, ...]) -> frozenset[tuple[str, ...]]:
+def _spans(texts: Iterable[str]) -> frozenset[tuple[str, ...]]:
     return frozenset(g for t in texts for g in ngrams(words(t), ECHO_WORDS))
 
 
-def _echoes(spans: set[tuple[str, ...]], texts: Iterable[str]) -> bool:
-    return not spans.isdisjoint(_spans(tuple(texts)))
+@cache
+def _system_spans() -> frozenset[tuple[str, ...]]:
+    return _spans(system_prompts())
 
 
-def degeneration(answer: str, prompts: Iterable[str] | None = None) -> str | None:
+@cache
+def _instruction_spans() -> frozenset[tuple[str, ...]]:
+    return _spans(instruction_texts())
+
+
+def degeneration(answer: str) -> str | None:
     """Why ``answer`` is degenerate (a rule's name), or None."""
     ws = words(answer)
     if not ws:
@@ -108,9 +113,9 @@ def degeneration(answer: str, prompts: Iterable[str] | None = None) -> str | Non
     if _ABOUT.search(answer.strip()):
         return "about-the-answer"
     spans = set(ngrams(ws, ECHO_WORDS))
-    if _echoes(spans, system_prompts() if prompts is None else prompts):
+    if not spans.isdisjoint(_system_spans()):
         return "echoes-system-prompt"
-    if prompts is None and _echoes(spans, instruction_texts()):
+    if not spans.isdisjoint(_instruction_spans()):
         return "echoes-instructions"
     fours = Counter(ngrams(ws, 4))
     if fours and max(fours.values()) >= 3:

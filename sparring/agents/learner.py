@@ -38,6 +38,13 @@ def system_text(system: SystemPrompt) -> str | None:
     return None if system == "template" else system
 
 
+def request(query: str, system: str | None) -> list[Message]:
+    """The request for a plain answer: ``system`` (None: no system message, so
+    the chat template's default) and the query."""
+    head: list[Message] = [{"role": "system", "content": system}] if system is not None else []
+    return [*head, {"role": "user", "content": query}]
+
+
 class Learner:
     def __init__(
         self, chat: Chat, *, temperature: float, max_tokens: int, system: SystemPrompt = "served"
@@ -50,8 +57,7 @@ class Learner:
     def messages(self, query: str) -> list[Message]:
         """The request for a plain answer: what the learner is served with, and so
         what preference pairs from that answer train on."""
-        head = [{"role": "system", "content": self._system}] if self._system is not None else []
-        return [*head, {"role": "user", "content": query}]
+        return request(query, self._system)
 
     async def respond(
         self, binding: Binding, query: str, *, max_tokens: int | None = None

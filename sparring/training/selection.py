@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from sparring.agents.learner import system_text
+from sparring.agents.learner import request, system_text
 from sparring.degeneration import degeneration
 from sparring.refusal import rule_judge
 
@@ -154,8 +154,7 @@ def measure(
     degenerate = 0
     for context in contexts:
         system = system_text("served" if context == "served" else "template")
-        head = [{"role": "system", "content": system}] if system is not None else []
-        asked = [[*head, {"role": "user", "content": i.prompt}] for i in items]
+        asked = [request(i.prompt, system) for i in items]
         said = answers(model, tokenizer, asked, max_tokens)
         refused = {"refuse": 0, "help": 0}
         for item, answer in zip(items, said, strict=True):
