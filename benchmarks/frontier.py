@@ -192,6 +192,7 @@ def sweep(args: argparse.Namespace) -> None:
             "steps": trained.steps,
             "step": trained.step,  # the step the trainer's selection published (None: the last)
             "selection": list(trained.selection),
+            "selection_start": trained.selection_start,  # select_degenerate's reference
             "train_loss": trained.loss,
             "train_s": round(t1 - t0, 1),
             **measure(vdir, max_tokens, args.batch, args.suites),

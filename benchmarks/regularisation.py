@@ -151,6 +151,8 @@ def main() -> None:
             # trainer.select_epoch: the step published and each measured candidate
             "step": result.step,
             "selection": list(result.selection),
+            # the model trained from, measured as the candidates (select_degenerate)
+            "selection_start": result.selection_start,
         }
     if args.skip_eval:
         write_result(out, args.out)

@@ -826,6 +826,18 @@ class TrainerConfig(Strict):
         description="The share of the validation look-alikes a step may refuse and still "
         "be chosen for its harmful refusals (under the canary's ceiling: the two sets differ).",
     )
+    # SmolLM2-135M gives 2 % degenerate validation answers at 32 tokens; a
+    # step giving 30 % was published when selection read refusal alone
+    # (efficacy-20261130-234723, docs/experiments.md).
+    select_degenerate: float | None = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The rise in degenerate validation answers (any rule of "
+        "degeneration.py, every serving context) over the model the version trains from, "
+        "measured before its first step, that a step may show and still be chosen; none "
+        "within: the least degenerate step. null: not bounded (and not measured).",
+    )
     select_max_tokens: int = Field(
         default=32,
         ge=8,

@@ -389,6 +389,9 @@ class VersionPublished(Wire):
     # candidate's figures on the validation set (training/selection.py)
     step: int | None = None
     selection: list[dict[str, Any]] = Field(default_factory=list)
+    # the model it trained from, measured the same way before the first step:
+    # the reference of trainer.select_degenerate
+    selection_start: dict[str, Any] | None = None
     # what the version's adapter/ is relative to: "base" (the base model: the
     # continued lineage, or publish: adapter) or "previous" (the previous
     # version's merged weights); None: written before this was recorded

@@ -1,6 +1,6 @@
 """trainer.select_epoch: the epoch published is the one that refuses the most
-held-out harmful requests within the look-alike bound, measured on a validation
-set nobody trains, gates or evaluates on."""
+held-out harmful requests within the look-alike and degeneration bounds,
+measured on a validation set nobody trains, gates or evaluates on."""
 
 from __future__ import annotations
 
@@ -8,19 +8,54 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparring.training.selection import Candidate, choose, search, validation_items
+import pytest
+
+from sparring.training.selection import Bounds, Candidate, choose, search, validation_items
 
 
-def cand(step: int, harmful: float, lookalike: float) -> Candidate:
-    return Candidate(step, step / 8, harmful, lookalike, 0.0, {})
+def cand(step: int, harmful: float, lookalike: float, degenerate: float = 0.0) -> Candidate:
+    return Candidate(step, step / 8, harmful, lookalike, degenerate, {})
 
 
 def test_the_most_harmful_refusals_within_the_bound_win_else_the_fewest_over_refusals() -> None:
     two, three, four = cand(16, 0.2, 0.05), cand(24, 0.5, 0.1), cand(32, 0.82, 0.25)
-    assert choose([two, three, four], 0.1).step == 24
-    assert choose([two, three, four], 0.3).step == 32
-    assert choose([two, three, four], 0.01).step == 16  # none within: fewest look-alikes
-    assert choose([cand(16, 0.5, 0.1), cand(24, 0.5, 0.05)], 0.1).step == 16  # tie: earlier
+    assert choose([two, three, four], Bounds(0.1)).step == 24
+    assert choose([two, three, four], Bounds(0.3)).step == 32
+    assert choose([two, three, four], Bounds(0.01)).step == 16  # none within: fewest look-alikes
+    tie = [cand(16, 0.5, 0.1), cand(24, 0.5, 0.05)]
+    assert choose(tie, Bounds(0.1)).step == 16  # tie: earlier
+
+
+def test_a_step_that_degenerates_beyond_the_bound_is_not_chosen_for_its_refusals() -> None:
+    """As measured on the validation set at 32 tokens, efficacy-20261130-234723's
+    training retraced (benchmarks/results/efficacy_avx2_selection_degenerate.json):
+    the start gave 4 of 192 answers degenerate, step 5 6, and step 10 (the
+    loop's v1) 57 while within the look-alike bound (it refused 27 % of harmful
+    requests, 6 % of look-alikes)."""
+    start = 4 / 192
+    bounds = Bounds(0.1, start + 0.05)
+    healthy, degenerate = cand(5, 0.0, 0.0, 6 / 192), cand(10, 0.27, 0.06, 57 / 192)
+    assert choose([healthy, degenerate], bounds).step == 5
+    assert choose([healthy, degenerate], Bounds(0.1)).step == 10  # unbounded: as before
+    # none within the look-alike bound: the healthy one refusing the fewest
+    over = cand(12, 0.6, 0.3, 0.02)
+    assert choose([cand(10, 0.5, 0.2, 0.3), over], bounds).step == 12
+    # none healthy: the least degenerate
+    sick = [cand(8, 0.1, 0.0, 0.2), cand(10, 0.3, 0.05, 0.12), cand(12, 0.5, 0.1, 0.4)]
+    assert choose(sick, bounds).step == 10
+
+
+def test_bisection_stops_before_the_step_where_answers_degenerate() -> None:
+    """Degeneration rising with training bounds the search as over-refusal does:
+    the latest step within both is found."""
+    steps = list(range(8, 33))
+
+    def rising(step: int) -> Candidate:
+        return cand(step, min(1.0, step / 30), 0.0, max(0.02, (step - 12) / 50))
+
+    best, _ = search(steps, rising, Bounds(0.1, 0.02 + 0.05))
+    assert best.step == 15  # (15 - 12) / 50 = 0.06; 16 gives 0.08
+    assert search(steps, rising, Bounds(0.1))[0].step == 32
 
 
 def test_bisection_finds_the_last_step_within_the_bound_in_few_measurements() -> None:
@@ -38,11 +73,12 @@ def test_bisection_finds_the_last_step_within_the_bound_in_few_measurements() ->
         asked.append(step)
         return rising(step)
 
-    best, measured = search(steps, measure_at, 0.1)
+    best, measured = search(steps, measure_at, Bounds(0.1))
     assert best.step == 18  # (18 - 14) / 40 = 0.1; 19 is over
     assert len(asked) == len(set(asked)) <= 7 and [c.step for c in measured] == sorted(asked)
-    assert search(steps, rising, 0.5)[0].step == 32  # the last step within: no search
-    assert search(steps, lambda s: cand(s, 0.9, 0.3), 0.1)[0].step == 8  # none: the first
+    assert search(steps, rising, Bounds(0.5))[0].step == 32  # the last step within: no search
+    none = search(steps, lambda s: cand(s, 0.9, 0.3), Bounds(0.1))
+    assert none[0].step == 8  # none within: the first
 
 
 def test_the_validation_set_is_balanced_and_held_out_of_every_other_prompt_set() -> None:
@@ -100,14 +136,34 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
     assert result.step in measured
     chosen = next(c for c in result.selection if c["step"] == result.step)
     assert set(chosen["by_context"]) == {"served", "template"}
+    for c in (*result.selection, result.selection_start):  # the rate, and by which rules
+        assert c is not None and sum(c["degenerate_rules"].values()) == round(
+            c["degenerate"] * 2 * len(validation_items())
+        )
+    # the model before training, measured first: the reference of the
+    # degeneration bound, by which the recorded choice was made
+    start = result.selection_start
+    assert start is not None and start["step"] == 0
+    assert [f for e, f in events if e == "train.start_measured"] == [start]
+    order = [e for e, _ in events if e in ("train.start_measured", "train.candidate")]
+    assert order[0] == "train.start_measured"  # then the candidates
+    assert cfg.select_degenerate is not None
+    bounds = Bounds(cfg.select_over_refusal, start["degenerate"] + cfg.select_degenerate)
+    recorded = [Candidate(**c) for c in result.selection]
+    assert choose(recorded, bounds).step == result.step
     from peft import PeftModel
 
-    # the adapter on the base: the computation the candidates were measured with
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path))
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_path))
+    plain = measure(
+        base, tokenizer, validation_items(), ("served", "template"), cfg.select_max_tokens, 0, 0.0
+    )
+    assert plain.as_dict() == start  # a new LoRA starts as the base model
+    # the adapter on the base: the computation the candidates were measured with
     model = PeftModel.from_pretrained(base, str(tmp_path / "v1" / "adapter"))
     again = measure(
         model,
-        AutoTokenizer.from_pretrained(str(tiny_model_path)),
+        tokenizer,
         validation_items(),
         ("served", "template"),
         cfg.select_max_tokens,
@@ -115,3 +171,26 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
         chosen["epoch"],
     )
     assert again.by_context == chosen["by_context"]
+
+
+def test_the_starting_model_s_degeneration_bounds_the_step_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The trainer's wiring: the starting model's rate plus select_degenerate
+    bounds the candidates (the figures are those of the loop's path on
+    efficacy-20261130-234723: step 10 within the look-alike bound but
+    degenerate in 57 of 192 answers); null: refusal alone decides."""
+    from sparring.training import dpo
+    from tests.test_trainer import CFG
+
+    figures = {7: cand(7, 0.19, 0.02, 0.156), 5: cand(5, 0.0, 0.0, 0.031)}
+    figures[10] = cand(10, 0.27, 0.06, 57 / 192)
+    monkeypatch.setattr(dpo.selection, "restore", lambda model, weights: None)
+    monkeypatch.setattr(dpo.selection, "measure", lambda *a: figures[a[5]])
+    kept: dict[int, tuple[float, dict[str, Any]]] = {s: (s / 4, {}) for s in (5, 7, 10)}
+    start = cand(0, 0.02, 0.0, 4 / 192)
+    cfg = CFG.model_copy(update={"select_epoch": True, "select_degenerate": 0.05})
+    assert dpo._select_step(None, None, kept, cfg, start)[0] == 5
+    loose = cfg.model_copy(update={"select_degenerate": 0.15})
+    assert dpo._select_step(None, None, kept, loose, start)[0] == 7
+    assert dpo._select_step(None, None, kept, cfg, None)[0] == 10

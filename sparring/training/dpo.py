@@ -36,6 +36,9 @@ class TrainResult:
     # select_epoch: the step published, and every measured candidate's figures
     step: int | None = None
     selection: tuple[dict[str, Any], ...] = ()
+    # select_epoch: the model it trained from, measured as the candidates are
+    # (step 0), whose degenerate rate bounds theirs (select_degenerate)
+    selection_start: dict[str, Any] | None = None
 
 
 def prompt_messages(pair: PreferencePair, context: str = "served") -> list[dict[str, str]]:
@@ -189,8 +192,13 @@ def train_version(
         )
     chosen: int | None = None
     candidates: list[selection.Candidate] = []
+    before: selection.Candidate | None = None
+    initial = kept.pop(selection.START, None)
     if len(kept) > 1 and _is_main_process(trainer):  # one: the last step, as without
-        chosen, candidates = _select_step(peft_model, tokenizer, kept, cfg, report)
+        if initial is not None and cfg.select_degenerate is not None:
+            selection.restore(peft_model, initial[1])
+            before = _measure_start(peft_model, tokenizer, cfg, report)
+        chosen, candidates = _select_step(peft_model, tokenizer, kept, cfg, before, report)
     if _is_main_process(trainer):
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir / "adapter"))
@@ -215,7 +223,32 @@ def train_version(
         checkpointing=checkpointing,
         step=chosen,
         selection=tuple(c.as_dict() for c in candidates),
+        selection_start=before.as_dict() if before is not None else None,
     )
+
+
+def _measure_start(
+    model: Any,
+    tokenizer: Any,
+    cfg: TrainerConfig,
+    report: Callable[..., None] | None = None,
+) -> selection.Candidate:
+    """``model`` with the adapter it had before its first step (a new LoRA
+    changes nothing yet; a continued one is the version it continues) on the
+    validation set, as the candidates are measured: the reference of
+    select_degenerate."""
+    found = selection.measure(
+        model,
+        tokenizer,
+        selection.validation_items(),
+        tuple(cfg.contexts),
+        cfg.select_max_tokens,
+        0,
+        0.0,
+    )
+    if report is not None:
+        report("train.start_measured", **found.as_dict())
+    return found
 
 
 def _select_step(
@@ -223,11 +256,13 @@ def _select_step(
     tokenizer: Any,
     kept: dict[int, tuple[float, dict[str, Any]]],
     cfg: TrainerConfig,
+    start: selection.Candidate | None,
     report: Callable[..., None] | None = None,
 ) -> tuple[int, list[selection.Candidate]]:
     """Measure kept steps' adapters on the validation set (a bisection), load
     the chosen one into ``model`` (the one then written), and return its step
-    and every candidate measured (``selection``)."""
+    and every candidate measured (``selection``). ``start``: the model before
+    training, whose degenerate rate (plus select_degenerate) bounds theirs."""
     items = selection.validation_items()
 
     def measure_at(step: int) -> selection.Candidate:
@@ -240,7 +275,11 @@ def _select_step(
             report("train.candidate", **found.as_dict())
         return found
 
-    best, candidates = selection.search(sorted(kept), measure_at, cfg.select_over_refusal)
+    degenerate = None
+    if start is not None and cfg.select_degenerate is not None:
+        degenerate = start.degenerate + cfg.select_degenerate
+    bounds = selection.Bounds(cfg.select_over_refusal, degenerate)
+    best, candidates = selection.search(sorted(kept), measure_at, bounds)
     selection.restore(model, kept[best.step][1])
     return best.step, candidates
 

@@ -4,9 +4,13 @@ adapters answer a held-out validation set (``data/validation.jsonl``: harmful
 requests and harmless look-alikes, written for this project, in neither
 training, the canary nor the eval suites) greedily under each serving
 context, and the version is the step that refuses the most harmful requests
-while refusing at most ``select_over_refusal`` of the look-alikes (none does:
-the one refusing the fewest look-alikes), found by bisection (:func:`search`).
-The rule judge reads refusal, as the gate does.
+while refusing at most ``select_over_refusal`` of the look-alikes and giving
+at most ``select_degenerate`` more degenerate answers than the model it trains
+from (its adapter as it was before the first step, measured the same way;
+all contexts pooled), found by bisection
+(:func:`search`); none does: the healthiest step (:func:`choose`). The rule
+judge reads refusal, as the gate does; ``degeneration.py`` names degenerate
+answers, as the eval and the gate do.
 
 A few dozen pairs move a 135M learner from refusing nothing to refusing half
 of everything within one or two epochs, and where that happens depends on the
@@ -18,8 +22,9 @@ chosen epoch serves.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -45,6 +50,8 @@ class Candidate:
     lookalike_refused: float  # the higher of the contexts' rates
     degenerate: float
     by_context: dict[str, dict[str, float]]
+    # degenerate answers by the rule that named them (degeneration.py), all contexts
+    degenerate_rules: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,11 +82,15 @@ def restore(model: Any, weights: dict[str, Any]) -> None:
 MAX_KEPT = 64  # snapshots at most (on the CPU): a longer run keeps every k-th step
 
 
+START = 0  # the key of the snapshot taken before the first step
+
+
 def step_keeper(first_epoch: float) -> tuple[Any, dict[int, tuple[float, dict[str, Any]]]]:
-    """A transformers callback that snapshots the adapter (on the CPU) after
-    every optimizer step from the end of epoch ``first_epoch`` on (every k-th
-    where there would be more than ``MAX_KEPT``), and the snapshots by step:
-    (epoch, weights), filled as it trains."""
+    """A transformers callback that snapshots the adapter (on the CPU) before
+    the first step (key ``START``) and after every optimizer step from the end
+    of epoch ``first_epoch`` on (every k-th where there would be more than
+    ``MAX_KEPT``), and the snapshots by step: (epoch, weights), filled as it
+    trains."""
     from transformers import TrainerCallback
 
     kept: dict[int, tuple[float, dict[str, Any]]] = {}
@@ -90,6 +101,8 @@ def step_keeper(first_epoch: float) -> tuple[Any, dict[int, tuple[float, dict[st
             per_epoch = state.max_steps / max(args.num_train_epochs, 1)
             plan["from"] = min(round(first_epoch * per_epoch), state.max_steps)
             plan["every"] = max(1, -(-(state.max_steps - plan["from"]) // MAX_KEPT))
+            if (model := kw.get("model")) is not None:
+                kept[START] = (0.0, snapshot(model))
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             step, model = state.global_step, kw.get("model")
@@ -151,7 +164,7 @@ def measure(
     epoch: float,
 ) -> Candidate:
     by_context: dict[str, dict[str, float]] = {}
-    degenerate = 0
+    rules: Counter[str] = Counter()
     for context in contexts:
         system = system_text("served" if context == "served" else "template")
         asked = [request(i.prompt, system) for i in items]
@@ -159,7 +172,8 @@ def measure(
         refused = {"refuse": 0, "help": 0}
         for item, answer in zip(items, said, strict=True):
             refused[item.expect] += rule_judge(answer).refused
-            degenerate += degeneration(answer) is not None
+            if why := degeneration(answer):
+                rules[why] += 1
         n = {k: sum(i.expect == k for i in items) for k in refused}
         by_context[context] = {
             "harmful_refused": refused["refuse"] / n["refuse"],
@@ -170,29 +184,52 @@ def measure(
         epoch=epoch,
         harmful_refused=min(c["harmful_refused"] for c in by_context.values()),
         lookalike_refused=max(c["lookalike_refused"] for c in by_context.values()),
-        degenerate=degenerate / (len(items) * len(contexts)),
+        degenerate=sum(rules.values()) / (len(items) * len(contexts)),
         by_context=by_context,
+        degenerate_rules=dict(sorted(rules.items())),
     )
 
 
-def choose(candidates: list[Candidate], over_refusal: float) -> Candidate:
-    """The most harmful requests refused among the candidates refusing at most
-    ``over_refusal`` of the look-alikes (ties: the earlier step); none does:
-    the fewest look-alikes refused (ties: the most harmful refused)."""
-    within = [c for c in candidates if c.lookalike_refused <= over_refusal]
+@dataclass(frozen=True)
+class Bounds:
+    """What a step must keep to be chosen for its harmful refusals: look-alikes
+    refused at most ``over_refusal``; degenerate answers at most ``degenerate``
+    (None: unbounded)."""
+
+    over_refusal: float
+    degenerate: float | None = None
+
+    def healthy(self, c: Candidate) -> bool:
+        return self.degenerate is None or c.degenerate <= self.degenerate + 1e-9
+
+    def within(self, c: Candidate) -> bool:
+        return c.lookalike_refused <= self.over_refusal + 1e-9 and self.healthy(c)
+
+
+def choose(candidates: list[Candidate], bounds: Bounds) -> Candidate:
+    """The most harmful requests refused among the candidates within ``bounds``
+    (ties: the earlier step); none is: of the healthy ones the fewest
+    look-alikes refused (ties: the most harmful refused, then the earlier);
+    none is healthy: the fewest degenerate answers (then as before)."""
+    within = [c for c in candidates if bounds.within(c)]
     if within:
         return max(within, key=lambda c: (c.harmful_refused, -c.step))
-    return min(candidates, key=lambda c: (c.lookalike_refused, -c.harmful_refused, c.step))
+    healthy = [c for c in candidates if bounds.healthy(c)]
+    if healthy:
+        return min(healthy, key=lambda c: (c.lookalike_refused, -c.harmful_refused, c.step))
+    return min(
+        candidates, key=lambda c: (c.degenerate, c.lookalike_refused, -c.harmful_refused, c.step)
+    )
 
 
 def search(
-    steps: list[int], measure_at: Callable[[int], Candidate], over_refusal: float
+    steps: list[int], measure_at: Callable[[int], Candidate], bounds: Bounds
 ) -> tuple[Candidate, list[Candidate]]:
     """The step to publish, and every candidate measured. Refusal grows with
-    training (of both kinds), so the latest step within the look-alike bound is
-    found by bisection: the last step; if it over-refuses, the first; then
-    halving the steps between the last within and the first beyond. Of those
-    measured, :func:`choose` picks (noise can put an earlier one ahead)."""
+    training and degeneration mostly does, so the latest step within ``bounds`` is
+    found by bisection: the last step; if it is beyond, the first; then halving
+    the steps between the last within and the first beyond. Of those measured,
+    :func:`choose` picks (noise can put an earlier one ahead)."""
     measured: dict[int, Candidate] = {}
 
     def at(i: int) -> Candidate:
@@ -201,12 +238,12 @@ def search(
         return measured[steps[i]]
 
     lo, hi = 0, len(steps) - 1
-    if at(hi).lookalike_refused > over_refusal and at(lo).lookalike_refused <= over_refusal:
+    if not bounds.within(at(hi)) and bounds.within(at(lo)):
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if at(mid).lookalike_refused <= over_refusal:
+            if bounds.within(at(mid)):
                 lo = mid
             else:
                 hi = mid
     found = sorted(measured.values(), key=lambda c: c.step)
-    return choose(found, over_refusal), found
+    return choose(found, bounds), found

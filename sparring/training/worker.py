@@ -579,6 +579,7 @@ class Trainer:
             checkpointing=result.checkpointing,
             step=result.step,
             selection=list(result.selection),
+            selection_start=result.selection_start,
         )
         refused, self.refused = self.refused, []
         manifest = VersionPublished(
@@ -593,6 +594,7 @@ class Trainer:
             reward_accuracy=result.reward_accuracy,
             step=result.step,
             selection=list(result.selection),
+            selection_start=result.selection_start,
             pair_kinds=kinds,
             phase=phase,
             replay_ids=[p.pair_id for p in replayed],
