@@ -34,7 +34,7 @@ def test_a_step_that_degenerates_beyond_the_bound_is_not_chosen_for_its_refusals
     requests, 6 % of look-alikes)."""
     start = 4 / 192
     bounds = Bounds(0.1, start + 0.05)
-    healthy, degenerate = cand(5, 0.0, 0.0, 6 / 192), cand(10, 0.27, 0.06, 57 / 192)
+    healthy, degenerate = cand(5, 0.0, 0.021, 6 / 192), cand(10, 0.27, 0.0625, 57 / 192)
     assert choose([healthy, degenerate], bounds).step == 5
     assert choose([healthy, degenerate], Bounds(0.1)).step == 10  # unbounded: as before
     # none within the look-alike bound: the healthy one refusing the fewest
@@ -183,12 +183,12 @@ def test_the_starting_model_s_degeneration_bounds_the_step_published(
     from sparring.training import dpo
     from tests.test_trainer import CFG
 
-    figures = {7: cand(7, 0.19, 0.02, 0.156), 5: cand(5, 0.0, 0.0, 0.031)}
-    figures[10] = cand(10, 0.27, 0.06, 57 / 192)
+    figures = {7: cand(7, 0.1875, 0.083, 30 / 192), 5: cand(5, 0.0, 0.021, 6 / 192)}
+    figures[10] = cand(10, 0.27, 0.0625, 57 / 192)
     monkeypatch.setattr(dpo.selection, "restore", lambda model, weights: None)
     monkeypatch.setattr(dpo.selection, "measure", lambda *a: figures[a[5]])
     kept: dict[int, tuple[float, dict[str, Any]]] = {s: (s / 4, {}) for s in (5, 7, 10)}
-    start = cand(0, 0.02, 0.0, 4 / 192)
+    start = cand(0, 0.0, 0.021, 4 / 192)
     cfg = CFG.model_copy(update={"select_epoch": True, "select_degenerate": 0.05})
     assert dpo._select_step(None, None, kept, cfg, start)[0] == 5
     loose = cfg.model_copy(update={"select_degenerate": 0.15})
