@@ -185,12 +185,15 @@ def test_the_starting_model_s_degeneration_bounds_the_step_published(
 
     figures = {7: cand(7, 0.1875, 0.083, 30 / 192), 5: cand(5, 0.0, 0.021, 6 / 192)}
     figures[10] = cand(10, 0.27, 0.0625, 57 / 192)
+    figures[0] = cand(0, 0.0, 0.021, 4 / 192)  # the start (selection.START)
     monkeypatch.setattr(dpo.selection, "restore", lambda model, weights: None)
     monkeypatch.setattr(dpo.selection, "measure", lambda *a: figures[a[5]])
-    kept: dict[int, tuple[float, dict[str, Any]]] = {s: (s / 4, {}) for s in (5, 7, 10)}
-    start = cand(0, 0.0, 0.021, 4 / 192)
+    steps: dict[int, tuple[float, dict[str, Any]]] = {s: (s / 4, {}) for s in (5, 7, 10)}
+    kept = {dpo.selection.START: (0.0, {}), **steps}
     cfg = CFG.model_copy(update={"select_epoch": True, "select_degenerate": 0.05})
-    assert dpo._select_step(None, None, kept, cfg, start)[0] == 5
+    assert dpo._select_step(None, None, kept, cfg)[0] == 5
     loose = cfg.model_copy(update={"select_degenerate": 0.15})
-    assert dpo._select_step(None, None, kept, loose, start)[0] == 7
-    assert dpo._select_step(None, None, kept, cfg, None)[0] == 10
+    assert dpo._select_step(None, None, kept, loose)[0] == 7
+    assert dpo._select_step(None, None, steps, cfg)[0] == 10  # no start: no bound
+    unbounded = cfg.model_copy(update={"select_degenerate": None})
+    assert dpo._select_step(None, None, kept, unbounded)[::2] == (10, None)  # start not measured

@@ -193,12 +193,9 @@ def train_version(
     chosen: int | None = None
     candidates: list[selection.Candidate] = []
     before: selection.Candidate | None = None
-    initial = kept.pop(selection.START, None)
-    if len(kept) > 1 and _is_main_process(trainer):  # one: the last step, as without
-        if initial is not None and cfg.select_degenerate is not None:
-            selection.restore(peft_model, initial[1])
-            before = _measure_start(peft_model, tokenizer, cfg, report)
-        chosen, candidates = _select_step(peft_model, tokenizer, kept, cfg, before, report)
+    steps = [s for s in kept if s != selection.START]
+    if len(steps) > 1 and _is_main_process(trainer):  # one: the last step, as without
+        chosen, candidates, before = _select_step(peft_model, tokenizer, kept, cfg, report)
     if _is_main_process(trainer):
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir / "adapter"))
@@ -227,61 +224,41 @@ def train_version(
     )
 
 
-def _measure_start(
-    model: Any,
-    tokenizer: Any,
-    cfg: TrainerConfig,
-    report: Callable[..., None] | None = None,
-) -> selection.Candidate:
-    """``model`` with the adapter it had before its first step (a new LoRA
-    changes nothing yet; a continued one is the version it continues) on the
-    validation set, as the candidates are measured: the reference of
-    select_degenerate."""
-    found = selection.measure(
-        model,
-        tokenizer,
-        selection.validation_items(),
-        tuple(cfg.contexts),
-        cfg.select_max_tokens,
-        0,
-        0.0,
-    )
-    if report is not None:
-        report("train.start_measured", **found.as_dict())
-    return found
-
-
 def _select_step(
     model: Any,
     tokenizer: Any,
     kept: dict[int, tuple[float, dict[str, Any]]],
     cfg: TrainerConfig,
-    start: selection.Candidate | None,
     report: Callable[..., None] | None = None,
-) -> tuple[int, list[selection.Candidate]]:
+) -> tuple[int, list[selection.Candidate], selection.Candidate | None]:
     """Measure kept steps' adapters on the validation set (a bisection), load
-    the chosen one into ``model`` (the one then written), and return its step
-    and every candidate measured (``selection``). ``start``: the model before
-    training, whose degenerate rate (plus select_degenerate) bounds theirs."""
+    the chosen one into ``model`` (the one then written), and return its step,
+    every candidate measured (``selection``) and the start. The start is the
+    adapter before the first step (``kept[selection.START]``: a new LoRA
+    changes nothing yet, a continued one is the version it continues),
+    measured first the same way when select_degenerate is set: its degenerate
+    rate plus select_degenerate bounds the candidates'."""
     items = selection.validation_items()
 
-    def measure_at(step: int) -> selection.Candidate:
+    def measure_at(step: int, event: str = "train.candidate") -> selection.Candidate:
         epoch, weights = kept[step]
         selection.restore(model, weights)
         found = selection.measure(
             model, tokenizer, items, tuple(cfg.contexts), cfg.select_max_tokens, step, epoch
         )
         if report is not None:
-            report("train.candidate", **found.as_dict())
+            report(event, **found.as_dict())
         return found
 
-    degenerate = None
-    if start is not None and cfg.select_degenerate is not None:
+    start = degenerate = None
+    if selection.START in kept and cfg.select_degenerate is not None:
+        start = measure_at(selection.START, "train.start_measured")
         degenerate = start.degenerate + cfg.select_degenerate
     bounds = selection.Bounds(cfg.select_over_refusal, degenerate)
-    best, candidates = selection.search(sorted(kept), measure_at, bounds)
+    steps = sorted(s for s in kept if s != selection.START)
+    best, candidates = selection.search(steps, measure_at, bounds)
     selection.restore(model, kept[best.step][1])
-    return best.step, candidates
+    return best.step, candidates, start
 
 
 PROGRESS_EVERY_S = 30.0
