@@ -194,6 +194,14 @@ def test_the_starting_model_s_degeneration_bounds_the_step_published(
     assert dpo._select_step(None, None, kept, cfg)[0] == 5
     loose = cfg.model_copy(update={"select_degenerate": 0.15})
     assert dpo._select_step(None, None, kept, loose)[0] == 7
-    assert dpo._select_step(None, None, steps, cfg)[0] == 10  # no start: no bound
+    said: list[tuple[str, dict[str, Any]]] = []
+    no_start = dpo._select_step(None, None, steps, cfg, lambda e, **f: said.append((e, f)))
+    assert no_start[0] == 10 and no_start[2] is None  # no start: no bound, and said so
+    assert [e for e, _ in said if e.startswith("train.start")] == ["train.start_missing"]
     unbounded = cfg.model_copy(update={"select_degenerate": None})
-    assert dpo._select_step(None, None, kept, unbounded)[::2] == (10, None)  # start not measured
+    said.clear()
+    unbounded_choice = dpo._select_step(
+        None, None, kept, unbounded, lambda e, **f: said.append((e, f))
+    )
+    assert unbounded_choice[::2] == (10, None)  # start not measured, and nothing missing
+    assert not [e for e, _ in said if e.startswith("train.start")]

@@ -237,7 +237,9 @@ def _select_step(
     adapter before the first step (``kept[selection.START]``: a new LoRA
     changes nothing yet, a continued one is the version it continues),
     measured first the same way when select_degenerate is set: its degenerate
-    rate plus select_degenerate bounds the candidates'."""
+    rate plus select_degenerate bounds the candidates'. Without a start the
+    bound cannot be set: ``train.start_missing`` is reported and refusal alone
+    decides."""
     items = selection.validation_items()
 
     def measure_at(step: int, event: str = "train.candidate") -> selection.Candidate:
@@ -251,9 +253,16 @@ def _select_step(
         return found
 
     start = degenerate = None
-    if selection.START in kept and cfg.select_degenerate is not None:
-        start = measure_at(selection.START, "train.start_measured")
-        degenerate = start.degenerate + cfg.select_degenerate
+    if cfg.select_degenerate is not None:
+        if selection.START in kept:
+            start = measure_at(selection.START, "train.start_measured")
+            degenerate = start.degenerate + cfg.select_degenerate
+        elif report is not None:  # said aloud: the step is then chosen on refusal alone
+            report(
+                "train.start_missing",
+                reason="no adapter was kept before the first step, so degeneration is "
+                "not bounded (select_degenerate ignored for this version)",
+            )
     bounds = selection.Bounds(cfg.select_over_refusal, degenerate)
     steps = sorted(s for s in kept if s != selection.START)
     best, candidates = selection.search(steps, measure_at, bounds)
