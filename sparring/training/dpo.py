@@ -193,8 +193,8 @@ def train_version(
     chosen: int | None = None
     candidates: list[selection.Candidate] = []
     before: selection.Candidate | None = None
-    steps = [s for s in kept if s != selection.START]
-    if len(steps) > 1 and _is_main_process(trainer):  # one: the last step, as without
+    # one step kept: the last, as without selection
+    if len(selection.trained_steps(kept)) > 1 and _is_main_process(trainer):
         chosen, candidates, before = _select_step(peft_model, tokenizer, kept, cfg, report)
     if _is_main_process(trainer):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,8 +264,7 @@ def _select_step(
                 "not bounded (select_degenerate ignored for this version)",
             )
     bounds = selection.Bounds(cfg.select_over_refusal, degenerate)
-    steps = sorted(s for s in kept if s != selection.START)
-    best, candidates = selection.search(steps, measure_at, bounds)
+    best, candidates = selection.search(selection.trained_steps(kept), measure_at, bounds)
     selection.restore(model, kept[best.step][1])
     return best.step, candidates, start
 

@@ -85,6 +85,11 @@ MAX_KEPT = 64  # snapshots at most (on the CPU): a longer run keeps every k-th s
 START = 0  # the key of the snapshot taken before the first step
 
 
+def trained_steps(kept: dict[int, Any]) -> list[int]:
+    """The kept snapshots' steps after training began (all but ``START``), in order."""
+    return sorted(s for s in kept if s != START)
+
+
 def step_keeper(first_epoch: float) -> tuple[Any, dict[int, tuple[float, dict[str, Any]]]]:
     """A transformers callback that snapshots the adapter (on the CPU) before
     the first step (key ``START``) and after every optimizer step from the end
