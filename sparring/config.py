@@ -805,6 +805,15 @@ class TrainerConfig(Strict):
         ge=1,
         description="Passes over each version's pairs (with select_epoch: the most).",
     )
+    max_train_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="At most this many minutes of optimizer steps per version: training "
+        "stops after the first step past it (trainer.log: train.time_cap) and select_epoch "
+        "chooses among the steps trained; model loading, the step search and the gate come "
+        "on top. Bounds a run's length on a slow host (a step took 8.5-14 s on a 2-core "
+        "CPU, docs/speed.md). null: every epoch's steps.",
+    )
     select_epoch: bool = Field(
         default=True,
         description="Early stopping for the learner: keep its adapter after every step from "

@@ -392,6 +392,10 @@ class VersionPublished(Wire):
     # the model it trained from, measured the same way before the first step:
     # the reference of trainer.select_degenerate
     selection_start: dict[str, Any] | None = None
+    # optimizer steps trained, and the steps its epochs would have taken (more
+    # when trainer.max_train_minutes stopped it); None: written before recorded
+    train_steps: int | None = None
+    planned_steps: int | None = None
     # what the version's adapter/ is relative to: "base" (the base model: the
     # continued lineage, or publish: adapter) or "previous" (the previous
     # version's merged weights); None: written before this was recorded

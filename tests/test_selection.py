@@ -124,7 +124,7 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
         cfg,
         report=lambda event, **fields: events.append((event, fields)),
     )
-    assert result.steps == 3 * 4  # 4 pairs x 2 contexts / batch 2, 3 epochs
+    assert result.steps == result.planned_steps == 3 * 4  # 4 pairs x 2 contexts / batch 2
     measured = [c["step"] for c in result.selection]
     # progress as it trains (the last step always), then each candidate measured
     progress = [f for e, f in events if e == "train.progress"]
@@ -171,6 +171,69 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
         chosen["epoch"],
     )
     assert again.by_context == chosen["by_context"]
+
+
+def test_a_time_cap_stops_training_and_the_step_it_stopped_at_is_published(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """trainer.max_train_minutes: real DPO steps on the tiny model stop after
+    the first step past the cap (here the first), said in a train.time_cap
+    event; that step is kept even before select_from_epoch, and the weights
+    written are its own, not the model it started from."""
+    from safetensors.torch import load_file
+
+    from sparring.training.dpo import train_version
+    from tests.test_trainer import CFG, make_pairs
+
+    cfg = CFG.model_copy(
+        update={
+            "epochs": 3,
+            "select_epoch": True,
+            "select_from_epoch": 2,
+            "max_train_minutes": 1e-6,
+        }
+    )
+    events: list[tuple[str, dict[str, Any]]] = []
+    result = train_version(
+        tiny_model_path,
+        make_pairs(4),
+        tmp_path / "v1",
+        cfg,
+        report=lambda event, **fields: events.append((event, fields)),
+    )
+    assert (result.steps, result.planned_steps) == (1, 3 * 2)  # 4 pairs / batch 2, 3 epochs
+    capped = [f for e, f in events if e == "train.time_cap"]
+    assert len(capped) == 1 and (capped[0]["step"], capped[0]["steps"]) == (1, 6)
+    assert capped[0]["seconds"] >= 1e-6 * 60 and capped[0]["max_train_minutes"] == 1e-6
+    progress = [f for e, f in events if e == "train.progress"]
+    assert progress[-1]["step"] == 1 and progress[-1]["eta_s"] == 0  # none after the cap
+    assert result.step is None and not result.selection  # one step trained: nothing to choose
+    lora = load_file(str(tmp_path / "v1" / "adapter" / "adapter_model.safetensors"))
+    lora_b = [w for name, w in lora.items() if "lora_B" in name]
+    # a new LoRA starts with B = 0: one step moved it
+    assert lora_b and any(float(w.abs().max()) > 0 for w in lora_b)
+
+
+def test_the_keeper_keeps_the_step_training_stops_at_even_before_its_first_epoch() -> None:
+    """A callback before it (dpo.time_cap) may stop training early: that step
+    is kept, or the step search could not choose the weights it trained."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainerControl
+
+    from sparring.training.selection import START, step_keeper
+
+    keeper, kept = step_keeper(2)  # keeps from step 8 of 12
+    model = torch.nn.Linear(2, 2)
+    args, state = SimpleNamespace(num_train_epochs=3), SimpleNamespace(max_steps=12)
+    control = TrainerControl()
+    keeper.on_train_begin(args, state, control, model=model)
+    for step in (1, 2, 3):
+        state.global_step, state.epoch = step, step / 4
+        control.should_training_stop = step == 3
+        keeper.on_step_end(args, state, control, model=model)
+    assert sorted(kept) == [START, 3] and kept[3][0] == 0.75
 
 
 def test_the_starting_model_s_degeneration_bounds_the_step_published(

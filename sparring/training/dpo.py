@@ -39,6 +39,9 @@ class TrainResult:
     # select_epoch: the model it trained from, measured as the candidates are
     # (step 0), whose degenerate rate bounds theirs (select_degenerate)
     selection_start: dict[str, Any] | None = None
+    # the steps its epochs would have taken; more than ``steps`` when
+    # max_train_minutes stopped it
+    planned_steps: int | None = None
 
 
 def prompt_messages(pair: PreferencePair, context: str = "served") -> list[dict[str, str]]:
@@ -175,6 +178,8 @@ def train_version(
             seed=seed,
             new_adapter=adapter_from is None,
         )
+        if cfg.max_train_minutes is not None:  # before the keeper: it keeps the step it stops at
+            trainer.add_callback(time_cap(cfg.max_train_minutes, report))
         keeper, kept = selection.step_keeper(cfg.select_from_epoch)
         if cfg.select_epoch:
             trainer.add_callback(keeper)
@@ -221,6 +226,7 @@ def train_version(
         step=chosen,
         selection=tuple(c.as_dict() for c in candidates),
         selection_start=before.as_dict() if before is not None else None,
+        planned_steps=int(trainer.state.max_steps),
     )
 
 
@@ -275,7 +281,8 @@ PROGRESS_EVERY_S = 30.0
 def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVERY_S) -> Any:
     """A transformers callback that reports the optimizer step, of how many,
     the last loss and the seconds so far and to go, at most every ``every_s``
-    seconds and at the last step (a CPU run can train for half an hour)."""
+    seconds and at the step training stops at (a CPU run can train for half an
+    hour)."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):  # type: ignore[misc]
@@ -284,7 +291,8 @@ def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVE
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             now, step, total = time.perf_counter(), state.global_step, state.max_steps
-            if now - self.last < every_s and step < total:
+            stopping = step >= total or control.should_training_stop  # time_cap may stop it
+            if now - self.last < every_s and not stopping:
                 return
             self.last = now
             losses = [h["loss"] for h in state.log_history if "loss" in h]
@@ -296,10 +304,43 @@ def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVE
                 epoch=round(state.epoch or 0, 2),
                 loss=round(losses[-1], 4) if losses else None,
                 seconds=round(elapsed, 1),
-                eta_s=round(elapsed / step * (total - step), 1) if step else None,
+                eta_s=0.0
+                if stopping
+                else round(elapsed / step * (total - step), 1)
+                if step
+                else None,
             )
 
     return Progress()
+
+
+def time_cap(minutes: float, report: Callable[..., None] | None = None) -> Any:
+    """A transformers callback that stops training after the first optimizer
+    step that ends ``minutes`` or more after training began, and reports
+    ``train.time_cap`` (the step, of how many, the seconds). A constant
+    learning rate is unaffected; a decaying one stops part-way down."""
+    from transformers import TrainerCallback
+
+    class TimeCap(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            elapsed = time.perf_counter() - self.start
+            if state.global_step >= state.max_steps or elapsed < minutes * 60:
+                return
+            control.should_training_stop = True
+            if report is not None:
+                report(
+                    "train.time_cap",
+                    step=state.global_step,
+                    steps=state.max_steps,
+                    epoch=round(state.epoch or 0, 3),
+                    seconds=round(elapsed, 1),
+                    max_train_minutes=minutes,
+                )
+
+    return TimeCap()
 
 
 def _is_main_process(trainer: Any) -> bool:

@@ -94,8 +94,9 @@ def step_keeper(first_epoch: float) -> tuple[Any, dict[int, tuple[float, dict[st
     """A transformers callback that snapshots the adapter (on the CPU) before
     the first step (key ``START``) and after every optimizer step from the end
     of epoch ``first_epoch`` on (every k-th where there would be more than
-    ``MAX_KEPT``), and the snapshots by step: (epoch, weights), filled as it
-    trains."""
+    ``MAX_KEPT``) and the step training stops at (the last, or one a callback
+    before it stopped at, such as ``dpo.time_cap``), and the snapshots by step:
+    (epoch, weights), filled as it trains."""
     from transformers import TrainerCallback
 
     kept: dict[int, tuple[float, dict[str, Any]]] = {}
@@ -112,6 +113,7 @@ def step_keeper(first_epoch: float) -> tuple[Any, dict[int, tuple[float, dict[st
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             step, model = state.global_step, kw.get("model")
             due = step >= plan["from"] and (state.max_steps - step) % plan["every"] == 0
+            due = due or control.should_training_stop
             if model is not None and due:
                 kept[step] = (round(state.epoch or 0, 3), snapshot(model))
 
