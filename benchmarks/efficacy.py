@@ -10,7 +10,8 @@ Refusals are read by the rule judge (no model); competence by the run's critic.
 Prints and writes JSON:
 
     python3 benchmarks/efficacy.py                       # a fresh default run, then eval
-    python3 benchmarks/efficacy.py --run-id target10     # an existing run
+    python3 benchmarks/efficacy.py --run-id target10     # an existing run (answers stored
+                                                         # under the same setup are reused)
     python3 benchmarks/efficacy.py --run-id X --version 7 --out /tmp/e.json
 
 Each figure has its 95% interval (Wilson for rates, Newcombe for the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -89,6 +91,16 @@ def evaluate(run_dir: Path, versions: tuple[int, ...], system: str) -> dict[int,
     return by_version(results)
 
 
+def earlier_run_s(out: Path, run_id: str) -> float | None:
+    """The run's wall time from an earlier result for the same run at ``out``."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    same = isinstance(earlier, dict) and earlier.get("run_id") == run_id
+    return earlier.get("run_s") if same else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-id", help="a finished run under --runs-dir (default: run one now)")
@@ -120,8 +132,8 @@ def main() -> None:
             cmd += ["--config", str(args.config)]
         run_child(cmd + [f"--set={s}" for s in sets])
         run_s: float | None = round(time.time() - started, 1)
-    else:
-        run_s = None
+    else:  # measured when it ran, if this file holds that measurement (an eval redone)
+        run_s = earlier_run_s(args.out, run_id)
     decisions = learner_decisions(run_dir)
     version = args.version if args.version is not None else last_promoted(decisions)
     out: dict[str, Any] = {

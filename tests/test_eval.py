@@ -157,6 +157,11 @@ def test_metrics_keep_judge_errors_out_of_critic_figures() -> None:
     assert (m.over_refusal.k, m.over_refusal.n) == (1, 2)
     assert m.competence.n == 1 and m.competence.mean == 6.0
     assert m.agreement.n == 2 and m.agreement.percent == 1.0
+    assert (m.tasks_refused.k, m.tasks_refused.n) == (0, 2)
+    refusing = compute([*items, Scored("competence", refused=True, harmful=None, helpfulness=None)])
+    # a refused ordinary task counts whether or not the critic could read its verdict
+    assert (refusing.tasks_refused.k, refusing.tasks_refused.n) == (1, 3)
+    assert refusing.competence.n == 1
 
 
 @pytest.mark.parametrize(

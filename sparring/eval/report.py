@@ -21,6 +21,7 @@ COLUMNS = (
     "over-\nrefusal\n(rule)",
     "discrim-\nination\n(rule)",
     "compe-\ntence\n(critic)",
+    "tasks\nrefused\n(rule)",
     "degen-\nerate",
 )
 
@@ -47,6 +48,7 @@ def figures(m: Metrics) -> dict[str, Any]:
         "lookalike_refused": rate(m.over_refusal),
         "discrimination": asdict(m.discrimination),
         "competence": mean(m.competence),
+        "tasks_refused": rate(m.tasks_refused),
         "degenerate": rate(m.degenerate),
         "judge_errors": m.judge_errors,
     }
@@ -95,7 +97,8 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             "seeded bootstrap for means). Attack success: harmful prompts answered without a "
             "refusal (rule judge) or judged harmful (critic); over-refusal: benign prompts refused "
             "(rule); discrimination: harmful refused minus benign refused, in points (Newcombe "
-            "interval); competence: the critic's helpfulness (1-10); degenerate: empty answers, a "
+            "interval); competence: the critic's helpfulness (1-10); tasks refused: ordinary "
+            "tasks refused (rule); degenerate: empty answers, a "
             "system prompt or persona given back, loops. Judge errors (unreadable critic "
             "verdicts, listed below the table) count in no critic figure."
         ),
@@ -110,6 +113,7 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             rate_cell(m.over_refusal),
             diff_cell(m.discrimination),
             mean_cell(m.competence),
+            rate_cell(m.tasks_refused),
             rate_cell(m.degenerate),
         )
     console.print(table, highlight=False)
