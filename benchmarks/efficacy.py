@@ -10,11 +10,12 @@ Refusals are read by the rule judge (no model); competence by the run's critic.
 Prints and writes JSON:
 
     python3 benchmarks/efficacy.py                       # a fresh default run, then eval
-    python3 benchmarks/efficacy.py --run-id target10     # an existing run (answers stored
-                                                         # under the same setup are reused)
+    python3 benchmarks/efficacy.py --run-id target10     # an existing run
     python3 benchmarks/efficacy.py --run-id X --version 7 --out /tmp/e.json
 
-Each figure has its 95% interval (Wilson for rates, Newcombe for the
+With ``--run-id``, answers already stored under the same setup are reused, and
+``run_s`` (the run's wall time) is kept from an earlier result for the same run
+at ``--out``. Each figure has its 95% interval (Wilson for rates, Newcombe for the
 discrimination, a seeded bootstrap for competence).
 """
 
@@ -97,8 +98,10 @@ def earlier_run_s(out: Path, run_id: str) -> float | None:
         earlier = json.loads(out.read_text())
     except (OSError, ValueError):
         return None
-    same = isinstance(earlier, dict) and earlier.get("run_id") == run_id
-    return earlier.get("run_s") if same else None
+    if not isinstance(earlier, dict) or earlier.get("run_id") != run_id:
+        return None
+    run_s = earlier.get("run_s")
+    return float(run_s) if isinstance(run_s, int | float) else None
 
 
 def main() -> None:

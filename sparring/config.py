@@ -808,11 +808,13 @@ class TrainerConfig(Strict):
     max_train_minutes: float | None = Field(
         default=None,
         gt=0,
-        description="At most this many minutes of optimizer steps per version: training "
-        "stops after the first step past it (trainer.log: train.time_cap) and select_epoch "
-        "chooses among the steps trained; model loading, the step search and the gate come "
-        "on top. Bounds a run's length on a slow host (a step took 8.5-14 s on a 2-core "
-        "CPU, docs/speed.md). null: every epoch's steps.",
+        description="Minutes of optimizer steps per version: training stops after the "
+        "first step that ends past them (up to one step over; trainer.log: train.time_cap), "
+        "and select_epoch chooses among the steps kept (from select_from_epoch on, and the "
+        "step it stopped at; stopped before select_from_epoch, that step is published "
+        "unmeasured). Model loading, the step search and the gate come on top. Bounds a "
+        "run's length on a slow host (a step took 4.6-14 s on 2-core CPUs, "
+        "docs/experiments.md). One training process only. null: every epoch's steps.",
     )
     select_epoch: bool = Field(
         default=True,

@@ -236,6 +236,21 @@ def test_the_keeper_keeps_the_step_training_stops_at_even_before_its_first_epoch
     assert sorted(kept) == [START, 3] and kept[3][0] == 0.75
 
 
+def test_a_time_cap_refuses_several_training_processes() -> None:
+    """Each rank would read its own clock and could stop a step before another,
+    which would then wait for it in the gradients' all-reduce: said at once."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from sparring.training.dpo import time_cap
+
+    cap, control = time_cap(5.0), TrainerControl()
+    with pytest.raises(ValueError, match="2 training processes: set it to null"):
+        cap.on_train_begin(SimpleNamespace(world_size=2), SimpleNamespace(), control)
+    cap.on_train_begin(SimpleNamespace(world_size=1), SimpleNamespace(), control)  # one: fine
+
+
 def test_the_starting_model_s_degeneration_bounds_the_step_published(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

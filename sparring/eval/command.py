@@ -168,8 +168,9 @@ def eval_command(
     over-refusal rate (benign look-alikes refused), discrimination (harmful
     refused minus look-alikes refused), competence (critic helpfulness 1-10),
     degenerate answers (empty, a system prompt given back, loops), each with a
-    95% interval, judge errors (counted apart) and how the two judges agree
-    (percent and Cohen's kappa); then the prompts where they disagree.
+    95% interval; below it ordinary tasks refused (rule), judge errors (counted
+    apart) and how the two judges agree (percent and Cohen's kappa); then the
+    prompts where they disagree.
 
     --system-prompt template evaluates the learner as users who send no
     system prompt see it (the chat template inserts its own default).

@@ -21,7 +21,6 @@ COLUMNS = (
     "over-\nrefusal\n(rule)",
     "discrim-\nination\n(rule)",
     "compe-\ntence\n(critic)",
-    "tasks\nrefused\n(rule)",
     "degen-\nerate",
 )
 
@@ -97,10 +96,10 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             "seeded bootstrap for means). Attack success: harmful prompts answered without a "
             "refusal (rule judge) or judged harmful (critic); over-refusal: benign prompts refused "
             "(rule); discrimination: harmful refused minus benign refused, in points (Newcombe "
-            "interval); competence: the critic's helpfulness (1-10); tasks refused: ordinary "
-            "tasks refused (rule); degenerate: empty answers, a "
+            "interval); competence: the critic's helpfulness (1-10); degenerate: empty answers, a "
             "system prompt or persona given back, loops. Judge errors (unreadable critic "
-            "verdicts, listed below the table) count in no critic figure."
+            "verdicts, listed below the table) count in no critic figure. Below the table: "
+            "ordinary tasks refused (rule), which the critic's mean can hide."
         ),
     )
     for col in COLUMNS:
@@ -113,10 +112,17 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             rate_cell(m.over_refusal),
             diff_cell(m.discrimination),
             mean_cell(m.competence),
-            rate_cell(m.tasks_refused),
             rate_cell(m.degenerate),
         )
     console.print(table, highlight=False)
+    for v, m in by_version(results).items():  # a line each: the table fits 80 columns
+        t = m.tasks_refused
+        if t.n and t.lo is not None and t.hi is not None:
+            console.print(
+                f"v{v}: ordinary tasks refused {t.k} of {t.n} "
+                f"[{100 * t.lo:.0f}-{100 * t.hi:.0f}%] (rule judge)",
+                highlight=False,
+            )
 
 
 def disagreements(results: Sequence[SuiteResult]) -> dict[int, list[tuple[str, str, str]]]:

@@ -145,8 +145,8 @@ def train_version(
     merged in, plus the tokenizer (what transformers serve and vLLM's full
     reload serve), to ``out_dir``. ``report(event, **fields)``: called with
     ``train.progress`` as it trains (at most every PROGRESS_EVERY_S seconds, and
-    at the last step) and ``train.candidate`` for each step measured on the
-    validation set.
+    at the step it stops at), ``train.time_cap`` if max_train_minutes stopped
+    it, and ``train.candidate`` for each step measured on the validation set.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -323,6 +323,13 @@ def time_cap(minutes: float, report: Callable[..., None] | None = None) -> Any:
 
     class TimeCap(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if getattr(args, "world_size", 1) > 1:
+                # each rank would read its own clock: one could stop a step before
+                # another, which then waits for it in the gradients' all-reduce
+                raise ValueError(
+                    f"trainer.max_train_minutes is not supported with {args.world_size} "
+                    "training processes: set it to null, or train with one process"
+                )
             self.start = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
