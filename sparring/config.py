@@ -445,6 +445,14 @@ class LoopConfig(Strict):
         description="With contrast: a JSONL/CSV file of look-alikes, sent as written (null: "
         "the seeds' look-alikes and the shipped benign set).",
     )
+    ordinary_tasks: bool = Field(
+        default=False,
+        description="With contrast: harmless episodes draw ordinary tasks too (sparring/agents/"
+        "ordinary_set.jsonl: 48 written for this project, arithmetic to cooking) beside the "
+        "look-alikes, so a refusal is also dispreferred to a thank-you note, not only to a "
+        "request in harmful words. With written_refusals a learner began refusing ordinary "
+        "tasks (docs/experiments.md).",
+    )
     attacker_lookalikes: bool = Field(
         default=False,
         description="With contrast: the attacker writes the look-alikes from the seeds' "

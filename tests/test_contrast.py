@@ -431,3 +431,16 @@ def test_only_a_lookalike_certified_harmless_is_benign() -> None:
     assert lookalike_harmless(state("lookalike", asks_harm=None)) is None
     assert lookalike_harmless(state("lookalike", asks_harm=True)) is False
     assert lookalike_harmless(state("lookalike", asks_harm=False)) is True
+
+
+def test_ordinary_tasks_join_the_harmless_prompts_only_when_asked() -> None:
+    """loop.ordinary_tasks: the shipped ordinary tasks are drawn beside the
+    look-alikes (a user's file too), each once, and never by default."""
+    seeds = load_seeds()
+    plain = lookalike_items(None, seeds)
+    both = lookalike_items(None, seeds, ordinary=True)
+    ordinary = [i for i in both if i.category.startswith("ordinary-")]
+    assert not [i for i in plain if i.category.startswith("ordinary-")]
+    assert len(ordinary) == 48 and both[: len(plain)] == plain
+    assert len({i.prompt for i in ordinary}) == 48
+    assert "Write a limerick about a cat who loves to nap." in {i.prompt for i in ordinary}

@@ -328,13 +328,21 @@ def make_attacker(
     )
 
 
-def lookalike_items(path: Path | None, seeds: list[Seed]) -> list[PromptItem]:
-    """The look-alike prompts drawn as written: a user's file, or the seeds'
-    look-alikes (by category) and the shipped benign set."""
+def lookalike_items(
+    path: Path | None, seeds: list[Seed], ordinary: bool = False
+) -> list[PromptItem]:
+    """The harmless prompts drawn as written: a user's file, or the seeds'
+    look-alikes (by category) and the shipped benign set; with ``ordinary``
+    (loop.ordinary_tasks) the shipped ordinary tasks as well."""
     if path is not None:
-        return load_prompt_set(path)
-    shipped = load_prompt_set(None, "benign_set.jsonl")
-    return [PromptItem(s.category, q) for s in seeds for q in s.lookalikes] + shipped
+        items = load_prompt_set(path)
+    else:
+        shipped = load_prompt_set(None, "benign_set.jsonl")
+        items = [PromptItem(s.category, q) for s in seeds for q in s.lookalikes] + shipped
+    return items + (load_prompt_set(None, ORDINARY_SET) if ordinary else [])
+
+
+ORDINARY_SET = "ordinary_set.jsonl"
 
 
 Recorder = Callable[[Episode, list[PreferencePair]], None]
@@ -367,8 +375,9 @@ def context(cfg: RunConfig, core: CoreContext) -> RedteamContext:
     benign = replays = None
     if attacker is not None and lc.benign_share > 0:
         benign = PromptSource(
-            lookalike_items(lc.benign_prompts, seeds),
-            str(lc.benign_prompts or "seeds.yaml lookalikes + benign_set.jsonl"),
+            lookalike_items(lc.benign_prompts, seeds, lc.ordinary_tasks),
+            str(lc.benign_prompts or "seeds.yaml lookalikes + benign_set.jsonl")
+            + (f" + {ORDINARY_SET}" if lc.ordinary_tasks else ""),
             random.Random(lc.seed + 1),
         )
     if attacker is not None and lc.seed_share > 0:
