@@ -95,6 +95,18 @@ def test_the_validation_set_is_balanced_and_held_out_of_every_other_prompt_set()
         assert item.prompt.lower() not in others and item.prompt.lower() not in seeds
 
 
+def train_reported(base: Path, out: Path, cfg: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    """Real DPO steps on four pairs, with every event the trainer reported."""
+    from sparring.training.dpo import train_version
+    from tests.test_trainer import make_pairs
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    result = train_version(
+        base, make_pairs(4), out, cfg, report=lambda e, **fields: events.append((e, fields))
+    )
+    return result, events
+
+
 def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
@@ -104,9 +116,8 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
     written are that step's (its adapter answers the validation set as it did)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sparring.training.dpo import train_version
     from sparring.training.selection import measure
-    from tests.test_trainer import CFG, make_pairs
+    from tests.test_trainer import CFG
 
     cfg = CFG.model_copy(
         update={
@@ -116,14 +127,7 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
             "contexts": ["served", "template"],
         }
     )
-    events: list[tuple[str, dict[str, Any]]] = []
-    result = train_version(
-        tiny_model_path,
-        make_pairs(4),
-        tmp_path / "v1",
-        cfg,
-        report=lambda event, **fields: events.append((event, fields)),
-    )
+    result, events = train_reported(tiny_model_path, tmp_path / "v1", cfg)
     assert result.steps == result.planned_steps == 3 * 4  # 4 pairs x 2 contexts / batch 2
     measured = [c["step"] for c in result.selection]
     # progress as it trains (the last step always), then each candidate measured
@@ -182,8 +186,7 @@ def test_a_time_cap_stops_training_and_the_step_it_stopped_at_is_published(
     written are its own, not the model it started from."""
     from safetensors.torch import load_file
 
-    from sparring.training.dpo import train_version
-    from tests.test_trainer import CFG, make_pairs
+    from tests.test_trainer import CFG
 
     cfg = CFG.model_copy(
         update={
@@ -193,14 +196,7 @@ def test_a_time_cap_stops_training_and_the_step_it_stopped_at_is_published(
             "max_train_minutes": 1e-6,
         }
     )
-    events: list[tuple[str, dict[str, Any]]] = []
-    result = train_version(
-        tiny_model_path,
-        make_pairs(4),
-        tmp_path / "v1",
-        cfg,
-        report=lambda event, **fields: events.append((event, fields)),
-    )
+    result, events = train_reported(tiny_model_path, tmp_path / "v1", cfg)
     assert (result.steps, result.planned_steps) == (1, 3 * 2)  # 4 pairs / batch 2, 3 epochs
     capped = [f for e, f in events if e == "train.time_cap"]
     assert len(capped) == 1 and (capped[0]["step"], capped[0]["steps"]) == (1, 6)
