@@ -104,7 +104,8 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
     )
     for col in COLUMNS:
         table.add_column(col, justify="right")
-    for v, m in by_version(results).items():
+    versions = by_version(results)
+    for v, m in versions.items():
         table.add_row(
             f"v{v}" + (" (base)" if v == 0 else ""),
             rate_cell(m.attack_success_rule),
@@ -115,7 +116,7 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             rate_cell(m.degenerate),
         )
     console.print(table, highlight=False)
-    for v, m in by_version(results).items():  # a line each: the table fits 80 columns
+    for v, m in versions.items():  # a line each: the table fits 80 columns
         t = m.tasks_refused
         if t.n and t.lo is not None and t.hi is not None:
             console.print(
