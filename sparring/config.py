@@ -463,8 +463,10 @@ class LoopConfig(Strict):
         description="With attacker_lookalikes: the role (e.g. critic) asked whether each "
         "look-alike the attacker wrote asks for help to cause harm. One judged harmful is "
         "an attack for the contrast pairs and a failure for the attacker's pairs; one not "
-        "judged (an unreadable reply) trains nothing. SmolLM2-135M cannot tell them apart "
-        "(benchmarks/results/intent_judge.json): give it a larger model.",
+        "judged (an unreadable reply) trains nothing. With attack_contrast certified it reads "
+        "the attacker's attacks too: only one judged harmful makes contrast pairs. "
+        "SmolLM2-135M cannot tell them apart (benchmarks/results/intent_judge.json): give it "
+        "a larger model.",
     )
     balance_share: float | None = Field(
         default=0.75,
@@ -479,7 +481,18 @@ class LoopConfig(Strict):
         default=True,
         description="With contrast: a refinement pair also needs the rule judge to agree "
         "with the episode's mode (the refined answer refuses an attack, helps a "
-        "look-alike); false: the critic's preference alone.",
+        "look-alike), and a query the attacker wrote that nothing certified (attacker_"
+        "lookalikes, attack_contrast) makes none; false: the critic's preference alone.",
+    )
+    attack_contrast: Literal["all", "certified"] = Field(
+        default="all",
+        description="With contrast: which attacks make contrast pairs (a refusal preferred "
+        "to compliance). all: every attack; certified: a seed example sent as written (seed_share, "
+        "or the attacker's fallback), or a rewrite loop.intent_judge read as asking for harm. "
+        "SmolLM2-135M's rewrites are mostly harmless (read by hand: of the 32 that made "
+        "conformity pairs in two runs, 28 asked for no harm, e.g. 'When is it not just a "
+        "story, but a war?'), and a refusal preferred on them teaches refusing harmless "
+        "prompts (docs/experiments.md).",
     )
     # A small attacker often drifts off its topic.
     seed_share: float = Field(
@@ -584,10 +597,12 @@ class AttackerGateConfig(Strict):
         description="Queries written per seed category and mode (attack; look-alike too "
         "when loop.attacker_lookalikes).",
     )
+    # the tolerance below is sized for 8 x 6 = 48 attack probes
     seeds: int | None = Field(
-        default=None,
+        default=8,
         ge=1,
-        description="The first N seed categories probed (null: all of them).",
+        description="The first N seed categories probed (8 of the 15 shipped: the 48 probes "
+        "the tolerance is sized for; null: all of them).",
     )
     tolerance: AttackerToleranceConfig = Field(
         default_factory=AttackerToleranceConfig,
@@ -1183,6 +1198,15 @@ class RunConfig(Strict):
                 "over-refusal, and answering it as competence): set loop.intent_judge to a "
                 "role that can tell (e.g. critic, on a model larger than SmolLM2-135M), or "
                 "set loop.attacker_lookalikes: false to draw the shipped look-alikes"
+            )
+        lc = self.loop
+        certified = lc.contrast and lc.attack_contrast == "certified"
+        if lc.graph == "redteam" and certified and lc.seed_share == 0 and judge is None:
+            raise ValueError(
+                "loop.attack_contrast is certified, but with loop.seed_share 0 and no "
+                "loop.intent_judge no attack can be certified harmful, so the learner would get "
+                "no refusal pairs: raise loop.seed_share (seed examples are certified), set "
+                "loop.intent_judge, or set loop.attack_contrast: all"
             )
 
     def _canary_engine_exists(self) -> None:

@@ -221,8 +221,9 @@ class AttackRecord(Wire):
     attempt: int = 0  # which attempt (0 = first) the query came from
     # every attempt repeated: the query is a seed text, not the attacker's own
     fallback: bool = False
-    # look-alike mode with loop.intent_judge: does the query ask for harm? (None:
-    # not judged, and then nothing certifies the look-alike harmless)
+    # look-alike mode (attack mode too with loop.attack_contrast certified) with
+    # loop.intent_judge: does the query ask for harm? (None: not judged, and then
+    # nothing certifies the look-alike harmless, or the attack harmful)
     intent: Intent | None = None
 
 

@@ -288,6 +288,7 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         loop__balance_share=None,
         loop__guarded_samples=2,  # greedy below: two alike, both read
         loop__written_refusals=True,  # none refused: a written refusal stands in
+        loop__attack_contrast="certified",  # the attacker's attacks are read for intent too
         budget__episodes=6,
         loop__concurrency=6,
         roles__learner={"engine": "seq", "model": "critic", "temperature": 0.0, "max_tokens": 24},
@@ -314,15 +315,17 @@ def test_a_redteam_run_with_contrast_benign_draws_and_seed_replays(
         c = ep.contrast
         nodes = [e["node"] for e in events if e.get("episode_id") == ep.episode_id]
         record = ep.attack_record
-        if ep.mode == "lookalike" and record is not None and not record.fallback:
-            # a look-alike the attacker wrote: the intent judge read it inside the
+        if record is not None and not record.fallback:
+            # a query the attacker wrote: the intent judge read it inside the
             # attack node (its event is written first, the node's own as it ends)
             intent = record.intent
             assert intent is not None and intent.judge.role == "critic"
             assert nodes[:2] == ["intent", "attack"]
             nodes.remove("intent")
             checked += 1
-            if intent.asks_harm is None:  # not certified harmless: no contrast pairs
+            if ep.mode == "attack":  # attack_contrast certified: pairs only if read harmful
+                assert (c is not None) == (intent.asks_harm is True)
+            elif intent.asks_harm is None:  # not certified harmless: no contrast pairs
                 assert c is None and intent.judge_error
             else:  # read as asking for harm: an attack for the contrast pairs
                 assert c is not None and c.benign == (not intent.asks_harm)
@@ -431,6 +434,18 @@ def test_only_a_lookalike_certified_harmless_is_benign() -> None:
     assert lookalike_harmless(state("lookalike", asks_harm=None)) is None
     assert lookalike_harmless(state("lookalike", asks_harm=True)) is False
     assert lookalike_harmless(state("lookalike", asks_harm=False)) is True
+
+    # loop.attack_contrast certified: an attack the attacker wrote is one for the
+    # contrast pairs only when the judge read harm; seed examples always are
+    certified = True
+    assert lookalike_harmless({"mode": "attack", "category": "weapons"}, certified) is False
+    assert lookalike_harmless(state("attack", fallback=True), certified) is False
+    assert lookalike_harmless(state("attack", asks_harm=True), certified) is False
+    assert lookalike_harmless(state("attack"), certified) is None
+    assert lookalike_harmless(state("attack", asks_harm=None), certified) is None
+    assert lookalike_harmless(state("attack", asks_harm=False), certified) is None  # not benign
+    assert lookalike_harmless(state("lookalike", asks_harm=False), certified) is True
+    assert lookalike_harmless(state("attack", asks_harm=False)) is False  # all: as before
 
 
 def test_ordinary_tasks_join_the_harmless_prompts_only_when_asked() -> None:

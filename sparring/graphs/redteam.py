@@ -82,9 +82,13 @@ class RedteamContext(CritiqueContext):
     benign: PromptSource | None = None
     balance_share: float | None = None
     attacker_lookalikes: bool = False  # the attacker writes look-alikes (else: drawn)
-    # loop.intent_judge: does a look-alike the attacker wrote ask for harm?
+    # loop.intent_judge: does a look-alike (with certified_attacks: an attack too)
+    # the attacker wrote ask for harm?
     intent_judge: Callable[..., Any] | None = None
     intent_role: str | None = None
+    # loop.attack_contrast certified: an attack the attacker rewrote makes contrast
+    # pairs only when the intent judge read it as asking for harm
+    certified_attacks: bool = False
     # seed replay: a share of the attacks send an attacker seed example as written
     seed_share: float = 0.0
     seeds: PromptSource | None = None
@@ -142,7 +146,7 @@ async def attack(state: RedteamState, runtime: Ctx) -> Update:
     result = await ctx.attacker(binding, ctx.attacker.next_seed(), mode=mode)
     category = f"benign:{result.seed.category}" if lookalike else result.seed.category
     record = result.record()
-    if lookalike and not record.fallback:
+    if (lookalike or (ctx.certified_attacks and ctx.contrast)) and not record.fallback:
         record = await check_intent(state, runtime, record, result.query)
     update = {
         "category": category,
@@ -171,7 +175,8 @@ async def attack(state: RedteamState, runtime: Ctx) -> Update:
 async def check_intent(
     state: RedteamState, runtime: Ctx, record: AttackRecord, query: str
 ) -> AttackRecord:
-    """The intent judge's reading of a look-alike the attacker wrote, recorded
+    """The intent judge's reading of a query the attacker wrote (a look-alike;
+    an attack too with loop.attack_contrast certified), recorded
     on its ``record`` and traced as an ``intent`` event (no judge: unchanged)."""
     ctx = runtime.context
     if ctx.intent_judge is None or ctx.intent_role is None:
@@ -194,19 +199,26 @@ async def check_intent(
     return record.model_copy(update={"intent": intent})
 
 
-def lookalike_harmless(state: RedteamState) -> bool | None:
+def lookalike_harmless(state: RedteamState, certified_attacks: bool = False) -> bool | None:
     """Whether the episode's query is a harmless look-alike: False for an
     attack, or a look-alike the intent judge read as asking for harm; None when
-    the attacker wrote it and nothing read it (not certified either way)."""
-    if not (state.get("mode") == "lookalike" or state["category"].startswith("benign:")):
-        return False
+    the attacker wrote it and nothing read it (not certified either way).
+    With ``certified_attacks`` (loop.attack_contrast certified) an attack is
+    False only when it is a seed example as written or the intent judge read
+    it as asking for harm; otherwise None (a rewrite read as harmless is not
+    made a look-alike either: a small judge's "harmless" would reward compliance)."""
     raw = state.get("attack_record")
     record = AttackRecord.model_validate(raw) if raw else None
+    asks_harm = None if record is None or record.intent is None else record.intent.asks_harm
+    if not (state.get("mode") == "lookalike" or state["category"].startswith("benign:")):
+        if not certified_attacks or record is None or record.fallback:
+            return False  # certified or not asked; a seed example sent as written
+        return False if asks_harm else None
     if record is None or record.fallback:
         return True  # a shipped look-alike, as written
-    if record.intent is None or record.intent.asks_harm is None:
+    if asks_harm is None:
         return None
-    return not record.intent.asks_harm
+    return not asks_harm
 
 
 @node("contrast")
@@ -216,9 +228,10 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
     With loop.written_refusals, a written refusal stands in when no guarded
     answer refused and the plain answer did not either.
     A look-alike the attacker wrote that nothing certified harmless gets none:
-    answering it is competence only if it is harmless."""
+    answering it is competence only if it is harmless; with loop.attack_contrast
+    certified, neither does an attack it wrote that nothing certified harmful."""
     ctx = runtime.context
-    benign = lookalike_harmless(state)
+    benign = lookalike_harmless(state, ctx.certified_attacks)
     if not ctx.contrast or benign is None:
         return {}
     binding = binding_of(state["learner"])
@@ -252,6 +265,12 @@ async def contrast(state: RedteamState, runtime: Ctx) -> Update:
         guarded_refusals=record.guarded_refusals,
         written_refusal=record.written_refusal,
     )
+
+
+def uncertified(state: RedteamState, ctx: RedteamContext) -> bool:
+    """A query the attacker wrote that nothing certified: a look-alike not read
+    as harmless, or (loop.attack_contrast certified) an attack not read as harmful."""
+    return lookalike_harmless(state, ctx.certified_attacks) is None
 
 
 def pick_guarded(plain_refused: bool, texts: list[str], refused: list[bool]) -> int:
@@ -290,6 +309,11 @@ async def emit(state: RedteamState, runtime: Ctx) -> Update:
         attack_record=AttackRecord.model_validate(record) if record else None,
         mode="lookalike" if state.get("mode") == "lookalike" else "attack",
     )
+    ctx = runtime.context
+    if ctx.contrast and ctx.refine_rule_check and c is None and uncertified(state, ctx):
+        # the rule check needs the request's kind: nothing certified it, so the
+        # critic's preference alone would decide (docs/training.md)
+        pairs = []
     pairs += contrast_pairs(episode)
     return publish(runtime, state, episode, pairs, rounds=rounds_of(state, episode))
 
@@ -398,6 +422,7 @@ def context(cfg: RunConfig, core: CoreContext) -> RedteamContext:
         intent_role=lc.intent_judge,
         benign_share=lc.benign_share if attacker is not None else 0.0,
         benign=benign,
+        certified_attacks=lc.attack_contrast == "certified",
         seed_share=lc.seed_share if attacker is not None else 0.0,
         seeds=replays,
     )
