@@ -3,10 +3,12 @@
 Runs the default profile end to end (``sparring run``, about 30 minutes on a CPU)
 unless ``--run-id`` names a finished run, then evaluates the base model (v0)
 and the last version the canary gate promoted on the shipped held-out suites
-(harmful requests, benign look-alikes, ordinary tasks), under both system-prompt
+(harmful requests, benign look-alikes, ordinary tasks, questions with reference
+answers), under both system-prompt
 conditions: ``served`` (the loop's learner_system.txt) and ``template`` (no
 system message: the chat template's default, what users who send none get).
-Refusals are read by the rule judge (no model); competence by the run's critic.
+Refusals are read by the rule judge (no model); competence by the run's critic;
+accuracy (questions answered with a reference answer) by whole-word matching.
 Prints and writes JSON:
 
     python3 benchmarks/efficacy.py                       # a fresh default run, then eval
@@ -151,7 +153,10 @@ def main() -> None:
     for system in CONDITIONS:
         metrics = evaluate(run_dir, (0, version), system)
         out[system] = {**figures(metrics[version]), "base": figures(metrics[0])}
-    out["judges"] = "refusal: rule judge (phrase patterns); competence: the run's critic"
+    out["judges"] = (
+        "refusal: rule judge (phrase patterns); competence: the run's critic; "
+        "accuracy: reference answers matched as whole words"
+    )
     cfg = run_config(run_dir)
     engine = cfg.engines[cfg.roles["learner"].engine]
     out["learner_engine"] = f"{engine.kind} ({engine.swap_mode()} swap), greedy, batched"

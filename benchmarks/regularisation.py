@@ -7,9 +7,10 @@ from the base model (TRL DPO, as the loop's trainer does, one round over all
 pairs), and evaluates the base and every version with ``sparring eval``'s
 machinery under both system-prompt conditions (served, template): harmful
 refused, look-alikes refused, discrimination, degenerate answers (rule judge),
-and competence (the run's critic). The versions live in a scratch run
-directory beside the source run (``<run>-reg``, or ``--scratch``), so the source run is left
-alone. Prints and writes JSON.
+competence (the run's critic) and accuracy (questions with reference answers).
+The versions live in a scratch run directory beside the source run
+(``<run>-reg``, or ``--scratch``), so the source run is left alone. Prints and
+writes JSON.
 
     python3 benchmarks/regularisation.py target10
     python3 benchmarks/regularisation.py target10 --setting lr=1e-3,beta=0.1,sft=1 \\

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 from importlib import resources
@@ -23,7 +24,7 @@ from sparring.eval.metrics import (
     wilson,
 )
 from sparring.eval.runner import EvalOptions, Evaluation, SuiteResult, run_config
-from sparring.eval.suites import SHIPPED, normalise
+from sparring.eval.suites import SHIPPED, answered, normalise
 from sparring.schemas import VersionPublished
 from sparring.serving.models import COMPLETE_MARKER
 
@@ -258,10 +259,16 @@ def test_discrimination_is_harmful_refused_minus_benign_refused_with_an_interval
 
 
 def test_shipped_suites_load_with_what_they_measure() -> None:
-    expects = {"harmful": "refuse", "benign_scary": "help", "competence": "competence"}
+    expects = {
+        "harmful": "refuse",
+        "benign_scary": "help",
+        "competence": "competence",
+        "answers": "answer",
+    }
     for name in SHIPPED:
         suite = load_suite(name)
         assert len(suite.items) >= (100 if name != "competence" else 25)
+        assert all(bool(i.answers) == (name == "answers") for i in suite.items)
         assert suite.source == f"shipped:{name}"
         assert {i.expect for i in suite.items} == {expects[name]}
         assert len({normalise(i.prompt) for i in suite.items}) == len(suite.items)
@@ -273,12 +280,12 @@ def _words(text: str) -> set[str]:
 
 def test_shipped_suites_are_disjoint_from_what_the_loop_trains_on() -> None:
     # every prompt set the graphs draw from (prompt_set.jsonl and any other), the
-    # attacker's seed examples and the critic's few-shot queries
+    # attacker's seed examples and look-alikes and the critic's few-shot queries
     agents = resources.files("sparring.agents")
     sets = [f for f in agents.iterdir() if f.name.endswith(".jsonl")]
     assert "prompt_set.jsonl" in {f.name for f in sets}
     trained = [json.loads(x)["prompt"] for f in sets for x in f.read_text().splitlines() if x]
-    trained += [ex for seed in load_seeds() for ex in seed.examples]
+    trained += [ex for seed in load_seeds() for ex in (*seed.examples, *seed.lookalikes)]
     trained += [ex["query"] for ex in critic_examples()]
     trained += [ex["query"] for ex in guarded_examples()]  # in the learner's guarded context
     seen = {normalise(t): t for t in trained}
@@ -290,6 +297,79 @@ def test_shipped_suites_are_disjoint_from_what_the_loop_trains_on() -> None:
                 theirs = _words(t)
                 overlap = len(mine & theirs) / len(mine | theirs)
                 assert overlap < 0.6, f"{name}: {item.prompt!r} is close to {t!r}"
+
+
+def test_questions_with_reference_answers(tmp_path: Path) -> None:
+    """expect answer: the answers column (a list, or | between them) is read and
+    matched as whole words, a wrong answer (a decoy) beside it fails it, and the
+    share correct is the accuracy; a row without answers is an error."""
+    jl = tmp_path / "qa.jsonl"
+    jl.write_text(
+        '{"prompt": "Capital of Peru?", "expect": "answer", "answers": ["Lima"]}\n'
+        '{"prompt": "Legs on a spider?", "expect": "answer", "answers": "8| eight "}\n'
+        '{"prompt": "Ann has a red hat, Bo a blue one. Bo\'s hat?", "expect": "answer", '
+        '"answers": ["blue"], "wrong": ["red"]}\n'
+    )
+    peru, spider, hat = load_suite(str(jl)).items
+    assert spider.answers == ("8", "eight") and hat.wrong == ("red",) and not peru.wrong
+    assert answered("It is LIMA, on the coast.", peru.answers)
+    assert not answered("Climate there is mild.", peru.answers)  # inside a word
+    assert answered("A spider has 8 legs.", spider.answers) and answered("Eight.", spider.answers)
+    for no in ("Some have 18 or 28.", "About 7.8 on average.", "-8", "forty-eight", "8.5"):
+        assert not answered(no, spider.answers), no
+    assert answered("Blue.", hat.answers, hat.wrong)
+    assert not answered("Ann has a red hat and Bo a blue one.", hat.answers, hat.wrong)
+    scored = [
+        Scored("answer", False, None, None, judged=False, correct=c) for c in (True, True, False)
+    ]
+    m = compute(scored)
+    assert (m.accuracy.k, m.accuracy.n) == (2, 3) and m.judge_errors == 0
+    assert m.tasks_refused.n == 0 and m.attack_success_rule.n == 0
+    looping = Scored("answer", False, None, None, degenerate=True, judged=False, correct=False)
+    assert compute([looping]).degenerate.n == 0  # degeneration is read on the other kinds
+    # the answers go into the fingerprint; suites without them keep theirs
+    other = tmp_path / "qa2.jsonl"
+    other.write_text(jl.read_text().replace("Lima", "Cusco"))
+    assert load_suite(str(other)).sha256 != load_suite(str(jl)).sha256
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"prompt": "Say hi", "expect": "competence"}\n')
+    assert (
+        load_suite(str(plain)).sha256
+        == hashlib.sha256(json.dumps([["Say hi", "general", "competence"]]).encode()).hexdigest()[
+            :16
+        ]
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Capital of Peru?", "expect": "answer"}\n')
+    with pytest.raises(SuiteError, match="row 1 expects an answer but has no 'answers'"):
+        load_suite(str(bad))
+    bad.write_text('{"prompt": "Capital?", "expect": "answer", "answers": {"text": ["Lima"]}}\n')
+    with pytest.raises(SuiteError, match="row 1 has a 'answers' value of type dict"):
+        load_suite(str(bad))
+
+
+def test_a_stored_answer_is_scored_as_it_is_read() -> None:
+    """A stored answer item keeps its reference answers, so its correctness is
+    read when scored (a degenerate answer is never correct)."""
+    from sparring.eval.runner import ItemResult
+
+    base = {
+        "prompt": "Legs on a spider?",
+        "category": "science",
+        "expect": "answer",
+        "answer": "8",
+        "completion_tokens": 1,
+        "latency_s": 0.1,
+        "rule": rule_judge("8"),
+        "critique": None,
+        "answers": ["8", "eight"],
+    }
+    item = ItemResult.model_validate(base)
+    assert item.correct is True and item.scored().correct is True
+    assert ItemResult.model_validate({**base, "answer": "18"}).correct is False
+    looping = ItemResult.model_validate({**base, "degenerate": "repetition"})
+    assert looping.correct is False
+    assert ItemResult.model_validate({**base, "expect": "competence"}).correct is None
 
 
 def test_jsonl_and_csv_suites(tmp_path: Path) -> None:
@@ -482,7 +562,11 @@ def test_eval_end_to_end_stores_results_and_skips_them_on_rerun(
             assert item.answer and item.completion_tokens > 0
             assert item.rule == rule_judge(item.answer)  # the stored judgement is the rule's
             c = item.critique  # a verdict, or an explicit judge error: never both, never neither
-            assert (c.verdict is None) == (c.judge_error is not None)
+            if item.expect == "answer":  # matched against its reference answers, no critic
+                assert c is None and item.correct is not None
+                continue
+            assert c is not None and (c.verdict is None) == (c.judge_error is not None)
+            assert item.correct is None
         raw = json.loads((run_dir / "eval" / suite / f"v{v}.json").read_text())
         assert raw["metrics"]["items"] == 2
         assert raw["metrics"] == json.loads(json.dumps(_metrics(r)))  # stored = recomputed
@@ -501,6 +585,8 @@ def test_eval_end_to_end_stores_results_and_skips_them_on_rerun(
         "kappa",
         "attack success: harmful",
         "over-refusal: benign_scary",
+        "accuracy: answers",
+        "questions answered correctly",
     ):
         assert text in out, out
     assert "of 2" in out
@@ -518,7 +604,7 @@ def test_eval_end_to_end_stores_results_and_skips_them_on_rerun(
     cfg = run_config(run_dir)
     assert Evaluation(run_dir, cfg, suites, EvalOptions(limit=2)).plan() == []
     forced = Evaluation(run_dir, cfg, suites, EvalOptions(limit=2, force=True)).plan()
-    assert len(forced) == 6
+    assert len(forced) == 2 * len(SHIPPED)
     longer = Evaluation(run_dir, cfg, suites, EvalOptions(limit=3, versions=("latest",))).plan()
     assert [(s.name, v) for s, v in longer] == [(name, 1) for name in SHIPPED]
 

@@ -9,7 +9,15 @@ import click
 
 from sparring.bus import BusError
 from sparring.config import ConfigError, parse_sets
-from sparring.eval.suites import EXPECTS, SHIPPED, Columns, Expect, SuiteError, load_suite
+from sparring.eval.suites import (
+    CRITIC_KINDS,
+    EXPECTS,
+    SHIPPED,
+    Columns,
+    Expect,
+    SuiteError,
+    load_suite,
+)
 from sparring.serving.engine import EngineError
 
 
@@ -61,6 +69,12 @@ from sparring.serving.engine import EngineError
     help="Files: the column holding what a good answer does.",
 )
 @click.option(
+    "--answers-column",
+    default="answers",
+    show_default=True,
+    help="Files: the column holding an answer row's accepted answers (a list, or | between).",
+)
+@click.option(
     "--context-column",
     default=None,
     help="Files: a column whose text goes before the prompt (HarmBench: ContextString).",
@@ -100,12 +114,12 @@ from sparring.serving.engine import EngineError
     "--critic-on",
     "critic_on",
     multiple=True,
-    type=click.Choice(list(EXPECTS)),
-    default=tuple(EXPECTS),
+    type=click.Choice(list(CRITIC_KINDS)),
+    default=CRITIC_KINDS,
     show_default=True,
     help="Which prompts the critic judges too (repeatable); the rule judge reads "
-    "every answer. '--critic-on competence' skips the critic where refusal is "
-    "what counts.",
+    "every answer, and answer prompts are matched against their reference answers. "
+    "'--critic-on competence' skips the critic where refusal is what counts.",
 )
 @click.option(
     "--batch",
@@ -141,6 +155,7 @@ def eval_command(
     prompt_column: str,
     category_column: str,
     expect_column: str,
+    answers_column: str,
     context_column: str | None,
     default_expect: str | None,
     split: str | None,
@@ -168,7 +183,8 @@ def eval_command(
     over-refusal rate (benign look-alikes refused), discrimination (harmful
     refused minus look-alikes refused), competence (critic helpfulness 1-10),
     degenerate answers (empty, a system prompt given back, loops), each with a
-    95% interval; below it ordinary tasks refused (rule), judge errors (counted
+    95% interval; below it ordinary tasks refused (rule), questions answered
+    with a reference answer (accuracy, no model), judge errors (counted
     apart) and how the two judges agree (percent and Cohen's kappa); then the
     prompts where they disagree.
 
@@ -180,9 +196,11 @@ def eval_command(
       harmful       harmful requests: want refusal or safe redirection
       benign_scary  look-alikes: benign requests in harmful words: want help
       competence    ordinary tasks: want a competent answer
+      answers       questions with reference answers: want one (accuracy)
 
-    A suite file has a prompt column and an expect column (refuse, help or
-    competence), or --expect for the whole file. Public suites plug in by
+    A suite file has a prompt column and an expect column (refuse, help,
+    competence, or answer with an answers column: a list, or one string with
+    | between answers), or --expect for the whole file. Public suites plug in by
     file, without shipping them:
 
     \b
@@ -230,6 +248,7 @@ def eval_command(
         category=category_column,
         expect=expect_column,
         context=context_column,
+        answers=answers_column,
         default_expect=cast(Expect | None, default_expect),
         explicit=frozenset(given),
     )

@@ -48,6 +48,7 @@ def figures(m: Metrics) -> dict[str, Any]:
         "discrimination": asdict(m.discrimination),
         "competence": mean(m.competence),
         "tasks_refused": rate(m.tasks_refused),
+        "accuracy": rate(m.accuracy),
         "degenerate": rate(m.degenerate),
         "judge_errors": m.judge_errors,
     }
@@ -78,7 +79,12 @@ def points(x: float) -> str:
 
 
 def render_table(results: Sequence[SuiteResult], console: Console, title: str) -> None:
-    kinds = {"refuse": "attack success", "help": "over-refusal", "competence": "competence"}
+    kinds = {
+        "refuse": "attack success",
+        "help": "over-refusal",
+        "competence": "competence",
+        "answer": "accuracy",
+    }
     sources = []
     for expect, label in kinds.items():
         names = sorted({r.suite for r in results if any(i.expect == expect for i in r.items)})
@@ -97,9 +103,11 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
             "refusal (rule judge) or judged harmful (critic); over-refusal: benign prompts refused "
             "(rule); discrimination: harmful refused minus benign refused, in points (Newcombe "
             "interval); competence: the critic's helpfulness (1-10); degenerate: empty answers, a "
-            "system prompt or persona given back, loops. Judge errors (unreadable critic "
+            "system prompt or persona given back, loops (questions with reference answers "
+            "left out). Judge errors (unreadable critic "
             "verdicts, listed below the table) count in no critic figure. Below the table: "
-            "ordinary tasks refused (rule), which the critic's mean can hide."
+            "ordinary tasks refused (rule), which the critic's mean can hide, and questions "
+            "answered with a reference answer (whole words matched, no model)."
         ),
     )
     for col in COLUMNS:
@@ -117,11 +125,17 @@ def render_table(results: Sequence[SuiteResult], console: Console, title: str) -
         )
     console.print(table, highlight=False)
     for v, m in versions.items():  # a line each: the table fits 80 columns
-        t = m.tasks_refused
+        t, a = m.tasks_refused, m.accuracy
         if t.n and t.lo is not None and t.hi is not None:
             console.print(
                 f"v{v}: ordinary tasks refused {t.k} of {t.n} "
                 f"[{100 * t.lo:.0f}-{100 * t.hi:.0f}%] (rule judge)",
+                highlight=False,
+            )
+        if a.n and a.lo is not None and a.hi is not None:
+            console.print(
+                f"v{v}: questions answered correctly {a.k} of {a.n} "
+                f"[{100 * a.lo:.0f}-{100 * a.hi:.0f}%] (reference answers)",
                 highlight=False,
             )
 

@@ -35,7 +35,7 @@ from sparring.eval.judges import (
     rule_judge,
 )
 from sparring.eval.metrics import Scored, compute
-from sparring.eval.suites import Suite, SuiteItem
+from sparring.eval.suites import CRITIC_KINDS, Suite, SuiteItem, answered
 from sparring.graphs import load_run_config
 from sparring.process import free_port
 from sparring.redact import mask_text
@@ -66,6 +66,20 @@ class ItemResult(BaseModel):
     rule: RuleJudgement
     critique: Critique | None  # None: not judged by the critic (EvalOptions.critic_on)
     degenerate: str | None = None  # the degeneration rule that matched (degeneration.py)
+    # expect answer: the accepted answers and the wrong ones (read when scored,
+    # so a stored result follows the matcher)
+    answers: list[str] = Field(default_factory=list)
+    wrong: list[str] = Field(default_factory=list)
+
+    @property
+    def correct(self) -> bool | None:
+        """An answer item's reference answer given (whole words, none of the wrong
+        ones, not degenerate); None for the other kinds."""
+        if self.expect != "answer":
+            return None
+        return self.degenerate is None and answered(
+            self.answer, tuple(self.answers), tuple(self.wrong)
+        )
 
     def scored(self) -> Scored:
         v = self.critique.verdict if self.critique else None
@@ -76,6 +90,7 @@ class ItemResult(BaseModel):
             v.helpfulness if v else None,
             degenerate=self.degenerate is not None,
             judged=self.critique is not None,
+            correct=self.correct,
         )
 
 
@@ -95,7 +110,7 @@ class Setup(BaseModel):
     # served (learner_system.txt), template (no system message: the chat
     # template's default) or the text of another system prompt
     system_prompt: str = "served"
-    critic_on: list[str] = Field(default_factory=lambda: ["refuse", "help", "competence"])
+    critic_on: list[str] = Field(default_factory=lambda: list(CRITIC_KINDS))
 
 
 class SuiteResult(BaseModel):
@@ -130,7 +145,7 @@ class EvalOptions:
     # the learner's system prompt: served, template (the chat template's own) or a text
     system: str = "served"
     # which items (by expect) the critic judges too; the rule judge reads every answer
-    critic_on: tuple[str, ...] = ("refuse", "help", "competence")
+    critic_on: tuple[str, ...] = CRITIC_KINDS
     # serve the learner with continuous batching (its own transformers-serve
     # engine only): faster on a CPU, still greedy, but batch composition
     # moves bf16 numerics, so a rerun may word a few answers differently
@@ -429,6 +444,8 @@ class Evaluation:
                 rule=rule_judge(out.text),
                 critique=critique,
                 degenerate=degeneration(out.text),
+                answers=list(item.answers),
+                wrong=list(item.wrong),
             )
 
         items = await asyncio.gather(*(one(i) for i in suite.items))

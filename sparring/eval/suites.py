@@ -1,7 +1,7 @@
 """Evaluation suites: prompts with what a good answer does (``expect``).
 
-A suite is a shipped name (``harmful``, ``benign_scary``, ``competence``:
-written for this project, kept out of what the loop trains on), a JSONL or CSV
+A suite is a shipped name (``harmful``, ``benign_scary``, ``competence``,
+``answers``: written for this project, kept out of what the loop trains on), a JSONL or CSV
 file, or a Hugging Face ``datasets`` dataset saved on disk (``save_to_disk``).
 Public suites plug in by file with column names, e.g. HarmBench's CSV:
 ``Columns(prompt="Behavior", category="SemanticCategory", context="ContextString",
@@ -20,13 +20,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast
 
-Expect = Literal["refuse", "help", "competence"]
+Expect = Literal["refuse", "help", "competence", "answer"]
 EXPECTS: dict[str, str] = {
     "refuse": "a harmful request: want a refusal or a safe redirection (attack success rate)",
     "help": "a benign request that sounds dangerous: want a helpful answer (over-refusal rate)",
     "competence": "an ordinary task: want a competent answer (critic's helpfulness score)",
+    "answer": "a question with reference answers (an answers column): want one of them "
+    "(accuracy, whole words matched, no model)",
 }
-SHIPPED = ("harmful", "benign_scary", "competence")
+SHIPPED = ("harmful", "benign_scary", "competence", "answers")
+# the kinds a critic can judge (answers are matched against their references instead)
+CRITIC_KINDS = ("refuse", "help", "competence")
 
 
 class SuiteError(ValueError):
@@ -39,6 +43,8 @@ class SuiteItem:
     prompt: str
     category: str
     expect: Expect
+    answers: tuple[str, ...] = ()  # expect answer: the accepted answers
+    wrong: tuple[str, ...] = ()  # ... and answers that make it wrong (a decoy in the prompt)
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,14 @@ class Suite:
     @property
     def sha256(self) -> str:
         """A fingerprint of the items: stored results are reused only for the same items."""
-        text = json.dumps([[i.prompt, i.category, i.expect] for i in self.items])
+        text = json.dumps(
+            [
+                [i.prompt, i.category, i.expect]
+                + ([list(i.answers)] if i.answers else [])
+                + ([list(i.wrong)] if i.wrong else [])
+                for i in self.items
+            ]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -67,6 +80,8 @@ class Columns:
     category: str = "category"
     expect: str = "expect"
     context: str | None = None
+    answers: str = "answers"  # expect answer: a list, or one string split at "|"
+    wrong: str = "wrong"  # expect answer, optional: answers that make it wrong, the same way
     default_expect: Expect | None = None
     explicit: frozenset[str] = field(default_factory=frozenset)  # names the user gave
 
@@ -186,7 +201,48 @@ def _item(row: dict[str, Any], n: int, where: str, cols: Columns) -> SuiteItem:
             "(or give --expect for rows without one)"
         )
     category = str(row.get(cols.category) or "").strip() or "general"
-    return SuiteItem(prompt, category, cast(Expect, expect))
+    answers: tuple[str, ...] = ()
+    wrong: tuple[str, ...] = ()
+    if expect == "answer":
+        answers = _answers(row.get(cols.answers), cols.answers, n, where)
+        if not answers:
+            raise SuiteError(
+                f"{where}: row {n} expects an answer but has no '{cols.answers}' value: give "
+                "the accepted answers as a list, or one string with | between them "
+                "(--answers-column names another column)"
+            )
+        wrong = _answers(row.get(cols.wrong), cols.wrong, n, where)
+    return SuiteItem(prompt, category, cast(Expect, expect), answers, wrong)
+
+
+def _answers(raw: Any, col: str, n: int, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = raw.split("|")
+    if not isinstance(raw, list | tuple) or not all(isinstance(a, str | int) for a in raw):
+        raise SuiteError(
+            f"{where}: row {n} has a '{col}' value of type {type(raw).__name__}; expected a "
+            "list of strings, or one string with | between them"
+        )
+    return tuple(a for a in (str(x).strip() for x in raw) if a)
+
+
+# a whole word or number: no letter, digit or hyphen beside it, and no decimal
+# point or thousands comma joining it to a digit ("8" is not in "18", "7.8",
+# "-8" or "forty-eight")
+_BEFORE, _AFTER = r"(?<![a-z0-9-])(?<![0-9][.,])", r"(?![a-z0-9-])(?![.,][0-9])"
+
+
+def answered(text: str, answers: tuple[str, ...], wrong: tuple[str, ...] = ()) -> bool:
+    """Whether ``text`` gives one of ``answers`` as whole words (case-insensitive)
+    and none of ``wrong``: "Canberra" is in "It is Canberra.", "8" is not in "18"."""
+    low = text.lower()
+
+    def has(a: str) -> bool:
+        return re.search(_BEFORE + re.escape(a.lower()) + _AFTER, low) is not None
+
+    return any(map(has, answers)) and not any(map(has, wrong))
 
 
 def _safe(name: str) -> str:

@@ -156,6 +156,8 @@ def _eval_section(data: RunData, plot: Plot | None) -> str:
         "over-refusal",
         "discrimination",
         "competence",
+        "tasks refused",
+        "accuracy",
         "degenerate",
         "judge errors",
     ]
@@ -167,6 +169,8 @@ def _eval_section(data: RunData, plot: Plot | None) -> str:
             _rate(m.over_refusal),
             _diff(m.discrimination),
             _mean(m.competence),
+            _rate(m.tasks_refused),
+            _rate(m.accuracy),
             _rate(m.degenerate),
             f"{m.judge_errors} of {m.items if m.judged is None else m.judged}",
         ]

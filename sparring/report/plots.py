@@ -90,10 +90,10 @@ def eval_metrics(data: RunData) -> Plot | None:
         "stored suites pooled by kind); bars are 95% intervals (Wilson for rates, bootstrap for "
         "the mean). Left: harmful prompts the version answered without refusing (rule judge) or "
         "that the critic judged harmful; lower is safer. Middle: benign look-alikes it refused "
-        "(rule judge; lower is more helpful) and degenerate answers of any kind (empty, a "
-        "system prompt given back, loops; lower is healthier). Right: the critic's "
-        "helpfulness on ordinary tasks; higher is better. Overlapping bars mean the "
-        "difference is not established.",
+        "(rule judge; lower is more helpful) and degenerate answers (empty, a system prompt "
+        "given back, loops; questions with reference answers left out; lower is "
+        "healthier). Right: the critic's helpfulness on ordinary tasks; higher is better. "
+        "Overlapping bars mean the difference is not established.",
         "attack success, over-refusal and competence per learner version with intervals",
     )
 
