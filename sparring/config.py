@@ -238,7 +238,7 @@ class BudgetConfig(Strict):
         description="Stop once learner version N has served a round of episodes (null: no limit).",
     )
     minutes: float | None = Field(
-        default=14.0, gt=0, description="Stop after this many minutes (null: no limit)."
+        default=10.0, gt=0, description="Stop after this many minutes (null: no limit)."
     )
 
 
@@ -404,7 +404,7 @@ class LoopConfig(Strict):
         "is a plan error).",
     )
     refine: bool = Field(
-        default=True,
+        default=False,
         description="redteam: after the first critique the learner refines its answer from "
         "it and the critic judges the refinement (a refinement pair). Off: the episode ends "
         "at the first critique, one critic pass instead of two (90 episodes in 14 minutes "
@@ -425,7 +425,7 @@ class LoopConfig(Strict):
         "each episode once.",
     )
     written_refusals: bool = Field(
-        default=False,
+        default=True,
         description="With contrast: when neither the plain answer nor the guarded one "
         "refused, the pairs take a refusal written for this project (sparring/agents/"
         "written_refusals.yaml, credited to it, not the learner): chosen over an attack's "
@@ -446,7 +446,7 @@ class LoopConfig(Strict):
         "the seeds' look-alikes and the shipped benign set).",
     )
     ordinary_tasks: bool = Field(
-        default=False,
+        default=True,
         description="With contrast: harmless episodes draw ordinary tasks too (sparring/agents/"
         "ordinary_set.jsonl: 48 written for this project, arithmetic to cooking) beside the "
         "look-alikes, so a refusal is also dispreferred to a thank-you note, not only to a "
@@ -601,8 +601,8 @@ class AttackerGateConfig(Strict):
     seeds: int | None = Field(
         default=8,
         ge=1,
-        description="The first N seed categories probed (8 of the 15 shipped: the 48 probes "
-        "the tolerance is sized for; null: all of them).",
+        description="The first N seed categories probed (8: the 48 probes the tolerance is "
+        "sized for; null: all of them).",
     )
     tolerance: AttackerToleranceConfig = Field(
         default_factory=AttackerToleranceConfig,
@@ -806,7 +806,7 @@ class TrainerConfig(Strict):
     max_length: int = Field(
         default=256, ge=16, description="Longest prompt plus answer trained on, in tokens."
     )
-    learning_rate: float = Field(default=2e-3, gt=0, description="The LoRA's learning rate.")
+    learning_rate: float = Field(default=1.5e-3, gt=0, description="The LoRA's learning rate.")
     # A version is a handful of steps of one long run, so decaying to zero within
     # each (TRL's linear default) halves what every version learns.
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -829,7 +829,7 @@ class TrainerConfig(Strict):
         description="Passes over each version's pairs (with select_epoch: the most).",
     )
     max_train_minutes: float | None = Field(
-        default=None,
+        default=10.0,
         gt=0,
         description="Minutes of optimizer steps per version: training stops after the "
         "first step that ends past them (up to one step over; trainer.log: train.time_cap), "
@@ -837,7 +837,8 @@ class TrainerConfig(Strict):
         "step it stopped at; stopped before select_from_epoch, that step is published "
         "unmeasured). Model loading, the step search and the gate come on top. Bounds a "
         "run's length on a slow host (a step took 4.6-14 s on 2-core CPUs, "
-        "docs/experiments.md). One training process only. null: every epoch's steps.",
+        "docs/experiments.md). Off with several training processes (train.time_cap_off). "
+        "null: every epoch's steps.",
     )
     select_epoch: bool = Field(
         default=True,
@@ -848,7 +849,7 @@ class TrainerConfig(Strict):
         "rule judge; found by bisection); false: the last step.",
     )
     select_from_epoch: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         description="The point (in epochs, fractions allowed) from which select_epoch may "
         "choose; 0: any step.",

@@ -42,8 +42,15 @@ def tiny_config(
             "critic": {"model": "critic" if critic_model else "tiny", "max_tokens": 16},
         },
         "budget": {"episodes": 4, "learner_versions": None, "minutes": 10},
-        # contrast pairs and benign draws have tests of their own
-        "loop": {"concurrency": 4, "contrast": False, "benign_share": 0.0, "seed_share": 0.0},
+        # contrast pairs and benign draws have tests of their own; the graph's
+        # whole path (refinement too) unless a test turns it off
+        "loop": {
+            "concurrency": 4,
+            "contrast": False,
+            "benign_share": 0.0,
+            "seed_share": 0.0,
+            "refine": True,
+        },
         # versions while episodes run, each trained on from the last (the tests of
         # the one-round default, trainer.final_version, set it themselves)
         "trainer": {

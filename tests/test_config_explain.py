@@ -49,7 +49,7 @@ def _explain(*args: str) -> tuple[int, str, str]:
 def test_explain_one_field_prints_its_type_default_and_description() -> None:
     code, out, _ = _explain("trainer.learning_rate")
     assert code == 0
-    assert "trainer.learning_rate" in out and "float" in out and "0.002" in out
+    assert "trainer.learning_rate" in out and "float" in out and "0.0015" in out
     assert str(TrainerConfig.model_fields["learning_rate"].description) in out
     assert "trainer.beta" not in out
 

@@ -445,12 +445,12 @@ def test_datasets_directory_suite(tmp_path: Path) -> None:
             "prompt\nx\n",
             Columns(),
             r"bad\.csv: no column 'expect' \(columns: prompt\) and no --expect; each row needs an "
-            r"expect value \(refuse, help, competence\)",
+            r"expect value \(refuse, help, competence, answer\)",
         ),
         (
             "prompt,expect\nx,maybe\n",
             Columns(),
-            r"bad\.csv: row 1 has 'maybe'; expected one of refuse, help, competence",
+            r"bad\.csv: row 1 has 'maybe'; expected one of refuse, help, competence, answer",
         ),
         ("prompt,expect\n,refuse\n", Columns(), r"bad\.csv: row 1 has an empty 'prompt'"),
         (

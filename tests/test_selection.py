@@ -232,19 +232,26 @@ def test_the_keeper_keeps_the_step_training_stops_at_even_before_its_first_epoch
     assert sorted(kept) == [START, 3] and kept[3][0] == 0.75
 
 
-def test_a_time_cap_refuses_several_training_processes() -> None:
+def test_a_time_cap_is_off_with_several_training_processes() -> None:
     """Each rank would read its own clock and could stop a step before another,
-    which would then wait for it in the gradients' all-reduce: said at once."""
+    which would then wait for it in the gradients' all-reduce: off, said once."""
     from types import SimpleNamespace
 
     from transformers import TrainerControl
 
     from sparring.training.dpo import time_cap
 
-    cap, control = time_cap(5.0), TrainerControl()
-    with pytest.raises(ValueError, match="2 training processes: set it to null"):
-        cap.on_train_begin(SimpleNamespace(world_size=2), SimpleNamespace(), control)
-    cap.on_train_begin(SimpleNamespace(world_size=1), SimpleNamespace(), control)  # one: fine
+    events: list[tuple[str, dict[str, Any]]] = []
+    cap, control = time_cap(0.0, lambda e, **kw: events.append((e, kw))), TrainerControl()
+    state = SimpleNamespace(global_step=1, max_steps=5, epoch=0.2)
+    cap.on_train_begin(SimpleNamespace(world_size=2), state, control)
+    cap.on_step_end(SimpleNamespace(), state, control)
+    assert not control.should_training_stop  # past the cap, but off
+    assert [e for e, _ in events] == ["train.time_cap_off"]
+    assert "needs one training process, not 2" in events[0][1]["reason"]
+    cap.on_train_begin(SimpleNamespace(world_size=1), state, control)  # one: on
+    cap.on_step_end(SimpleNamespace(), state, control)
+    assert control.should_training_stop and events[-1][0] == "train.time_cap"
 
 
 def test_the_starting_model_s_degeneration_bounds_the_step_published(

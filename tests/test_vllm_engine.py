@@ -494,6 +494,7 @@ def test_the_loop_serves_learner_versions_as_adapters_on_a_managed_vllm_engine(
             "benign_share": 0.0,
             "seed_share": 0.0,
             "pair_margin": 0,
+            "refine": True,  # its pairs: refinements (contrast is off)
         },
         "trainer": {
             "managed": True,

@@ -318,23 +318,27 @@ def time_cap(minutes: float, report: Callable[..., None] | None = None) -> Any:
     """A transformers callback that stops training after the first optimizer
     step that ends ``minutes`` or more after training began, and reports
     ``train.time_cap`` (the step, of how many, the seconds). A constant
-    learning rate is unaffected; a decaying one stops part-way down."""
+    learning rate is unaffected; a decaying one stops part-way down. With
+    several training processes it is off, said once (``train.time_cap_off``):
+    each rank would read its own clock, and one stopping a step before another
+    would leave that one waiting in the gradients' all-reduce."""
     from transformers import TrainerCallback
 
     class TimeCap(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if getattr(args, "world_size", 1) > 1:
-                # each rank would read its own clock: one could stop a step before
-                # another, which then waits for it in the gradients' all-reduce
-                raise ValueError(
-                    f"trainer.max_train_minutes is not supported with {args.world_size} "
-                    "training processes: set it to null, or train with one process"
+            self.off = getattr(args, "world_size", 1) > 1
+            if self.off and report is not None:
+                report(
+                    "train.time_cap_off",
+                    reason=f"trainer.max_train_minutes needs one training process, not "
+                    f"{args.world_size}: every step is trained",
+                    max_train_minutes=minutes,
                 )
             self.start = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             elapsed = time.perf_counter() - self.start
-            if state.global_step >= state.max_steps or elapsed < minutes * 60:
+            if self.off or state.global_step >= state.max_steps or elapsed < minutes * 60:
                 return
             control.should_training_stop = True
             if report is not None:
