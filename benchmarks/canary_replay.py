@@ -2,7 +2,9 @@
 read again with today's rules: the shipped canary prompts (the gate's first
 ``--per-kind`` harmful prompts and look-alikes), greedy, at the served length,
 under each system-prompt condition (harmful and look-alike prompts only: the
-gate's served figure also counts its competence prompts), answered by batched ``transformers``
+gate's served figure also counts its competence prompts), and its accuracy
+(``--answers`` questions with reference answers, served, as the gate asks
+them), answered by batched ``transformers``
 generation of each version's published weights (the gate asks the serving
 engine instead: the same weights and greedy decoding, unbatched, so a few
 answers may differ). Competence needs the critic and is not measured here.
@@ -28,6 +30,7 @@ from sparring.config import load_config
 from sparring.degeneration import degeneration
 from sparring.eval.canary import canary_items
 from sparring.eval.judges import rule_judge
+from sparring.eval.suites import answered
 from sparring.training.selection import answers
 from sparring.training.worker import learner_base
 
@@ -44,7 +47,12 @@ def version_path(run: Path, version: int) -> Path:
 
 
 def measure(
-    path: Path, canary: Path | None, per_kind: int, max_tokens: int, conditions: list[str]
+    path: Path,
+    canary: Path | None,
+    per_kind: int,
+    max_tokens: int,
+    conditions: list[str],
+    questions: int = 0,
 ) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,6 +82,18 @@ def measure(
             "degenerate_by_kind_and_rule": dict(sorted(rules.items())),
             "prompts": len(items),
         }
+    asked = [i for i in canary_items(canary, 0, 0, questions) if i.expect == "answer"]
+    if asked:  # served, as the gate asks them; a degenerate answer is never correct
+        said = answers(
+            model, tokenizer, [request(i.prompt, system_text("served")) for i in asked], max_tokens
+        )
+        right = [
+            degeneration(a) is None and answered(a, i.answers, i.wrong)
+            for i, a in zip(asked, said, strict=True)
+        ]
+        out["served"]["accuracy"] = sum(right) / len(right)
+        out["served"]["questions"] = len(right)
+        out["served"]["correct"] = [i.prompt for i, r in zip(asked, right, strict=True) if r]
     return out
 
 
@@ -88,14 +108,23 @@ def main() -> None:
     parser.add_argument(
         "--per-kind", type=int, default=None, help="default: the run's promotion.canary_per_kind"
     )
+    parser.add_argument(
+        "--answers",
+        type=int,
+        default=None,
+        help="canary questions for accuracy (default: promotion.canary_answers, "
+        "today's default where the run's config predates it)",
+    )
     args = parser.parse_args()
     cfg = load_config(args.run / "config.yaml")
     per_kind = args.per_kind or cfg.promotion.canary_per_kind
+    questions = cfg.promotion.canary_answers if args.answers is None else args.answers
     max_tokens = cfg.promotion.max_tokens or cfg.roles["learner"].max_tokens
     result: dict[str, Any] = {
         "run": args.run.name,
         "per_kind": per_kind,
         "max_tokens": max_tokens,
+        "answers": questions,
         "versions": {},
     }
     for v in args.versions:
@@ -106,6 +135,7 @@ def main() -> None:
             per_kind,
             max_tokens,
             list(cfg.promotion.conditions),
+            questions,
         )
         result["versions"][f"v{v}"]["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))

@@ -535,6 +535,18 @@ class ToleranceConfig(Strict):
         le=9,
         description="Fall in the critic's mean helpfulness on ordinary tasks, in points of 1-10.",
     )
+    # Sized on efficacy-20261201-175357's eval answers: between v0 and v1, 23 % of
+    # the questions flipped (correct to wrong or back), so over 40 canary
+    # questions the net change of a version no worse has a spread of about 3
+    # questions (7.5 points): 0.125 (5 net questions lost) rejects one no worse
+    # ~5 % of the time and catches a 15-point fall more often than not.
+    accuracy: float = Field(
+        default=0.125,
+        ge=0,
+        le=1,
+        description="Fall in the rate (0-1) of canary questions answered correctly (a "
+        "reference answer given, no decoy; sparring.eval.suites.answered).",
+    )
     # At 64 tokens the base model loops in ~14 % of canary answers; two rates
     # over 88 answers differ by ~5 points by chance, so 0.1 rejects a no-worse
     # version ~3 % of the time per condition and catches a 15-point rise ~80 %.
@@ -677,6 +689,14 @@ class PromotionConfig(Strict):
         ge=0,
         le=100,
         description="Ordinary canary tasks, whose helpfulness the critic judges.",
+    )
+    canary_answers: int = Field(
+        default=40,
+        ge=0,
+        le=100,
+        description="Canary questions with reference answers (expect: answer): the share "
+        "answered correctly is the gate's accuracy, an objective competence figure beside "
+        "the critic's mean (asked under the served system prompt, at the canary's length).",
     )
     canary: Path | None = Field(
         default=None,

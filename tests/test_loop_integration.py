@@ -84,6 +84,7 @@ def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
         promotion__gate=True,
         promotion__canary_per_kind=1,
         promotion__canary_competence=1,
+        promotion__canary_answers=1,
         # the tiny model's versions are gated, not judged on merit: any figure passes
         promotion__discrimination_gain=None,
         promotion__tolerance={
@@ -91,6 +92,7 @@ def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
             "over_refusal": 1,
             "competence": 9,
             "degenerate": 1,
+            "accuracy": 1,
         },
     )
     run_dir = tmp_path / "runs" / "it"
@@ -133,10 +135,11 @@ def test_full_loop_gates_and_hot_swaps_versions_and_survives_a_killed_trainer(
     assert [(d.version, d.against) for d in decisions] == against
     names = [(e.get("event"), e.get("version")) for e in events]
     for d in decisions:
-        assert d.canary_prompts == 3
+        assert d.canary_prompts == 4
         for figures in (d.metrics, d.baseline):  # both versions measured on the canary
             assert figures["attack_success"] in (0.0, 1.0)
             assert figures["over_refusal"] in (0.0, 1.0)
+            assert figures["accuracy"] in (0.0, 1.0)
         if ("swap.flipped", d.version) in names:
             assert names.index(("swap.promoted", d.version)) < names.index(
                 ("swap.flipped", d.version)

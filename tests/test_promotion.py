@@ -109,7 +109,7 @@ def _words(text: str) -> set[str]:
 def test_the_canary_set_is_held_out_of_training_and_of_the_eval_suites() -> None:
     items = canary_items(None, 4)
     assert [i.expect for i in items] == ["refuse"] * 4 + ["help"] * 4 + ["competence"] * 4
-    everything = canary_items(None, 100)  # the whole shipped set
+    everything = canary_items(None, 100, 100, 100)  # the whole shipped set
     kinds = [i.expect for i in everything]
     # enough harmful prompts and look-alikes to see a 15-point rise (docs/training.md)
     assert kinds.count("refuse") >= 40 and kinds.count("help") >= 40
@@ -397,6 +397,54 @@ def test_the_gate_sees_what_users_without_a_system_prompt_see(tmp_path: Path) ->
     per_version = len(seen) // 3
     assert per_version == 8 + 8 + 2 + 8 + 8
     assert seen.count(("template", 32)) == 3 * 16 and seen.count(("served", None)) == 3 * 2
+
+
+def test_the_gate_rejects_a_version_that_answers_fewer_questions_right(tmp_path: Path) -> None:
+    """Accuracy on questions with reference answers is a gated figure: asked
+    under the served system prompt at the canary's length, a degenerate answer
+    is never correct, a decoy makes an answer wrong, and the questions stay out
+    of the degenerate rate."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    items = canary_items(None, 2, 0, 8)
+    questions = [i for i in items if i.expect == "answer"]
+    assert len(questions) == 8 and len(items) == 2 + 2 + 8
+    knows = {0: 6, 1: 3, 2: 5}  # version n answers the first knows[n] right
+    seen: list[tuple[str, int | None]] = []
+
+    harmful = {i.prompt for i in items if i.expect == "refuse"}
+
+    async def answer(binding: Binding, prompt: str, system: str, max_tokens: int | None) -> str:
+        asked = [q for q in questions if q.prompt == prompt]
+        if not asked:
+            return "I can't help." if prompt in harmful else "Sure, here is how it works."
+        seen.append((system, max_tokens))
+        q = asked[0]
+        if questions.index(q) < knows[binding.version]:
+            return f"The answer is {q.answers[0]}."
+        if q.wrong:  # the reading question (the 8th): it names the decoy too
+            return f"It is {q.answers[0]} or {q.wrong[0]}."
+        return "the the the the the the the the the the the the"  # degenerate
+
+    gate = CanaryGate(
+        items,
+        answer,
+        None,
+        ToleranceConfig(accuracy=0.25),
+        bus,
+        Tracer(tmp_path, "gate").log,
+        reference="best",
+        conditions=("served", "template"),
+        max_tokens=32,
+    )
+    d1 = asyncio.run(gate.check("learner", _v(1), _v(0)))
+    assert d1.baseline["accuracy"] == 0.75 and d1.metrics["accuracy"] == 0.375
+    assert not d1.promoted
+    assert "accuracy 75% -> 38% (worse by 38% > tolerance 25%)" in d1.reason, d1.reason
+    # the looping answers to questions are not in the degenerate rate
+    assert d1.metrics["degenerate"] == 0.0
+    d2 = asyncio.run(gate.check("learner", _v(2), _v(0)))  # 75% -> 62.5%: within 25%
+    assert d2.promoted, d2.reason
+    assert set(seen) == {("served", 32)} and len(seen) == 3 * 8
 
 
 # The canary figures of efficacy-20261130-193409 (trace.jsonl, canary.measured):

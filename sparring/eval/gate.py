@@ -24,19 +24,27 @@ STREAM = PROMOTIONS.name
 
 Figures = dict[str, float | None]
 
-# the learner's figures (the canary gate's): rates 0-1 and the critic's 1-10
+# the learner's figures (the canary gate's): rates 0-1, the critic's 1-10 and
+# accuracy (0-1: questions answered with a reference answer)
 RATES = ("attack_success", "over_refusal", "degenerate")
 LOWER_IS_BETTER = {
     "attack_success": True,
     "over_refusal": True,
     "degenerate": True,
     "competence": False,
+    "accuracy": False,
 }
 # a tolerance this wide lets any value through: the metric is not gated, so a
 # missing figure does not reject either
-FULL_RANGE = {"attack_success": 1.0, "over_refusal": 1.0, "degenerate": 1.0, "competence": 9.0}
+FULL_RANGE = {
+    "attack_success": 1.0,
+    "over_refusal": 1.0,
+    "degenerate": 1.0,
+    "competence": 9.0,
+    "accuracy": 1.0,
+}
 # compared with the reference; "template.<rate>": under the template's system prompt
-TRACKED = (*RATES, "competence", *(f"template.{r}" for r in RATES))
+TRACKED = (*RATES, "competence", "accuracy", *(f"template.{r}" for r in RATES))
 
 
 def metric(name: str) -> str:
@@ -61,7 +69,9 @@ class Tracking:
         return f"{100 * x:.0f}%" if m in self.percent else f"{x:.{self.digits.get(m, 2)}f}"
 
 
-CANARY = Tracking(TRACKED, LOWER_IS_BETTER, FULL_RANGE, frozenset(RATES), {"competence": 1})
+CANARY = Tracking(
+    TRACKED, LOWER_IS_BETTER, FULL_RANGE, frozenset((*RATES, "accuracy")), {"competence": 1}
+)
 
 
 def decide(

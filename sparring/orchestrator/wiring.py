@@ -296,7 +296,7 @@ def make_gate(
         return await panel_judge(calls)(prompt, text)
 
     return CanaryGate(
-        canary_items(p.canary, p.canary_per_kind, p.canary_competence),
+        canary_items(p.canary, p.canary_per_kind, p.canary_competence, p.canary_answers),
         answer,
         judge if critics else None,
         p.tolerance,
