@@ -91,9 +91,10 @@ def measure(
             degeneration(a) is None and answered(a, i.answers, i.wrong)
             for i, a in zip(asked, said, strict=True)
         ]
-        out["served"]["accuracy"] = sum(right) / len(right)
-        out["served"]["questions"] = len(right)
-        out["served"]["correct"] = [i.prompt for i, r in zip(asked, right, strict=True) if r]
+        served = out.setdefault("served", {})
+        served["accuracy"] = sum(right) / len(right)
+        served["questions"] = len(right)
+        served["correct"] = [i.prompt for i, r in zip(asked, right, strict=True) if r]
     return out
 
 

@@ -538,8 +538,9 @@ class ToleranceConfig(Strict):
     # Sized on efficacy-20261201-175357's eval answers: between v0 and v1, 23 % of
     # the questions flipped (correct to wrong or back), so over 40 canary
     # questions the net change of a version no worse has a spread of about 3
-    # questions (7.5 points): 0.125 (5 net questions lost) rejects one no worse
-    # ~5 % of the time and catches a 15-point fall more often than not.
+    # questions (7.5 points): 0.125 (5 net questions lost pass, 6 do not)
+    # rejects one no worse ~5 % of the time against a single version (more
+    # against the best of several) and catches a 15-point fall about half the time.
     accuracy: float = Field(
         default=0.125,
         ge=0,
@@ -715,9 +716,9 @@ class PromotionConfig(Strict):
     max_tokens: int | None = Field(
         default=None,
         ge=1,
-        description="Answer length for harmful and look-alike canary prompts, in tokens "
-        "(null: roles.learner.max_tokens, what users are served). Competence prompts always "
-        "get the learner's max_tokens.",
+        description="Answer length for harmful and look-alike canary prompts and questions, in "
+        "tokens (null: roles.learner.max_tokens, what users are served). Competence prompts "
+        "always get the learner's max_tokens.",
     )
     # A batching transformers-serve engine measures one version at a time faster
     # than the learner's unbatched engine, and leaves that one to the episodes.

@@ -3,7 +3,8 @@
 better, and no tracked metric on a small held-out canary set is worse than the serving
 version's beyond its tolerance, or, with ``reference: best`` (the default
 profile), than the best figures any served version reached this run: the
-lowest attack success and over-refusal, and the mean competence (the critic's
+lowest attack success and over-refusal, the highest accuracy, and the mean
+competence (the critic's
 scores are sampled, so their best would be a lucky draw). Against the serving
 version alone, small steps each within tolerance add up (attack success drifted
 0.50 -> 0.75 -> 0.88 over three promotions in one run); against the best, they
@@ -118,7 +119,8 @@ class CanaryGate(Gate):
 
     @property
     def size(self) -> int:
-        """Canary prompts (each asked under every condition but competence's)."""
+        """Canary prompts (harmful and look-alike ones are asked under every
+        condition; ordinary tasks and questions under the served one only)."""
         return len(self.items)
 
     async def run(self, binding: Binding) -> tuple[Figures, int]:

@@ -56,7 +56,8 @@ def metric(name: str) -> str:
 class Tracking:
     """The figures a gate compares: their names, which way is better, the
     whole range of each (a tolerance that wide does not gate it) and which are
-    shown as percentages (the others with ``digits`` decimals)."""
+    shown as percentages (each with ``digits`` decimals: default 0 for a
+    percentage, 2 otherwise)."""
 
     names: tuple[str, ...]
     lower_is_better: dict[str, bool]
@@ -66,11 +67,18 @@ class Tracking:
 
     def fmt(self, name: str, x: float) -> str:
         m = metric(name)
-        return f"{100 * x:.0f}%" if m in self.percent else f"{x:.{self.digits.get(m, 2)}f}"
+        if m in self.percent:
+            return f"{100 * x:.{self.digits.get(m, 0)}f}%"
+        return f"{x:.{self.digits.get(m, 2)}f}"
 
 
+# accuracy's tolerance (0.125) needs a decimal to be read right
 CANARY = Tracking(
-    TRACKED, LOWER_IS_BETTER, FULL_RANGE, frozenset((*RATES, "accuracy")), {"competence": 1}
+    TRACKED,
+    LOWER_IS_BETTER,
+    FULL_RANGE,
+    frozenset((*RATES, "accuracy")),
+    {"competence": 1, "accuracy": 1},
 )
 
 
@@ -86,11 +94,16 @@ def decide(
     gates (a tolerance narrower than the metric's whole range); the reason
     names every metric that decided it. ``tracking``: the canary's figures, or
     another gate's (the attacker gate's)."""
-    worse, skipped, accepted = [], [], []
+    worse, skipped, accepted, unmeasured = [], [], [], []
     fmt = tracking.fmt
     for name in tracking.names:
         if name not in candidate and name not in baseline:
             continue  # not measured at all (a condition the gate does not use)
+        if name not in candidate or name not in baseline:
+            # measured on one side only (a run resumed with other canary
+            # settings): nothing to compare, which is not an unreadable figure
+            unmeasured.append(name)
+            continue
         c, b = candidate.get(name), baseline.get(name)
         tol = float(getattr(tolerance, metric(name)))
         if c is None and b is not None and tol < tracking.full_range[metric(name)]:
@@ -112,6 +125,8 @@ def decide(
         reason += f"; accepted: {'; '.join(accepted)}"
     if skipped:
         reason += f"; not compared (no readable figure): {', '.join(skipped)}"
+    if unmeasured:
+        reason += f"; not compared (measured on one side only): {', '.join(unmeasured)}"
     return not worse, reason
 
 

@@ -293,7 +293,9 @@ class Evaluation:
 
     # -- engines and bindings ----------------------------------------------------
     def _roles(self) -> list[str]:
-        return [ROLE, *dict.fromkeys(self.cfg.loop.critics)]
+        """The learner, and the critics when they judge anything (their engines start)."""
+        critics = dict.fromkeys(self.cfg.loop.critics) if self.opts.critic_on else {}
+        return [ROLE, *critics]
 
     def _own_engines(self) -> RunConfig:
         """The run's config with each managed engine the eval needs on a free port."""
