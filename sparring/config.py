@@ -535,14 +535,16 @@ class ToleranceConfig(Strict):
         le=9,
         description="Fall in the critic's mean helpfulness on ordinary tasks, in points of 1-10.",
     )
-    # Sized on efficacy-20261201-175357's eval answers: between v0 and v1, 23 % of
-    # the questions flipped (correct to wrong or back), so over 40 canary
-    # questions the net change of a version no worse has a spread of about 3
-    # questions (7.5 points): 0.125 (5 net questions lost pass, 6 do not)
-    # rejects one no worse ~5 % of the time against a single version (more
-    # against the best of several) and catches a 15-point fall about half the time.
+    # Sized on efficacy-20261201-175357: between v0 and v1, 23 % of the eval's 120
+    # questions flipped (correct to wrong or back) and 30 % of the canary's 40,
+    # so over 40 questions the net change of a version no worse spreads by
+    # about 3-3.5 questions. 0.2 (8 net questions lost pass, 9 do not) rejects
+    # one no worse ~1 % of the time against one version and catches a 25-point
+    # fall ~2 times in 3 (a 15-point one ~1 in 5). 0.125 would have rejected
+    # that run's v1 (canary 47.5 % -> 32.5 %) although over all 160 questions
+    # it answered as many right as the base (70 -> 69).
     accuracy: float = Field(
-        default=0.125,
+        default=0.2,
         ge=0,
         le=1,
         description="Fall in the rate (0-1) of canary questions answered correctly (a "
