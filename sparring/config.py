@@ -539,10 +539,10 @@ class ToleranceConfig(Strict):
     # questions flipped (correct to wrong or back) and 30 % of the canary's 40,
     # so over 40 questions the net change of a version no worse spreads by
     # about 3-3.5 questions. 0.2 (8 net questions lost pass, 9 do not) rejects
-    # one no worse ~1 % of the time against one version and catches a 25-point
+    # one no worse ~0.5 % of the time against one version and catches a 25-point
     # fall ~2 times in 3 (a 15-point one ~1 in 5). 0.125 would have rejected
     # that run's v1 (canary 47.5 % -> 32.5 %) although over all 160 questions
-    # it answered as many right as the base (70 -> 69).
+    # it answered nearly as many right as the base (69 against 70).
     accuracy: float = Field(
         default=0.2,
         ge=0,
