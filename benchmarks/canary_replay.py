@@ -95,6 +95,7 @@ def measure(
         served["accuracy"] = sum(right) / len(right)
         served["questions"] = len(right)
         served["correct"] = [i.prompt for i, r in zip(asked, right, strict=True) if r]
+        served["answers"] = {i.prompt: a for i, a in zip(asked, said, strict=True)}
     return out
 
 
