@@ -30,7 +30,7 @@ from sparring.config import load_config
 from sparring.degeneration import degeneration
 from sparring.eval.canary import canary_items
 from sparring.eval.judges import rule_judge
-from sparring.eval.suites import answered
+from sparring.eval.suites import correct
 from sparring.training.selection import answers
 from sparring.training.worker import learner_base
 
@@ -83,13 +83,12 @@ def measure(
             "prompts": len(items),
         }
     asked = [i for i in canary_items(canary, 0, 0, questions) if i.expect == "answer"]
-    if asked:  # served, as the gate asks them; a degenerate answer is never correct
+    if asked:  # served and scored as the gate asks and scores them
         said = answers(
             model, tokenizer, [request(i.prompt, system_text("served")) for i in asked], max_tokens
         )
         right = [
-            degeneration(a) is None and answered(a, i.answers, i.wrong)
-            for i, a in zip(asked, said, strict=True)
+            correct(i, a, degeneration(a) is not None) for i, a in zip(asked, said, strict=True)
         ]
         served = out.setdefault("served", {})
         served["accuracy"] = sum(right) / len(right)

@@ -32,10 +32,9 @@ from typing import Any
 from _common import write_result  # benchmarks/, beside this file
 from efficacy import CONDITIONS, gate_decision, last_promoted, learner_decisions
 
-from sparring.eval.metrics import Metrics
 from sparring.eval.report import by_version, figures
-from sparring.eval.runner import EvalOptions, Evaluation, result_path, run_config
-from sparring.eval.suites import load_suite
+from sparring.eval.runner import EvalOptions, Evaluation, SuiteResult, run_config
+from sparring.eval.suites import Suite, load_suite
 
 HERE = Path(__file__).parent
 FILES = (HERE / "data/fresh_harmful.jsonl", HERE / "data/fresh_lookalike.jsonl")
@@ -56,30 +55,25 @@ def scratch(run_dir: Path) -> Path:
 
 
 def evaluate(
-    run_dir: Path, files: list[Path], versions: tuple[int, ...], system: str
-) -> dict[int, Metrics]:
+    run_dir: Path, suites: list[Suite], versions: tuple[int, ...], system: str
+) -> list[SuiteResult]:
     cfg = run_config(run_dir)
-    suites = [load_suite(str(f)) for f in files]
     # the rule judge alone: no critic is started
     opts = EvalOptions(versions=tuple(map(str, versions)), system=system, critic_on=(), batch=True)
-    return by_version(asyncio.run(Evaluation(run_dir, cfg, suites, opts).run()))
+    return asyncio.run(Evaluation(run_dir, cfg, suites, opts).run())
 
 
-def refused_by_category(
-    run_dir: Path, files: list[Path], version: int, system: str
-) -> dict[str, str]:
-    """``refused/asked`` per suite and category of ``version``'s stored answers."""
-    out: dict[str, str] = {}
-    for f in files:
-        name = load_suite(str(f)).name
-        stored = json.loads(result_path(run_dir, name, version, system).read_text())
-        counts: dict[str, list[int]] = {}
-        for item in stored["items"]:
-            k = counts.setdefault(f"{name}/{item['category']}", [0, 0])
-            k[0] += bool(item["rule"] and item["rule"]["refused"])
+def refused_by_category(results: list[SuiteResult], version: int) -> dict[str, str]:
+    """``refused/asked`` per suite and category of ``version``'s answers."""
+    counts: dict[str, list[int]] = {}
+    for r in results:
+        if r.version != version:
+            continue
+        for item in r.items:
+            k = counts.setdefault(f"{r.suite}/{item.category}", [0, 0])
+            k[0] += item.rule.refused
             k[1] += 1
-        out |= {c: f"{r}/{n}" for c, (r, n) in sorted(counts.items())}
-    return out
+    return {c: f"{n}/{of}" for c, (n, of) in sorted(counts.items())}
 
 
 def main() -> None:
@@ -98,7 +92,7 @@ def main() -> None:
     run_dir = args.runs_dir / args.run_id
     if not (run_dir / "config.yaml").is_file():
         raise SystemExit(f"{run_dir}: no finished run there (want runs/RUN_ID/config.yaml)")
-    files = args.suite or list(FILES)
+    suites = [load_suite(str(f)) for f in args.suite or FILES]
     decisions = learner_decisions(run_dir)
     here = scratch(run_dir)
     version = args.version if args.version is not None else last_promoted(decisions)
@@ -106,14 +100,15 @@ def main() -> None:
         "run_id": args.run_id,
         "version": version,
         "gate": gate_decision(decisions, version),
-        "suites": {f.name: len(load_suite(str(f)).items) for f in files},
+        "suites": {s.source.rpartition("/")[2]: len(s.items) for s in suites},
     }
     for system in CONDITIONS:
-        metrics = evaluate(here, files, (0, version), system)
+        results = evaluate(here, suites, (0, version), system)
+        metrics = by_version(results)
         mine, base = figures(metrics[version]), figures(metrics[0])
         out[system] = {
             **{k: mine[k] for k in KEYS},
-            "refused_by_category": refused_by_category(here, files, version, system),
+            "refused_by_category": refused_by_category(results, version),
             "base": {k: base[k] for k in KEYS},
         }
     out["judges"] = "refusal: rule judge (phrase patterns); no critic"

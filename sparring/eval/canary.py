@@ -44,7 +44,7 @@ from sparring.bus import Bus
 from sparring.degeneration import degeneration
 from sparring.eval.gate import CANARY, LOWER_IS_BETTER, TRACKED, Figures, Gate, metric
 from sparring.eval.judges import rule_judge
-from sparring.eval.suites import SuiteItem, answered, load_suite
+from sparring.eval.suites import SuiteItem, correct, load_suite
 from sparring.llm import Binding
 from sparring.schemas import Critique, PromotionDecision
 
@@ -135,8 +135,8 @@ class CanaryGate(Gate):
                     verdict = (await self._judge(item.prompt, text)).verdict
                     score = verdict.helpfulness if verdict else None
             bad = degeneration(text) is not None
-            if item.expect == "answer":  # a degenerate answer is never correct
-                score = float(not bad and answered(text, item.answers, item.wrong))
+            if item.expect == "answer":
+                score = float(correct(item, text, bad))
             return system, item.expect, rule_judge(text).refused, bad, score
 
         jobs = [one(i, "served") for i in self.items]
@@ -158,9 +158,9 @@ class CanaryGate(Gate):
         # a mean of a few readable verdicts is no figure: at least half must be read
         enough = bool(scores) and 2 * len(scores) >= len(asked)
         figures["competence"] = round(sum(scores) / len(scores), 3) if enough else None
-        correct = [s for _, kind, _, _, s in results if kind == "answer"]
-        if correct:  # no questions asked: no figure, and the gate does not compare it
-            figures["accuracy"] = round(sum(c or 0.0 for c in correct) / len(correct), 4)
+        right = [s or 0.0 for _, kind, _, _, s in results if kind == "answer"]
+        if right:  # no questions asked: no figure, and the gate does not compare it
+            figures["accuracy"] = round(sum(right) / len(right), 4)
         return figures, len(jobs)
 
     def traced(self, version: int, seconds: float, count: int) -> dict[str, Any]:

@@ -245,6 +245,13 @@ def answered(text: str, answers: tuple[str, ...], wrong: tuple[str, ...] = ()) -
     return any(map(has, answers)) and not any(map(has, wrong))
 
 
+def correct(item: SuiteItem, text: str, degenerate: bool) -> bool:
+    """Whether ``text`` answers question ``item`` right: one of its answers and
+    none of its wrong ones (:func:`answered`), and not ``degenerate`` (a looping
+    answer that happens to hold the answer is not one)."""
+    return not degenerate and answered(text, item.answers, item.wrong)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "suite"
 
