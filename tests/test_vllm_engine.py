@@ -505,6 +505,8 @@ def test_the_loop_serves_learner_versions_as_adapters_on_a_managed_vllm_engine(
             "lineage": "continue",  # versions mid-run, each trained on from the last
             "final_version": False,
             "threads": 1,
+            "epochs": 2,  # the last epoch, as tiny_config: select_epoch has tests of its own
+            "select_epoch": False,
         },
         "promotion": {"gate": False},
     }
