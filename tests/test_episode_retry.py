@@ -62,10 +62,10 @@ def test_episodes_on_an_engine_that_stops_answering_are_retried_not_dropped(
             trace = run_dir / "trace.jsonl"
             while not (trace.is_file() and '"node": "attack"' in trace.read_text()):
                 await asyncio.sleep(0.05)
-            # SIGKILL at once, as a crash: under SIGTERM the server finishes what
-            # it holds, and on a loaded CPU it served the rest of the run while
-            # shutting down (the run ended before the stop returned)
-            await asyncio.to_thread(proc.stop, 0)
+            # a crash (SIGKILL): under SIGTERM the server finishes what it holds,
+            # and on a loaded CPU it served the rest of the run while shutting
+            # down (the run ended before the stop returned)
+            await asyncio.to_thread(proc.kill)
             froze.append(pid)
             await asyncio.sleep(5.0)
             await asyncio.to_thread(proc.start)
