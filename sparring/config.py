@@ -950,6 +950,16 @@ class TrainerConfig(Strict):
         "alternate (odd versions favour conformity pairs, even ones competence pairs, other "
         "kinds filling in; Kim et al.).",
     )
+    # Contrast by design (issue 13): the loop's balance_share only steers the
+    # episodes in flight, and two default runs ended one or two competence
+    # pairs short.
+    balance_pairs: bool = Field(
+        default=True,
+        description="With schedule mix: train at most as many conformity pairs as competence "
+        "pairs, counted over the run (every version and trainer.pairs_from); the ones over "
+        "wait unacked on the bus for a version with more competence pairs (the version "
+        "record's held_back counts them). false: train every pair.",
+    )
     # On SmolLM2-135M neither replay helped (docs/experiments.md): balanced, the
     # learner hardly learnt to refuse; proportional, it refused most benign prompts.
     replay: int = Field(

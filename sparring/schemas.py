@@ -386,6 +386,9 @@ class VersionPublished(Wire):
     replay_ids: list[str] = Field(default_factory=list)
     # pairs the trainer refused (never trained), by reason
     refused: dict[str, int] = Field(default_factory=dict)
+    # conformity pairs left waiting on the bus because the run's competence
+    # pairs trailed them (trainer.balance_pairs)
+    held_back: int = 0
     # trainer.select_epoch: the training step published, and each measured
     # candidate's figures on the validation set (training/selection.py)
     step: int | None = None

@@ -25,7 +25,16 @@ from sparring.schemas import Contrast, Critique, Episode, ModelRef, PreferencePa
 from sparring.summary import summarise
 from sparring.tracing import process_logger
 from sparring.training.pairs import WRITTEN, contrast_pairs
-from sparring.training.worker import Trainer, complete_versions, run_trainer
+from sparring.training.worker import (
+    Trainer,
+    complete_versions,
+    final_answer,
+    request_final,
+    run_trainer,
+)
+from sparring.training.worker import (
+    group as consumer_group,
+)
 from tests.helpers import tiny_config, trace_events
 from tests.test_trainer import CFG, make_pairs, publish
 
@@ -207,6 +216,91 @@ def test_the_alternating_schedule_favours_each_phase_in_turn(
     assert mixed.select(1) == (None, trainer.batch[:4])  # mix: arrival order
 
 
+def test_no_more_conformity_pairs_are_trained_than_competence_pairs(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """trainer.balance_pairs: a conformity pair waits until a competence pair
+    came before it or with it (counted over the run: trained versions and
+    trainer.pairs_from); the version still takes pairs_per_version."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    base = make_pairs(7)
+    kinds = ["conformity"] * 3 + ["competence", "refine", "competence", "conformity"]
+    arrived = [
+        p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
+        for i, (p, k) in enumerate(zip(base, kinds, strict=True))
+    ]
+    publish(bus, arrived)
+    trainer = Trainer(bus, tiny_model_path, tmp_path / "versions", CFG)
+    while trainer.poll():  # a poll reads a version's worth past those held
+        pass
+    assert len(trainer.batch) == 7
+    take, waiting = trainer.mixed(4)
+    assert [p.pair_id for _, p in take] == [
+        "conformity-0",
+        "competence-3",
+        "refine-4",
+        "competence-5",
+    ]
+    # conformity-1 was cut by k (competence-5 made room for it); conformity-2 is held back
+    assert [p.pair_id for _, p in waiting] == ["conformity-2"]
+    assert trainer.ready() and trainer.select(1) == (None, take)
+    # everything held, as the final version takes it: one conformity pair still waits
+    take, waiting = trainer.mixed(len(trainer.batch))
+    assert [p.pair_id for _, p in take] == [p.pair_id for p in arrived[:2] + arrived[3:6]]
+    assert [p.pair_id for _, p in waiting] == ["conformity-2", "conformity-6"]
+    # competence pairs of earlier runs make room for conformity pairs now
+    carried = [
+        p.model_copy(update={"pair_id": f"old-{i}", "kind": "competence"})
+        for i, p in enumerate(make_pairs(2, 50))
+    ]
+    roomy = Trainer(bus, tiny_model_path, tmp_path / "v2", CFG, carried=carried)
+    roomy.batch = list(trainer.batch)
+    assert roomy.select(1) == (None, trainer.batch[:4])
+    # off: arrival order, every kind alike
+    off = Trainer(
+        bus, tiny_model_path, tmp_path / "v3", CFG.model_copy(update={"balance_pairs": False})
+    )
+    off.batch = list(trainer.batch)
+    assert off.mixed(4) == (trainer.batch[:4], [])
+
+
+def test_the_final_version_leaves_surplus_conformity_pairs_on_the_bus(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """The run's final version trains one conformity pair per competence pair;
+    the others stay unacked on the bus (a later version or run trains them), are
+    counted in the version record and logged with the reason."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    base = make_pairs(4)
+    kinds = ["conformity", "conformity", "competence", "conformity"]
+    publish(
+        bus,
+        [
+            p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
+            for i, (p, k) in enumerate(zip(base, kinds, strict=True))
+        ],
+    )
+    versions_dir = tmp_path / "versions"
+    request_final(versions_dir, "learner")
+    out = io.StringIO()
+    cfg = CFG.model_copy(update={"pairs_per_version": None, "final_version": True})
+    [v1] = run_trainer(
+        bus=bus,
+        base_model=tiny_model_path,
+        versions_dir=versions_dir,
+        cfg=cfg,
+        max_versions=1,
+        log=process_logger("trainer", stream=out),
+    )
+    assert final_answer(versions_dir, "learner") == {"version": 1}
+    assert v1.pair_ids == ["conformity-0", "competence-2"]
+    assert v1.pair_kinds == {"competence": 1, "conformity": 1} and v1.held_back == 2
+    assert complete_versions(versions_dir, "learner")[1].held_back == 2  # the record on disk
+    assert bus.pending("pairs", consumer_group("learner")) == 2  # never acked: nothing lost
+    [held] = [json.loads(x) for x in out.getvalue().splitlines() if '"trainer.held_back"' in x]
+    assert held["pairs"] == 2 and "trainer.balance_pairs" in held["reason"]
+
+
 def test_each_version_replays_earlier_contrast_pairs_the_scarcer_kind_first(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
@@ -214,7 +308,8 @@ def test_each_version_replays_earlier_contrast_pairs_the_scarcer_kind_first(
     base = make_pairs(4)
     first = _kind(base[:2], "conformity", 0) + _kind(base[2:3], "competence", 0) + base[3:]
     publish(bus, first)
-    cfg = CFG.model_copy(update={"replay": 3, "replay_balance": True})
+    # two conformity pairs and one competence pair: not held back here
+    cfg = CFG.model_copy(update={"replay": 3, "replay_balance": True, "balance_pairs": False})
     out = io.StringIO()
     log = process_logger("trainer", stream=out)
     versions_dir = tmp_path / "versions"

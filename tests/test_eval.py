@@ -609,6 +609,26 @@ def test_eval_end_to_end_stores_results_and_skips_them_on_rerun(
     assert [(s.name, v) for s, v in longer] == [(name, 1) for name in SHIPPED]
 
 
+def test_eval_under_the_template_condition_and_a_system_prompt_of_ones_own(
+    tmp_path: Path, smollm2_path: Path
+) -> None:
+    """--system-prompt: each condition's results are stored apart, name the
+    condition in their setup and their file, and the table says which it was."""
+    run_dir = _fake_run(tmp_path, smollm2_path)
+    text = "You answer in one short sentence."
+    base = ["eval", "fake", "--runs-dir", str(tmp_path / "runs"), "--limit", "1", "-v", "0"]
+    base += ["--no-progress", "--critic-on", "competence", "--suite", "harmful"]
+    for system, name in (("template", "v0-template.json"), (text, "v0-system-")):
+        result = CliRunner().invoke(main, [*base, "--system-prompt", system])
+        assert result.exit_code == 0, result.output
+        tag = "template" if system == "template" else "system-"
+        assert f"system prompt: {tag}" in " ".join(result.stdout.split())  # the title wraps
+        [path] = (run_dir / "eval" / "harmful").glob(f"{name}*")
+        stored = SuiteResult.model_validate_json(path.read_text())
+        assert stored.setup.system_prompt == system and len(stored.items) == 1
+    assert not (run_dir / "eval" / "harmful" / "v0.json").exists()  # served: not asked
+
+
 def _metrics(r: SuiteResult) -> dict[str, Any]:
     from dataclasses import asdict
 

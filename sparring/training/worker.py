@@ -322,7 +322,9 @@ class Trainer:
         k = self.cfg.pairs_per_version
         if k is None:
             return False  # one round: only the final version
-        if self.cfg.schedule == "mix" or len(self.batch) >= self.lookahead:
+        if self.cfg.schedule == "mix":
+            enough = len(self.mixed(k)[0]) >= k
+        elif len(self.batch) >= self.lookahead:
             enough = len(self.batch) >= k
         else:
             phase = "conformity" if self.next_version() % 2 else "competence"
@@ -391,17 +393,58 @@ class Trainer:
             "waited_out": self._waited_out,  # the other role's turn it did not wait for
         }
 
+    def trained_kinds(self) -> Counter[str]:
+        """The pairs of each kind the run's versions were trained on so far
+        (rejected ones too), and trainer.pairs_from's."""
+        kinds = Counter(str(p.kind) for p in self.carried)
+        for manifest in complete_versions(self.versions_dir, self.role).values():
+            kinds.update(manifest.pair_kinds)
+        return kinds
+
+    def mixed(
+        self, k: int
+    ) -> tuple[list[tuple[Delivery, PreferencePair]], list[tuple[Delivery, PreferencePair]]]:
+        """Up to ``k`` held pairs, in arrival order, and the conformity pairs held
+        back: with ``balance_pairs``, a conformity pair is taken only while the
+        run's competence pairs (trained, and taken before it or with it)
+        outnumber its conformity pairs; one held back waits for a competence
+        pair that comes later."""
+        if not self.cfg.balance_pairs:
+            return self.batch[:k], []
+        trained = self.trained_kinds()
+        room = trained["competence"] - trained["conformity"]
+        take: list[tuple[Delivery, PreferencePair]] = []
+        waiting: list[tuple[Delivery, PreferencePair]] = []
+        for x in self.batch:
+            if len(take) >= k:
+                break
+            if x[1].kind != "conformity":
+                take.append(x)
+                room += x[1].kind == "competence"
+            elif room > 0:
+                take.append(x)
+                room -= 1
+            else:
+                waiting.append(x)
+            while room > 0 and waiting and len(take) < k:
+                take.append(waiting.pop(0))
+                room -= 1
+        order = {id(x): i for i, x in enumerate(self.batch)}
+        # with room left, the first ``room`` waiting were cut by k, not held back
+        return sorted(take, key=lambda x: order[id(x)]), waiting[max(room, 0) :]
+
     def select(
         self, n: int, take_all: bool = False
     ) -> tuple[str | None, list[tuple[Delivery, PreferencePair]]]:
         """The pairs version ``n`` trains on. mix: the first pairs_per_version in
-        arrival order. alternate: odd versions take conformity pairs first, even
-        ones competence pairs; other kinds, then the opposite phase's, fill up
-        (a phase short of its own kind never stalls training). ``take_all``:
-        every held pair (the run's final version)."""
+        arrival order (with ``balance_pairs``, conformity pairs past the run's
+        competence pairs wait: :meth:`mixed`). alternate: odd versions take
+        conformity pairs first, even ones competence pairs; other kinds, then the
+        opposite phase's, fill up (a phase short of its own kind never stalls
+        training). ``take_all``: every held pair (the run's final version)."""
         k = len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
         if self.cfg.schedule == "mix":
-            return None, self.batch[:k]
+            return None, self.mixed(k)[0]
         phase, other = ("conformity", "competence") if n % 2 else ("competence", "conformity")
         rank = {phase: 0, other: 2}
         ordered = sorted(self.batch, key=lambda x: rank.get(x[1].kind, 1))  # stable
@@ -499,15 +542,30 @@ class Trainer:
         return self.cfg.publish == "adapter" or self.cfg.lineage in ("continue", "rebuild")
 
     def train_next(self, take_all: bool = False) -> VersionPublished | None:
-        """Train and publish the next version (``take_all``: on every held pair);
-        None when its training diverged (its pairs are then refused, counted in
-        the next version's record)."""
+        """Train and publish the next version (``take_all``: on every held pair
+        it may take); None when its training diverged (its pairs are then
+        refused, counted in the next version's record) or it has no pair to
+        train (all held back: balance_pairs)."""
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
         phase, take = self.select(n, take_all)
+        k = len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
+        # conformity pairs that wait for competence pairs (balance_pairs)
+        held_back = len(self.mixed(k)[1]) if self.cfg.schedule == "mix" else 0
         stage = self.stage(n, final=take_all)
         taken = {id(x) for x in take}
         self.batch = [x for x in self.batch if id(x) not in taken]
+        if held_back:
+            self.log.warning(
+                "trainer.held_back",
+                version=n if take else None,  # None: no version, every pair held back
+                pairs=held_back,
+                reason="the run's competence pairs trail its conformity pairs "
+                "(trainer.balance_pairs): these wait unacked on the bus for a version "
+                "with more competence pairs",
+            )
+        if not take:
+            return None
         pairs = [p for _, p in take]
         kinds: dict[str, int] = dict(Counter(str(p.kind) for p in pairs))
         rebuild = self.cfg.lineage == "rebuild"
@@ -602,6 +660,7 @@ class Trainer:
             phase=phase,
             replay_ids=[p.pair_id for p in replayed],
             refused=dict(Counter(why for _, why in refused)),
+            held_back=held_back,
             adapter_base=adapter_base,
             stage=stage,
         )
