@@ -934,7 +934,8 @@ class TrainerConfig(Strict):
     final_version: bool = Field(
         default=True,
         description="When the run's episode budget ends, train one more version on the pairs "
-        "not yet trained on (however few), gate it and hot-swap it before the run stops; the "
+        "not yet trained on (however few; balance_pairs may hold conformity pairs back), "
+        "gate it and hot-swap it before the run stops; the "
         "run waits for it up to final_wait_minutes.",
     )
     final_wait_minutes: float = Field(

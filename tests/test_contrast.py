@@ -264,6 +264,32 @@ def test_no_more_conformity_pairs_are_trained_than_competence_pairs(
     assert off.mixed(4) == (trainer.batch[:4], [])
 
 
+def test_a_held_back_conformity_pair_trains_with_the_next_version(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """pairs_per_version 2, pairs conformity, conformity, competence, competence:
+    v1 takes one of each and holds the second conformity pair back (unacked,
+    counted); v2 takes it with the last competence pair, and every pair is acked."""
+    bus = make_bus(None, tmp_path / "bus.sqlite")
+    kinds = ["conformity", "conformity", "competence", "competence"]
+    pairs = make_pairs(4)
+    publish(
+        bus,
+        [
+            p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
+            for i, (p, k) in enumerate(zip(pairs, kinds, strict=True))
+        ],
+    )
+    versions_dir = tmp_path / "versions"
+    cfg = CFG.model_copy(update={"pairs_per_version": 2})
+    v1, v2 = run_trainer(
+        bus=bus, base_model=tiny_model_path, versions_dir=versions_dir, cfg=cfg, max_versions=2
+    )
+    assert v1.pair_ids == ["conformity-0", "competence-2"] and v1.held_back == 1
+    assert v2.pair_ids == ["conformity-1", "competence-3"] and v2.held_back == 0
+    assert bus.pending("pairs", consumer_group("learner")) == 0
+
+
 def test_the_final_version_leaves_surplus_conformity_pairs_on_the_bus(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
