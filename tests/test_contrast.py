@@ -216,6 +216,14 @@ def test_the_alternating_schedule_favours_each_phase_in_turn(
     assert mixed.select(1) == (None, trainer.batch[:4])  # mix: arrival order
 
 
+def _of_kinds(kinds: list[str]) -> list[PreferencePair]:
+    """One pair per kind, in that order, named ``<kind>-<position>``."""
+    return [
+        p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
+        for i, (p, k) in enumerate(zip(make_pairs(len(kinds)), kinds, strict=True))
+    ]
+
+
 def test_no_more_conformity_pairs_are_trained_than_competence_pairs(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
@@ -223,12 +231,7 @@ def test_no_more_conformity_pairs_are_trained_than_competence_pairs(
     came before it or with it (counted over the run: trained versions and
     trainer.pairs_from); the version still takes pairs_per_version."""
     bus = make_bus(None, tmp_path / "bus.sqlite")
-    base = make_pairs(7)
-    kinds = ["conformity"] * 3 + ["competence", "refine", "competence", "conformity"]
-    arrived = [
-        p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
-        for i, (p, k) in enumerate(zip(base, kinds, strict=True))
-    ]
+    arrived = _of_kinds(["conformity"] * 3 + ["competence", "refine", "competence", "conformity"])
     publish(bus, arrived)
     trainer = Trainer(bus, tiny_model_path, tmp_path / "versions", CFG)
     while trainer.poll():  # a poll reads a version's worth past those held
@@ -271,15 +274,7 @@ def test_a_held_back_conformity_pair_trains_with_the_next_version(
     v1 takes one of each and holds the second conformity pair back (unacked,
     counted); v2 takes it with the last competence pair, and every pair is acked."""
     bus = make_bus(None, tmp_path / "bus.sqlite")
-    kinds = ["conformity", "conformity", "competence", "competence"]
-    pairs = make_pairs(4)
-    publish(
-        bus,
-        [
-            p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
-            for i, (p, k) in enumerate(zip(pairs, kinds, strict=True))
-        ],
-    )
+    publish(bus, _of_kinds(["conformity", "conformity", "competence", "competence"]))
     versions_dir = tmp_path / "versions"
     cfg = CFG.model_copy(update={"pairs_per_version": 2})
     v1, v2 = run_trainer(
@@ -297,15 +292,7 @@ def test_the_final_version_leaves_surplus_conformity_pairs_on_the_bus(
     the others stay unacked on the bus (a later version or run trains them), are
     counted in the version record and logged with the reason."""
     bus = make_bus(None, tmp_path / "bus.sqlite")
-    base = make_pairs(4)
-    kinds = ["conformity", "conformity", "competence", "conformity"]
-    publish(
-        bus,
-        [
-            p.model_copy(update={"pair_id": f"{k}-{i}", "kind": k})
-            for i, (p, k) in enumerate(zip(base, kinds, strict=True))
-        ],
-    )
+    publish(bus, _of_kinds(["conformity", "conformity", "competence", "conformity"]))
     versions_dir = tmp_path / "versions"
     request_final(versions_dir, "learner")
     out = io.StringIO()
