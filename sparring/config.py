@@ -1012,7 +1012,9 @@ class TrainerConfig(Strict):
     pairs_from: list[SafeName] = Field(
         default_factory=list,
         description="Earlier runs (ids under runs_dir) whose trainable pairs every version "
-        "trains on too (lineage rebuild only): a run goes on from what earlier runs learnt.",
+        "trains on too (lineage rebuild only): a run goes on from what earlier runs learnt. "
+        "`sparring run` refuses the run's own id and, with a managed trainer, an id with no "
+        "run, before anything starts.",
     )
     replay_balance: bool = Field(
         default=False,

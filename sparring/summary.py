@@ -3,7 +3,7 @@ learner's, and with trainer.roles the attacker's too), from the bus's records.""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from statistics import mean
 from typing import Any
 
@@ -44,6 +44,10 @@ class VersionRow:
     role: str = "learner"
     gate_metrics: dict[str, float | None] | None = None
     stage: dict[str, Any] | None = None
+    # pairs the trainer refused (never trained), by reason, and conformity
+    # pairs it left waiting for a later version (trainer.balance_pairs)
+    pairs_refused: dict[str, int] = field(default_factory=dict)
+    pairs_held_back: int = 0
 
 
 def served_version(e: Episode, role: str) -> int | None:
@@ -184,6 +188,8 @@ def summarise(bus: Bus, role: str = "learner") -> list[VersionRow]:
                 role=role,
                 gate_metrics=measured.get(v) if decision is None else decision.get("metrics"),
                 stage=g.published.get("stage"),
+                pairs_refused=dict(g.published.get("refused") or {}),
+                pairs_held_back=int(g.published.get("held_back") or 0),
             )
         )
     return rows
@@ -249,6 +255,24 @@ def render_table(rows: list[VersionRow], console: Console | None = None) -> None
                 f"{name}v{r.version} rejected by {gate} (kept on disk, never served): "
                 f"{r.gate_reason}"
             )
+        if line := pairs_line(r):
+            console.print(f"{name}v{r.version}: {line}", markup=False)
+
+
+def pairs_line(r: VersionRow) -> str:
+    """What the trainer did not train with a version, in words ("" where nothing)."""
+    said = []
+    if r.pairs_refused:
+        n = sum(r.pairs_refused.values())
+        why = "; ".join(f"{k}: {v}" for k, v in sorted(r.pairs_refused.items()))
+        said.append(f"the trainer refused {n} pair{'s' * (n != 1)}, never trained ({why})")
+    if r.pairs_held_back:
+        n = r.pairs_held_back
+        said.append(
+            f"{n} conformity pair{'s' * (n != 1)} held back for a later version or run "
+            "(trainer.balance_pairs)"
+        )
+    return "; ".join(said)
 
 
 def _table(title: str, caption: str) -> Table:

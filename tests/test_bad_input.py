@@ -116,6 +116,37 @@ def test_commands_on_a_run_with_a_damaged_bus_print_one_line(tmp_path: Path) -> 
     assert bus_file.read_bytes() == before
 
 
+def test_a_run_whose_pairs_from_names_itself_or_no_run_stops_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    """trainer.pairs_from is checked by `sparring run` before any engine or the
+    trainer starts: the run itself would count its own pairs twice in the
+    balance rule, and a missing run would stop the trainer mid-run. A trainer
+    on another machine (trainer.managed false) may see runs this one does not."""
+    cfg = unmanaged_config(tmp_path)
+    earlier = tmp_path / "runs" / "r0"
+    earlier.mkdir(parents=True)
+    (earlier / "config.yaml").write_text(cfg.read_text())
+
+    def run(run_id: str, names: str, managed: bool) -> Result:
+        sets = [f"trainer.pairs_from={names}", "trainer.lineage=rebuild"]
+        sets.append(f"trainer.managed={str(managed).lower()}")
+        args = ["run", "-c", str(cfg), "--run-id", run_id, "--no-progress"]
+        return CliRunner().invoke(main, args + [x for s in sets for x in ("--set", s)])
+
+    for run_id, names, managed, says in (
+        ("r1", "[r1]", False, "the run itself"),
+        ("r2", "[gone]", True, "holds no run"),
+        ("r3", "[r0, r3]", True, "the run itself"),
+    ):
+        one_line_error(run(run_id, names, managed), "trainer.pairs_from", says)
+        assert not (tmp_path / "runs" / run_id / "config.yaml").exists()  # nothing started
+    # past the check, these fail on the engine that does not answer
+    for run_id, names, managed in (("r4", "[r0]", True), ("r5", "[gone]", False)):
+        line = one_line_error(run(run_id, names, managed))
+        assert "pairs_from" not in line and "127.0.0.1:9" in line, line
+
+
 # -- checkpoint files ----------------------------------------------------------------
 
 

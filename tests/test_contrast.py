@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from sparring.agents.learner import written_refusal, written_refusals
 from sparring.agents.prompts import load_seeds, template
 from sparring.bus import make_bus
@@ -22,7 +24,7 @@ from sparring.graphs.redteam import (
 )
 from sparring.orchestrator import Loop, lookalike_items
 from sparring.schemas import Contrast, Critique, Episode, ModelRef, PreferencePair, Verdict
-from sparring.summary import summarise
+from sparring.summary import render_table, summarise
 from sparring.tracing import process_logger
 from sparring.training.pairs import WRITTEN, contrast_pairs
 from sparring.training.worker import (
@@ -312,6 +314,17 @@ def test_the_final_version_leaves_surplus_conformity_pairs_on_the_bus(
     assert bus.pending("pairs", consumer_group("learner")) == 2  # never acked: nothing lost
     [held] = [json.loads(x) for x in out.getvalue().splitlines() if '"trainer.held_back"' in x]
     assert held["pairs"] == 2 and "trainer.balance_pairs" in held["reason"]
+    # the run's summary says so too (and summary.json holds it)
+    rows = summarise(bus)
+    assert [(r.version, r.pairs_held_back, r.pairs_refused) for r in rows] == [
+        (0, 0, {}),
+        (1, 2, {}),
+    ]
+    console = Console(record=True, width=200)
+    render_table(rows, console)
+    said = console.export_text()
+    assert "v1: 2 conformity pairs held back for a later version" in said
+    assert "v0:" not in said
 
 
 def test_each_version_replays_earlier_contrast_pairs_the_scarcer_kind_first(

@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from sparring.agents.learner import Learner
 from sparring.bus import make_bus
 from sparring.bus.streams import PROMOTIONS
-from sparring.config import TrainerConfig
+from sparring.config import ConfigError, TrainerConfig
 from sparring.schemas import ChatMessage, ModelRef, PreferencePair, PromotionDecision, Verdict
+from sparring.summary import pairs_line, summarise
 from sparring.training.dpo import train_version
 from sparring.training.worker import (
     GROUP,
@@ -456,8 +457,10 @@ def test_pairs_of_earlier_runs_train_every_rebuilt_version(
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_path))
     carried = carried_pairs(tmp_path / "runs", ["earlier"], tokenizer)
     assert [p.pair_id for p in carried] == ["pair-10", "pair-11", "pair-12"]
-    with pytest.raises(SystemExit, match="pairs_from names 'gone'"):
+    with pytest.raises(ConfigError, match="pairs_from names 'gone'"):
         carried_pairs(tmp_path / "runs", ["gone"], tokenizer)
+    with pytest.raises(ConfigError, match="'earlier', the run itself"):
+        carried_pairs(tmp_path / "runs", ["earlier"], tokenizer, this_run="earlier")
     bus = make_bus(None, tmp_path / "bus.sqlite")
     publish(bus, make_pairs(1))
     versions_dir = tmp_path / "versions"
@@ -684,6 +687,12 @@ def test_the_trainer_refuses_pairs_it_must_not_train_and_counts_them(
     assert bus.pending("pairs", GROUP) == 0  # acked with the version: never retried
     manifest = complete_versions(tmp_path / "versions", "learner")[1]
     assert manifest.refused == v1.refused
+    # the run's summary line for v1 counts them, with each reason
+    row = summarise(bus)[1]
+    assert row.pairs_refused == v1.refused
+    line = pairs_line(row)
+    assert line.startswith("the trainer refused 7 pairs, never trained (")
+    assert "empty chosen answer: 1" in line and "no prompt: 1" in line
 
 
 def test_a_version_whose_training_diverges_is_never_published(

@@ -40,7 +40,7 @@ from sparring.serving.engine import EngineProcess
 from sparring.serving.registry import Swapper
 from sparring.summary import VersionRow, as_json, render_table, summarise_all
 from sparring.tracing import Tracer
-from sparring.training.worker import LOCK_FILE, clear_final, trainer_running
+from sparring.training.worker import LOCK_FILE, check_pairs_from, clear_final, trainer_running
 from sparring.workqueue import WorkQueue
 
 # This orchestrator's name in the bus's consumer groups; replicas sharing a
@@ -122,6 +122,8 @@ class Loop:
     async def run(self) -> list[VersionRow]:
         # the graph and the roles it calls, before anything starts (a ConfigError)
         check_roles(self.cfg, "<run config>")
+        # a trainer elsewhere (trainer.managed false) may see other runs than this machine
+        check_pairs_from(self.cfg.trainer, self.run_dir, here=self.cfg.trainer.managed)
         paths = self.prepare()
         engines = managed_engines(self.cfg, paths, self.run_dir)
         self.trainers = {

@@ -433,6 +433,10 @@ class Trainer:
         # with room left, the first ``room`` waiting were cut by k, not held back
         return sorted(take, key=lambda x: order[id(x)]), waiting[max(room, 0) :]
 
+    def takes(self, take_all: bool) -> int:
+        """How many held pairs the next version may take."""
+        return len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
+
     def select(
         self, n: int, take_all: bool = False
     ) -> tuple[str | None, list[tuple[Delivery, PreferencePair]]]:
@@ -442,7 +446,7 @@ class Trainer:
         conformity pairs first, even ones competence pairs; other kinds, then the
         opposite phase's, fill up (a phase short of its own kind never stalls
         training). ``take_all``: every held pair (the run's final version)."""
-        k = len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
+        k = self.takes(take_all)
         if self.cfg.schedule == "mix":
             return None, self.mixed(k)[0]
         phase, other = ("conformity", "competence") if n % 2 else ("competence", "conformity")
@@ -548,10 +552,12 @@ class Trainer:
         train (all held back: balance_pairs)."""
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
-        phase, take = self.select(n, take_all)
-        k = len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
-        # conformity pairs that wait for competence pairs (balance_pairs)
-        held_back = len(self.mixed(k)[1]) if self.cfg.schedule == "mix" else 0
+        held_back = 0  # conformity pairs that wait for competence pairs (balance_pairs)
+        if self.cfg.schedule == "mix":  # as select does, with what it leaves waiting
+            phase, (take, waiting) = None, self.mixed(self.takes(take_all))
+            held_back = len(waiting)
+        else:
+            phase, take = self.select(n, take_all)
         stage = self.stage(n, final=take_all)
         taken = {id(x) for x in take}
         self.batch = [x for x in self.batch if id(x) not in taken]
@@ -799,21 +805,49 @@ def run_trainer(
     return published
 
 
+def pairs_from_problem(runs_dir: Path, run_id: str, this_run: str | None) -> str | None:
+    """Why ``run_id`` cannot be one of ``trainer.pairs_from`` for the run
+    ``this_run`` under ``runs_dir`` (None: it can)."""
+    if run_id == this_run:
+        return (
+            f"trainer.pairs_from names {run_id!r}, the run itself: its own pairs train "
+            "anyway (and would count twice); name earlier runs only"
+        )
+    if not (runs_dir / run_id / "config.yaml").is_file():
+        return (
+            f"trainer.pairs_from names {run_id!r}, but {runs_dir / run_id} holds no run "
+            "(no config.yaml): name a run id under runs_dir"
+        )
+    return None
+
+
+def check_pairs_from(cfg: TrainerConfig, run_dir: Path, here: bool = True) -> None:
+    """Before a run starts: each role's ``trainer.pairs_from`` names another run,
+    one that exists beside ``run_dir`` where ``here`` (the trainer runs on this
+    machine); a ConfigError otherwise."""
+    for role in cfg.roles:
+        for run_id in cfg.for_role(role).pairs_from:
+            why = pairs_from_problem(run_dir.parent, run_id, run_dir.name)
+            if why and (here or run_id == run_dir.name):
+                raise ConfigError(why)
+
+
 def carried_pairs(
-    runs_dir: Path, run_ids: list[str], tokenizer: Any, role: str = "learner"
+    runs_dir: Path,
+    run_ids: list[str],
+    tokenizer: Any,
+    role: str = "learner",
+    this_run: str | None = None,
 ) -> list[PreferencePair]:
     """``role``'s trainable pairs of finished runs (``trainer.pairs_from``), each
-    run's bus opened as that run configured it; a missing run is an error that
-    names it."""
+    run's bus opened as that run configured it; a missing run, or ``this_run``
+    itself, is a ConfigError that names it."""
     out: list[PreferencePair] = []
     seen: set[str] = set()
     for run_id in run_ids:
         run_dir = runs_dir / run_id
-        if not (run_dir / "config.yaml").is_file():
-            raise SystemExit(
-                f"trainer.pairs_from names {run_id!r}, but {run_dir} holds no run "
-                "(no config.yaml): name a run id under runs_dir"
-            )
+        if why := pairs_from_problem(runs_dir, run_id, this_run):
+            raise ConfigError(why)
         cfg = load_config(run_dir / "config.yaml")
         bus = make_bus(
             cfg.bus.redis_url,
@@ -903,12 +937,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         base = learner_base(cfg, args.role)
         carried = []
-        if cfg.trainer.pairs_from:
+        if pairs_from := cfg.trainer.for_role(args.role).pairs_from:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(base))
             carried = carried_pairs(
-                args.run_dir.parent, cfg.trainer.pairs_from, tokenizer, args.role
+                args.run_dir.parent, pairs_from, tokenizer, args.role, this_run=args.run_dir.name
             )
         run_trainer(
             bus=bus,
@@ -924,6 +958,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     except DiskFull as err:
         # logged as trainer.disk_full; the one line, not a traceback, for the console
+        raise SystemExit(f"sparring train: {err}") from None
+    except ConfigError as err:  # trainer.pairs_from: as a config file's error, above
+        process_logger("trainer").error("trainer.config_error", error=str(err))
         raise SystemExit(f"sparring train: {err}") from None
     finally:
         bus.close()
