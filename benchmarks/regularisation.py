@@ -16,6 +16,10 @@ writes JSON.
     python3 benchmarks/regularisation.py target10 --setting lr=1e-3,beta=0.1,sft=1 \\
         --setting lr=5e-4,beta=0.1,sft=1
     python3 benchmarks/regularisation.py RUN --keep PAIR_ID --skip-eval   # with a refused pair
+
+A setting's keys: lr, beta, sft (the NLL weight), r (the LoRA rank; alpha is
+twice it), epochs, minutes (trainer.max_train_minutes), tokens
+(trainer.select_max_tokens); unnamed ones keep the source run's trainer config.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ from sparring.training.dpo import pair_problem, train_version
 from sparring.training.worker import MANIFEST, learner_base
 
 DEFAULT_SETTINGS = (
-    "lr=1e-3,beta=0.1,sft=1,r=8",  # the default profile
-    "lr=2e-3,beta=0.1,sft=1,r=8",  # a faster learner
-    "lr=1e-3,beta=0.3,sft=1,r=8",  # anchored closer to the reference model
-    "lr=1e-3,beta=0.1,sft=0,r=8",  # plain DPO, no NLL on the chosen answers
+    "lr=1.5e-3,beta=0.1,sft=1,r=8",  # the default profile
+    "lr=1.5e-3,beta=0.3,sft=1,r=8",  # anchored closer to the reference model
+    "lr=1.5e-3,beta=0.1,sft=0,r=8",  # plain DPO, no NLL on the chosen answers
+    "lr=1.5e-3,beta=0.1,sft=1,r=16",  # a larger LoRA
 )
 KEYS = {
     "lr": "learning_rate",
@@ -50,7 +54,10 @@ KEYS = {
     "sft": "sft_weight",
     "r": "lora_r",
     "epochs": "epochs",
+    "minutes": "max_train_minutes",
+    "tokens": "select_max_tokens",
 }
+INTS = ("r", "epochs", "tokens")
 
 
 def parse(setting: str) -> dict[str, Any]:
@@ -60,7 +67,7 @@ def parse(setting: str) -> dict[str, Any]:
         if key not in KEYS:
             known = ", ".join(KEYS)
             raise SystemExit(f"--setting {setting!r}: unknown key {key!r} (known: {known})")
-        out[KEYS[key]] = int(value) if key in ("r", "epochs") else float(value)
+        out[KEYS[key]] = int(value) if key in INTS else float(value)
     if "lora_r" in out:
         out["lora_alpha"] = 2 * out["lora_r"]
     return out
@@ -69,7 +76,15 @@ def parse(setting: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a finished run id under --runs-dir")
-    ap.add_argument("--setting", action="append", default=None, metavar="lr=..,beta=..,sft=..,r=..")
+    ap.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        metavar="lr=..,beta=..,sft=..,r=..,tokens=..",
+        help="one version's trainer settings (repeat for more): lr, beta, sft (the NLL "
+        "weight), r (LoRA rank), epochs, minutes (max_train_minutes), tokens "
+        "(select_max_tokens); the rest as the source run's",
+    )
     ap.add_argument(
         "--kinds",
         default="conformity,competence,refine",
