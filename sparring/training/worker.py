@@ -433,10 +433,6 @@ class Trainer:
         # with room left, the first ``room`` waiting were cut by k, not held back
         return sorted(take, key=lambda x: order[id(x)]), waiting[max(room, 0) :]
 
-    def takes(self, take_all: bool) -> int:
-        """How many held pairs the next version may take."""
-        return len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
-
     def select(
         self, n: int, take_all: bool = False
     ) -> tuple[str | None, list[tuple[Delivery, PreferencePair]]]:
@@ -446,13 +442,22 @@ class Trainer:
         conformity pairs first, even ones competence pairs; other kinds, then the
         opposite phase's, fill up (a phase short of its own kind never stalls
         training). ``take_all``: every held pair (the run's final version)."""
-        k = self.takes(take_all)
+        phase, take, _ = self.selection(n, take_all)
+        return phase, take
+
+    def selection(
+        self, n: int, take_all: bool = False
+    ) -> tuple[
+        str | None, list[tuple[Delivery, PreferencePair]], list[tuple[Delivery, PreferencePair]]
+    ]:
+        """:meth:`select`'s phase and pairs, and the conformity pairs it held back."""
+        k = len(self.batch) if take_all else (self.cfg.pairs_per_version or len(self.batch))
         if self.cfg.schedule == "mix":
-            return None, self.mixed(k)[0]
+            return None, *self.mixed(k)
         phase, other = ("conformity", "competence") if n % 2 else ("competence", "conformity")
         rank = {phase: 0, other: 2}
         ordered = sorted(self.batch, key=lambda x: rank.get(x[1].kind, 1))  # stable
-        return phase, ordered[:k]
+        return phase, ordered[:k], []
 
     def replay(
         self, n: int, fresh: list[PreferencePair], done: dict[int, VersionPublished]
@@ -552,12 +557,8 @@ class Trainer:
         train (all held back: balance_pairs)."""
         done = complete_versions(self.versions_dir, self.role)
         n = max(done, default=0) + 1
-        held_back = 0  # conformity pairs that wait for competence pairs (balance_pairs)
-        if self.cfg.schedule == "mix":  # as select does, with what it leaves waiting
-            phase, (take, waiting) = None, self.mixed(self.takes(take_all))
-            held_back = len(waiting)
-        else:
-            phase, take = self.select(n, take_all)
+        phase, take, waiting = self.selection(n, take_all)
+        held_back = len(waiting)  # conformity pairs that wait for competence pairs
         stage = self.stage(n, final=take_all)
         taken = {id(x) for x in take}
         self.batch = [x for x in self.batch if id(x) not in taken]
