@@ -50,7 +50,7 @@ def test_bisection_stops_before_the_step_where_answers_degenerate() -> None:
     the latest step within both is found."""
     steps = list(range(8, 33))
 
-    def rising(step: int) -> Candidate:
+    def rising(step: int, stop_over: float | None = None) -> Candidate:
         return cand(step, min(1.0, step / 30), 0.0, max(0.02, (step - 12) / 50))
 
     best, _ = search(steps, rising, Bounds(0.1, 0.02 + 0.05))
@@ -64,12 +64,12 @@ def test_bisection_finds_the_last_step_within_the_bound_in_few_measurements() ->
     the bound is found by measuring about log2(steps) of them."""
     steps = list(range(8, 33))
 
-    def rising(step: int) -> Candidate:
+    def rising(step: int, stop_over: float | None = None) -> Candidate:
         return cand(step, min(1.0, step / 30), max(0.0, (step - 14) / 40))
 
     asked: list[int] = []
 
-    def measure_at(step: int) -> Candidate:
+    def measure_at(step: int, stop_over: float | None) -> Candidate:
         asked.append(step)
         return rising(step)
 
@@ -77,8 +77,101 @@ def test_bisection_finds_the_last_step_within_the_bound_in_few_measurements() ->
     assert best.step == 18  # (18 - 14) / 40 = 0.1; 19 is over
     assert len(asked) == len(set(asked)) <= 7 and [c.step for c in measured] == sorted(asked)
     assert search(steps, rising, Bounds(0.5))[0].step == 32  # the last step within: no search
-    none = search(steps, lambda s: cand(s, 0.9, 0.3), Bounds(0.1))
+    none = search(steps, lambda s, _: cand(s, 0.9, 0.3), Bounds(0.1))
     assert none[0].step == 8  # none within: the first
+
+
+def test_a_start_within_the_bounds_is_the_bisection_s_lower_end() -> None:
+    """The model before the first step, measured anyway for the degeneration
+    bound, stands for the lower end: the first step is not measured unless
+    the bisection comes down to it."""
+    steps = list(range(1, 33))
+
+    def rising(step: int, stop_over: float | None) -> Candidate:
+        return cand(step, min(1.0, step / 30), max(0.0, (step - 14) / 40))
+
+    asked: list[int] = []
+
+    def measure_at(step: int, stop_over: float | None) -> Candidate:
+        asked.append(step)
+        return rising(step, stop_over)
+
+    start = cand(0, 0.0, 0.0)
+    best, _ = search(steps, measure_at, Bounds(0.1), start)
+    assert best.step == 18 and 1 not in asked and len(asked) <= 6
+    asked.clear()
+    assert search(steps, measure_at, Bounds(0.1))[0].step == 18 and 1 in asked  # no start
+    asked.clear()
+    beyond = cand(0, 0.0, 0.2)  # a continued adapter already over the bound: the first step
+    assert search(steps, measure_at, Bounds(0.1), beyond)[0].step == 18 and 1 in asked
+
+
+def test_a_candidate_stopped_at_its_look_alikes_is_never_chosen_and_the_earliest_is_completed() -> (
+    None
+):
+    """A step whose look-alikes broke the bound is known to be beyond and is
+    not asked the rest; where every step measured is beyond, the earliest is
+    measured in full and the fallback reads complete figures only."""
+    steps = list(range(1, 17))
+    asked: list[tuple[int, float | None]] = []
+
+    def measure_at(step: int, stop_over: float | None) -> Candidate:
+        asked.append((step, stop_over))
+        full = cand(step, 0.9, 0.2 + step / 100, 0.3 - step / 100)
+        if stop_over is not None and full.lookalike_refused > stop_over:
+            return Candidate(step, step / 8, None, full.lookalike_refused, None, {}, complete=False)
+        return full
+
+    # the first step is within the look-alike bound on its re-measure but beyond the
+    # degeneration bound; a partial's unknown degeneration must not make it "healthy"
+    best, found = search(steps, measure_at, Bounds(0.1, 0.2), cand(0, 0.0, 0.0))
+    assert asked[-1] == (1, None) and best.step == 1 and best.complete
+    assert [c.step for c in found if not c.complete] == sorted({s for s, _ in asked} - {1})
+
+
+def test_a_step_beyond_the_look_alike_bound_is_not_asked_the_harmful_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """measure's order: every context's look-alikes, then every context's
+    harmful requests. The answers are scripted (a 135M model cannot be made to refuse
+    on cue); the rule judge, the degeneration rules and the counting are real."""
+    from sparring.training import selection
+
+    items = validation_items()
+    asked: list[list[str]] = []
+    refusal, help_ = "I'm sorry, but I can't help with that.", "Sure: here is a short answer."
+
+    def scripted(refuse_lookalikes: bool) -> Any:
+        def answers(model: Any, tokenizer: Any, messages: Any, max_tokens: int) -> list[str]:
+            asked.append([m[-1]["content"] for m in messages])
+            lookalikes = {i.prompt for i in items if i.expect == "help"}
+            return [
+                refusal if m[-1]["content"] not in lookalikes or refuse_lookalikes else help_
+                for m in messages
+            ]
+
+        return answers
+
+    contexts = ("served", "template")
+    monkeypatch.setattr(selection, "answers", scripted(refuse_lookalikes=True))
+    beyond = selection.measure(None, None, items, contexts, 64, 7, 1.0, stop_over=0.1)
+    harmless = sorted(i.prompt for i in items if i.expect == "help")
+    assert not beyond.complete and len(asked) == 1 and sorted(asked[0]) == harmless
+    assert beyond.harmful_refused is None and beyond.degenerate is None
+    assert beyond.lookalike_refused == 1.0 and beyond.answers == len(harmless)
+    assert list(beyond.by_context) == ["served"]
+    asked.clear()
+    monkeypatch.setattr(selection, "answers", scripted(refuse_lookalikes=False))
+    within = selection.measure(None, None, items, contexts, 64, 7, 1.0, stop_over=0.1)
+    assert within.complete and len(asked) == 4 and within.answers == 2 * len(items)
+    assert within.harmful_refused == 1.0 and within.lookalike_refused == 0.0
+    assert within.by_context == {
+        c: {"lookalike_refused": 0.0, "harmful_refused": 1.0} for c in contexts
+    }
+    asked.clear()
+    monkeypatch.setattr(selection, "answers", scripted(refuse_lookalikes=True))
+    unbounded = selection.measure(None, None, items, contexts, 64, 7, 1.0)
+    assert unbounded.complete and len(asked) == 4 and unbounded.lookalike_refused == 1.0
 
 
 def test_the_validation_set_is_balanced_and_held_out_of_every_other_prompt_set() -> None:
@@ -135,15 +228,21 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
     assert progress and progress[-1]["step"] == progress[-1]["steps"] == 12
     assert progress[-1]["eta_s"] == 0 and progress[-1]["loss"] is not None
     candidates = [f for e, f in events if e == "train.candidate"]  # in the order measured
-    assert sorted(candidates, key=lambda c: c["step"]) == list(result.selection)
+    # a step stopped at its look-alikes and measured again in full (every step beyond
+    # the bounds) is reported twice; the record holds its last measurement
+    last = {c["step"]: c for c in candidates}
+    assert [last[s] for s in sorted(last)] == list(result.selection)
     assert measured and set(measured) <= set(range(8, 13)) and 12 in measured
     assert result.step in measured
     chosen = next(c for c in result.selection if c["step"] == result.step)
     assert set(chosen["by_context"]) == {"served", "template"}
     for c in (*result.selection, result.selection_start):  # the rate, and by which rules
-        assert c is not None and sum(c["degenerate_rules"].values()) == round(
-            c["degenerate"] * 2 * len(validation_items())
-        )
+        assert c is not None and sum(c["degenerate_rules"].values()) <= c["answers"]
+        if c["complete"]:
+            assert c["answers"] == 2 * len(validation_items())
+            assert sum(c["degenerate_rules"].values()) == round(c["degenerate"] * c["answers"])
+        else:  # beyond the look-alike bound on what it read
+            assert c["degenerate"] is None and c["lookalike_refused"] > cfg.select_over_refusal
     # the model before training, measured first: the reference of the
     # degeneration bound, by which the recorded choice was made
     start = result.selection_start
@@ -162,7 +261,7 @@ def test_a_version_trains_up_to_its_epochs_and_publishes_the_chosen_one(
     plain = measure(
         base, tokenizer, validation_items(), ("served", "template"), cfg.select_max_tokens, 0, 0.0
     )
-    assert plain.as_dict() == start  # a new LoRA starts as the base model
+    assert {**plain.as_dict(), "seconds": 0} == {**start, "seconds": 0}  # as the base model
     # the adapter on the base: the computation the candidates were measured with
     model = PeftModel.from_pretrained(base, str(tmp_path / "v1" / "adapter"))
     again = measure(
@@ -268,7 +367,13 @@ def test_the_starting_model_s_degeneration_bounds_the_step_published(
     figures[10] = cand(10, 0.27, 0.0625, 57 / 192)
     figures[0] = cand(0, 0.0, 0.021, 4 / 192)  # the start (selection.START)
     monkeypatch.setattr(dpo.selection, "restore", lambda model, weights: None)
-    monkeypatch.setattr(dpo.selection, "measure", lambda *a: figures[a[5]])
+    asked: list[tuple[int, float | None]] = []
+
+    def measure(*a: Any, stop_over: float | None = None) -> Candidate:
+        asked.append((a[5], stop_over))
+        return figures[a[5]]
+
+    monkeypatch.setattr(dpo.selection, "measure", measure)
     steps: dict[int, tuple[float, dict[str, Any]]] = {s: (s / 4, {}) for s in (5, 7, 10)}
     kept = {dpo.selection.START: (0.0, {}), **steps}
     cfg = CFG.model_copy(update={"select_epoch": True, "select_degenerate": 0.05})
@@ -286,3 +391,40 @@ def test_the_starting_model_s_degeneration_bounds_the_step_published(
     )
     assert unbounded_choice[::2] == (10, None)  # start not measured, and nothing missing
     assert not [e for e, _ in said if e.startswith("train.start")]
+    # the start is measured in full and is the bisection's lower end; the steps
+    # are read up to the look-alike bound: the first step is never measured
+    figures[8], figures[9] = cand(8, 0.2, 0.07, 0.1), cand(9, 0.25, 0.08, 0.2)
+    more = {**kept, **{s: (s / 4, {}) for s in (8, 9)}}
+    asked.clear()
+    assert dpo._select_step(None, None, more, loose)[0] == 8
+    assert asked[0] == (0, None) and {s for s, _ in asked} == {0, 10, 7, 8, 9}
+    assert {o for s, o in asked[1:]} == {loose.select_over_refusal}
+
+
+def test_the_time_to_go_counts_the_time_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.progress's eta_s: at 3 s a step, 90 steps to go are 270 s, but a
+    1-minute cap stops training after the step crossing it: 33 s to go at
+    30 s in. With several training processes the cap is off, and so uncounted."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from sparring.training import dpo
+
+    clock = [100.0]
+    monkeypatch.setattr(dpo.time, "perf_counter", lambda: clock[0])
+    for cap, world, eta in ((None, 1, 270.0), (1.0, 1, 33.0), (1.0, 2, 270.0)):
+        events: list[dict[str, Any]] = []
+
+        def report(event: str, _to: list[dict[str, Any]] = events, **kw: Any) -> None:
+            _to.append(kw)
+
+        progress = dpo.progress_callback(report, 0.0, cap)
+        state, control = SimpleNamespace(max_steps=100, global_step=0, epoch=0.0), TrainerControl()
+        state.log_history = []
+        progress.on_train_begin(SimpleNamespace(world_size=world), state, control)
+        clock[0] += 30.0
+        state.global_step = 10
+        progress.on_step_end(SimpleNamespace(), state, control)
+        assert events[-1]["eta_s"] == eta, (cap, world)
+        clock[0] = 100.0

@@ -184,7 +184,7 @@ def train_version(
         if cfg.select_epoch:
             trainer.add_callback(keeper)
         if report is not None:
-            trainer.add_callback(progress_callback(report))
+            trainer.add_callback(progress_callback(report, cap_minutes=cfg.max_train_minutes))
         output = trainer.train()
         checkpointing = bool(trainer.args.activation_checkpointing)
     history: list[dict[str, Any]] = trainer.state.log_history
@@ -243,16 +243,25 @@ def _select_step(
     adapter before the first step (``kept[selection.START]``: a new LoRA
     changes nothing yet, a continued one is the version it continues),
     measured first the same way when select_degenerate is set: its degenerate
-    rate plus select_degenerate bounds the candidates'. Without a start the
-    bound cannot be set: ``train.start_missing`` is reported and refusal alone
-    decides."""
+    rate plus select_degenerate bounds the candidates', and within the bounds
+    it is the bisection's lower end. Without a start the bound cannot be set:
+    ``train.start_missing`` is reported and refusal alone decides."""
     items = selection.validation_items()
 
-    def measure_at(step: int, event: str = "train.candidate") -> selection.Candidate:
+    def measure_at(
+        step: int, stop_over: float | None, event: str = "train.candidate"
+    ) -> selection.Candidate:
         epoch, weights = kept[step]
         selection.restore(model, weights)
         found = selection.measure(
-            model, tokenizer, items, tuple(cfg.contexts), cfg.select_max_tokens, step, epoch
+            model,
+            tokenizer,
+            items,
+            tuple(cfg.contexts),
+            cfg.select_max_tokens,
+            step,
+            epoch,
+            stop_over=stop_over,
         )
         if report is not None:
             report(event, **found.as_dict())
@@ -261,8 +270,8 @@ def _select_step(
     start = degenerate = None
     if cfg.select_degenerate is not None:
         if selection.START in kept:
-            start = measure_at(selection.START, "train.start_measured")
-            degenerate = start.degenerate + cfg.select_degenerate
+            start = measure_at(selection.START, None, "train.start_measured")
+            degenerate = (start.degenerate or 0.0) + cfg.select_degenerate  # complete: a rate
         elif report is not None:  # said aloud: the step is then chosen on refusal alone
             report(
                 "train.start_missing",
@@ -270,7 +279,7 @@ def _select_step(
                 "not bounded (select_degenerate ignored for this version)",
             )
     bounds = selection.Bounds(cfg.select_over_refusal, degenerate)
-    best, candidates = selection.search(selection.trained_steps(kept), measure_at, bounds)
+    best, candidates = selection.search(selection.trained_steps(kept), measure_at, bounds, start)
     selection.restore(model, kept[best.step][1])
     return best.step, candidates, start
 
@@ -278,16 +287,23 @@ def _select_step(
 PROGRESS_EVERY_S = 30.0
 
 
-def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVERY_S) -> Any:
+def progress_callback(
+    report: Callable[..., None],
+    every_s: float = PROGRESS_EVERY_S,
+    cap_minutes: float | None = None,
+) -> Any:
     """A transformers callback that reports the optimizer step, of how many,
     the last loss and the seconds so far and to go, at most every ``every_s``
     seconds and at the step training stops at (a CPU run can train for half an
-    hour)."""
+    hour). ``cap_minutes``: the :func:`time_cap` in force, which the time to
+    go counts (training stops after the first step ending past it)."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.start = self.last = time.perf_counter()
+            capped = cap_minutes is not None and getattr(args, "world_size", 1) <= 1
+            self.cap_s = cap_minutes * 60 if capped and cap_minutes is not None else None
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             now, step, total = time.perf_counter(), state.global_step, state.max_steps
@@ -297,6 +313,14 @@ def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVE
             self.last = now
             losses = [h["loss"] for h in state.log_history if "loss" in h]
             elapsed = now - self.start
+            eta: float | None = None
+            if stopping:
+                eta = 0.0
+            elif step:
+                per_step = elapsed / step
+                eta = per_step * (total - step)
+                if self.cap_s is not None:  # the step that crosses the cap is the last
+                    eta = min(eta, max(self.cap_s - elapsed, 0.0) + per_step)
             report(
                 "train.progress",
                 step=step,
@@ -304,11 +328,7 @@ def progress_callback(report: Callable[..., None], every_s: float = PROGRESS_EVE
                 epoch=round(state.epoch or 0, 2),
                 loss=round(losses[-1], 4) if losses else None,
                 seconds=round(elapsed, 1),
-                eta_s=0.0
-                if stopping
-                else round(elapsed / step * (total - step), 1)
-                if step
-                else None,
+                eta_s=None if eta is None else round(eta, 1),
             )
 
     return Progress()

@@ -8,7 +8,10 @@ while refusing at most ``select_over_refusal`` of the look-alikes and giving
 at most ``select_degenerate`` more degenerate answers than the model it trains
 from (its adapter as it was before the first step, measured the same way;
 all contexts pooled), found by bisection
-(:func:`search`); none does: the healthiest step (:func:`choose`). The rule
+(:func:`search`); none does: the healthiest step (:func:`choose`). A
+candidate whose look-alikes, read first, already break the bound is not
+asked the harmful requests (``complete`` false): the search only needs to
+know it is beyond. The rule
 judge reads refusal, as the gate does; ``degeneration.py`` names degenerate
 answers, as the eval and the gate do.
 
@@ -22,6 +25,7 @@ chosen epoch serves.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,12 +50,16 @@ class Item:
 class Candidate:
     step: int
     epoch: float
-    harmful_refused: float  # the lower of the contexts' rates
-    lookalike_refused: float  # the higher of the contexts' rates
-    degenerate: float
+    harmful_refused: float | None  # the lower of the contexts' rates (None: not complete)
+    lookalike_refused: float  # the higher of the contexts' rates read
+    degenerate: float | None  # of all its answers (None: not complete)
     by_context: dict[str, dict[str, float]]
-    # degenerate answers by the rule that named them (degeneration.py), all contexts
+    # degenerate answers by the rule that named them (degeneration.py), all answers read
     degenerate_rules: dict[str, int] = field(default_factory=dict)
+    # false: stopped once a context's look-alikes broke the bound (harmful not asked)
+    complete: bool = True
+    answers: int = 0  # answers generated
+    seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,31 +177,53 @@ def measure(
     max_tokens: int,
     step: int,
     epoch: float,
+    stop_over: float | None = None,
 ) -> Candidate:
+    """The candidate's figures: every context's look-alikes are answered
+    first, then every context's harmful requests. ``stop_over``: the first
+    context whose look-alikes refused exceed it ends the measurement (the
+    candidate is beyond the bound whatever else it does): ``complete`` false,
+    ``by_context`` holds what was read, harmful_refused and degenerate are
+    None."""
+    began = time.perf_counter()
     by_context: dict[str, dict[str, float]] = {}
     rules: Counter[str] = Counter()
-    for context in contexts:
-        system = system_text("served" if context == "served" else "template")
-        asked = [request(i.prompt, system) for i in items]
-        said = answers(model, tokenizer, asked, max_tokens)
-        refused = {"refuse": 0, "help": 0}
-        for item, answer in zip(items, said, strict=True):
-            refused[item.expect] += rule_judge(answer).refused
+    read = 0
+
+    def refused(group: list[Item], system: str | None) -> float:
+        nonlocal read
+        said = answers(model, tokenizer, [request(i.prompt, system) for i in group], max_tokens)
+        read += len(said)
+        for answer in said:
             if why := degeneration(answer):
                 rules[why] += 1
-        n = {k: sum(i.expect == k for i in items) for k in refused}
-        by_context[context] = {
-            "harmful_refused": refused["refuse"] / n["refuse"],
-            "lookalike_refused": refused["help"] / n["help"],
-        }
+        return sum(rule_judge(a).refused for a in said) / len(said)
+
+    harmless = [i for i in items if i.expect == "help"]
+    harmful = [i for i in items if i.expect == "refuse"]
+    systems = {c: system_text("served" if c == "served" else "template") for c in contexts}
+    complete = True
+    for context in contexts:
+        by_context[context] = {"lookalike_refused": refused(harmless, systems[context])}
+        if stop_over is not None and by_context[context]["lookalike_refused"] > stop_over + 1e-9:
+            complete = False
+            break
+    if complete:
+        for context in contexts:
+            by_context[context]["harmful_refused"] = refused(harmful, systems[context])
     return Candidate(
         step=step,
         epoch=epoch,
-        harmful_refused=min(c["harmful_refused"] for c in by_context.values()),
+        harmful_refused=min(c["harmful_refused"] for c in by_context.values())
+        if complete
+        else None,
         lookalike_refused=max(c["lookalike_refused"] for c in by_context.values()),
-        degenerate=sum(rules.values()) / (len(items) * len(contexts)),
+        degenerate=sum(rules.values()) / read if complete else None,
         by_context=by_context,
         degenerate_rules=dict(sorted(rules.items())),
+        complete=complete,
+        answers=read,
+        seconds=round(time.perf_counter() - began, 1),
     )
 
 
@@ -207,7 +237,10 @@ class Bounds:
     degenerate: float | None = None
 
     def healthy(self, c: Candidate) -> bool:
-        return self.degenerate is None or c.degenerate <= self.degenerate + 1e-9
+        """Within the degeneration bound (a candidate not measured in full is not known to be)."""
+        if self.degenerate is None:
+            return True
+        return c.degenerate is not None and c.degenerate <= self.degenerate + 1e-9
 
     def within(self, c: Candidate) -> bool:
         return c.lookalike_refused <= self.over_refusal + 1e-9 and self.healthy(c)
@@ -218,39 +251,65 @@ def choose(candidates: list[Candidate], bounds: Bounds) -> Candidate:
     (ties: the earlier step); none is: of the healthy ones the fewest
     look-alikes refused (ties: the most harmful refused, then the earlier);
     none is healthy: the fewest degenerate answers (then as before)."""
+
+    def harmful(c: Candidate) -> float:
+        return c.harmful_refused if c.harmful_refused is not None else 0.0
+
     within = [c for c in candidates if bounds.within(c)]
     if within:
-        return max(within, key=lambda c: (c.harmful_refused, -c.step))
+        return max(within, key=lambda c: (harmful(c), -c.step))
     healthy = [c for c in candidates if bounds.healthy(c)]
     if healthy:
-        return min(healthy, key=lambda c: (c.lookalike_refused, -c.harmful_refused, c.step))
+        return min(healthy, key=lambda c: (c.lookalike_refused, -harmful(c), c.step))
     return min(
-        candidates, key=lambda c: (c.degenerate, c.lookalike_refused, -c.harmful_refused, c.step)
+        candidates,
+        key=lambda c: (
+            c.degenerate if c.degenerate is not None else 1.0,
+            c.lookalike_refused,
+            -harmful(c),
+            c.step,
+        ),
     )
 
 
 def search(
-    steps: list[int], measure_at: Callable[[int], Candidate], bounds: Bounds
+    steps: list[int],
+    measure_at: Callable[[int, float | None], Candidate],
+    bounds: Bounds,
+    start: Candidate | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
     """The step to publish, and every candidate measured. Refusal grows with
     training and degeneration mostly does, so the latest step within ``bounds`` is
-    found by bisection: the last step; if it is beyond, the first; then halving
-    the steps between the last within and the first beyond. Of those measured,
-    :func:`choose` picks (noise can put an earlier one ahead)."""
+    found by bisection: the last step; if it is beyond, halving the steps
+    between the last within and the first beyond, from ``start`` (the model
+    before the first step) where it is within, else from the first step. Of
+    those measured, :func:`choose` picks (noise can put an earlier one ahead).
+    ``measure_at(step, stop_over)`` may stop early on a candidate beyond the
+    look-alike bound (``complete`` false). Where none measured is within, the
+    earliest measured is measured again in full (its look-alikes answered a
+    second time) and the fallback chooses among the complete ones: assuming
+    refusal grows with training, the earliest refuses the fewest look-alikes
+    (docs/experiments.md has paths where it does not)."""
     measured: dict[int, Candidate] = {}
 
     def at(i: int) -> Candidate:
         if steps[i] not in measured:
-            measured[steps[i]] = measure_at(steps[i])
+            measured[steps[i]] = measure_at(steps[i], bounds.over_refusal)
         return measured[steps[i]]
 
     lo, hi = 0, len(steps) - 1
-    if not bounds.within(at(hi)) and bounds.within(at(lo)):
+    if start is not None and bounds.within(start):
+        lo = -1  # the start stands for the bisection's lower end: nothing to measure
+    if not bounds.within(at(hi)) and (lo < 0 or bounds.within(at(lo))):
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if bounds.within(at(mid)):
                 lo = mid
             else:
                 hi = mid
+    if not any(bounds.within(c) for c in measured.values()):
+        first = min(measured)
+        if not measured[first].complete:
+            measured[first] = measure_at(first, None)
     found = sorted(measured.values(), key=lambda c: c.step)
-    return choose(found, bounds), found
+    return choose([c for c in found if c.complete], bounds), found
