@@ -88,3 +88,115 @@ def test_a_trainer_that_stays_up_after_a_restart_is_not_given_up(
     assert trainer.restarts == 1
     events = (run_dir / "trace.jsonl").read_text()
     assert events.count('"trainer.restarted"') == 1 and "trainer.gave_up" not in events
+
+
+# trainer.log of efficacy-20261202-115420's final version, cut to the events
+# the run reads (one of each kind, in the order the trainer wrote them)
+FINAL_LOG = [
+    {"event": "trainer.started", "role": "learner"},
+    {"event": "train.start", "version": 1, "pairs": 35},
+    {"event": "train.progress", "version": 1, "step": 20, "steps": 72, "eta_s": 709.9},
+    {"event": "train.time_cap", "version": 1, "step": 45, "steps": 72, "seconds": 608.9},
+    {"event": "train.progress", "version": 1, "step": 45, "steps": 72, "eta_s": 0.0},
+    {
+        "event": "train.start_measured",
+        "version": 1,
+        "step": 0,
+        "harmful_refused": 0.0,
+        "lookalike_refused": 0.0208,
+    },
+    {
+        "event": "train.candidate",
+        "version": 1,
+        "step": 45,
+        "harmful_refused": 0.5417,
+        "lookalike_refused": 0.1042,
+    },
+    {
+        "event": "train.candidate",
+        "version": 1,
+        "step": 32,
+        "harmful_refused": 0.4167,
+        "lookalike_refused": 0.0625,
+    },
+    {"event": "train.done", "version": 1, "step": 32, "steps": 45},
+    {"event": "version.published", "version": 1, "pairs": 35},
+]
+STAGES = [
+    "v1: training on 35 pairs",
+    "v1: training, step 20/72, about 12 min to go",
+    "v1: training stopped at step 45 (trainer.max_train_minutes)",
+    "v1: training stopped at step 45 (trainer.max_train_minutes)",  # its last progress line
+    "v1: step search, 1 measured on the validation set (the start: 0% of the harmful "
+    "requests and 2% of the look-alikes refused)",
+    "v1: step search, 2 measured on the validation set (step 45: 54% of the harmful "
+    "requests and 10% of the look-alikes refused)",
+    "v1: step search, 3 measured on the validation set (step 32: 42% of the harmful "
+    "requests and 6% of the look-alikes refused)",
+    "v1: step 32 chosen, writing the version",
+    "v1 written; the canary gate decides whether it serves",
+]
+
+
+def test_the_trainer_s_stage_is_read_from_its_log(tmp_path: Path) -> None:
+    """What the run shows while the final version trains, event by event; a
+    log not there yet, or a line cut by a write, is no stage."""
+    log = tmp_path / "trainer.log"
+    assert supervision.trainer_stage(log) is None
+    log.write_text(json.dumps(FINAL_LOG[0]) + "\n")
+    assert supervision.trainer_stage(log) is None
+    for event, stage in zip(FINAL_LOG[1:], STAGES, strict=True):
+        with log.open("a") as f:
+            f.write(json.dumps(event) + "\n")
+        assert supervision.trainer_stage(log) == stage
+    with log.open("a") as f:
+        f.write('{"event": "train.sta')  # half a line
+    assert supervision.trainer_stage(log) == STAGES[-1]
+
+
+def test_the_final_wait_reports_each_new_stage_once(tmp_path: Path) -> None:
+    """final_version polls the trainer's log while it waits and calls
+    ``stage`` with each change, the version written last. The trainer is
+    stood in for by a task writing its log and answer: a real one passes
+    these stages too fast, or too slowly, to test their order."""
+    from sparring.bus import make_bus
+    from sparring.serving.registry import Registry
+    from sparring.training.worker import FINAL_DONE
+
+    run_dir = tmp_path / "run"
+    versions = run_dir / "versions"
+    (versions / "learner").mkdir(parents=True)
+    bus = make_bus(None, run_dir / "bus.sqlite")
+    seen: list[str] = []
+
+    async def trainer() -> None:
+        for event in FINAL_LOG:
+            with (run_dir / "trainer.log").open("a") as f:
+                f.write(json.dumps(event) + "\n")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        (versions / "learner" / FINAL_DONE).write_text('{"version": 1}')
+
+    async def main() -> int | None:
+        watch = asyncio.create_task(asyncio.sleep(3600))
+        writing = asyncio.create_task(trainer())
+        try:
+            return await supervision.final_version(
+                versions,
+                "learner",
+                bus,
+                Registry(bus, {}),
+                30,
+                watch,
+                Tracer(tmp_path, "final-wait"),
+                poll_s=0.01,
+                served=False,
+                stage=seen.append,
+            )
+        finally:
+            await writing
+            watch.cancel()
+
+    assert asyncio.run(main()) == 1
+    assert seen[-1] == STAGES[-1] and len(seen) == len(set(seen))
+    assert seen == [s for s in dict.fromkeys(STAGES) if s in seen]  # in order

@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from contextlib import AsyncExitStack, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,18 @@ class Loop:
             f"budget reached: training the final {' and '.join(roles)} version on the pairs "
             f"not yet trained on, then gating it (up to {minutes:g} minutes; trainer.log)"
         )
-        with self.console.status(note) if self.progress_enabled else nullcontext():
-            if not self.progress_enabled:
+        stages: dict[str, str] = {}
+        with self.console.status(note) if self.progress_enabled else nullcontext() as status:
+            if status is None:
                 self.console.print(note)
+
+            def show(role: str, now: str) -> None:
+                stages[role] = now
+                if status is None:  # a log, not a terminal: one line per change
+                    self.console.print(f"{role}: {now}")
+                else:
+                    status.update("\n".join([note, *(f"  {r}: {s}" for r, s in stages.items())]))
+
             await asyncio.gather(
                 *(
                     final_version(
@@ -284,6 +294,7 @@ class Loop:
                         watch,
                         tracer,
                         served=role in served_roles(self.cfg),
+                        stage=partial(show, role),
                     )
                     for role in roles
                 )

@@ -8,7 +8,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sparring.bus import Bus
 from sparring.bus.streams import PROMOTIONS
@@ -27,6 +29,11 @@ class TrainerGaveUp(RuntimeError):
     """The trainer died more than ``MAX_TRAINER_RESTARTS`` times: the run stops."""
 
 
+def trainer_log(run_dir: Path, role: str) -> Path:
+    """The JSON log of ``role``'s trainer: trainer.log for the learner."""
+    return run_dir / ("trainer.log" if role == "learner" else f"trainer-{role}.log")
+
+
 class TrainerProcess(ManagedProcess):
     """``sparring train`` as a background process whose JSON log is trainer.log."""
 
@@ -43,7 +50,7 @@ class TrainerProcess(ManagedProcess):
         """``env``: added to its environment (the secrets config.yaml masks).
         ``role``: the role it trains; the learner's log is trainer.log, another
         role's trainer-<role>.log."""
-        super().__init__(run_dir / ("trainer.log" if role == "learner" else f"trainer-{role}.log"))
+        super().__init__(trainer_log(run_dir, role))
         self.role = role
         self._env = {**os.environ, **thread_env(threads), **(env or {})}
         self._cmd = [
@@ -96,21 +103,30 @@ async def supervise_trainer(
         trainer.start()
 
 
-def last_error(log_path: Path, tail_bytes: int = 64_000) -> str | None:
-    """The last error the trainer logged (its event and message), so a restart
-    or a give-up says why (a full disk, a bad config) without opening the log."""
+def _tail_events(log_path: Path, tail_bytes: int = 64_000) -> list[dict[str, Any]]:
+    """The JSON events at the end of a trainer's log, oldest first (none: no log)."""
     try:
         with log_path.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
             lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
-        return None
-    for line in reversed(lines):
+        return []
+    events = []
+    for line in lines:
         try:
             event = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("level") in ("error", "critical"):
+            continue  # the first line, cut by the seek, or a line being written
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def last_error(log_path: Path, tail_bytes: int = 64_000) -> str | None:
+    """The last error the trainer logged (its event and message), so a restart
+    or a give-up says why (a full disk, a bad config) without opening the log."""
+    for event in reversed(_tail_events(log_path, tail_bytes)):
+        if event.get("level") in ("error", "critical"):
             detail = event.get("error") or event.get("message") or ""
             return f"{event.get('event', 'error')}: {detail}".rstrip(": ")[:300]
     return None
@@ -126,6 +142,7 @@ async def final_version(
     tracer: Tracer,
     poll_s: float = 2.0,
     served: bool = True,
+    stage: Callable[[str], None] | None = None,
 ) -> int | None:
     """The end of a run with ``trainer.final_version``: ask the trainer for a
     version on the pairs not yet trained on, then wait until it serves (the
@@ -134,14 +151,19 @@ async def final_version(
     Returns its number; None when there was nothing to train or it did not
     come within ``wait_s`` (logged).
     The trainer's supervision (``watch``) goes on meanwhile: a trainer that
-    gives up ends the wait with its error."""
+    gives up ends the wait with its error. ``stage``: called with what the
+    trainer is doing (:func:`trainer_stage`) whenever that changes."""
     request_final(versions_dir, role)
     tracer.log.info("run.final_version_requested", role=role, wait_s=wait_s)
     deadline = time.monotonic() + wait_s
     version: int | None = None
+    log, said = trainer_log(versions_dir.parent, role), None
     while time.monotonic() < deadline:
         if watch.done():
             watch.result()  # the trainer gave up: its error ends the run
+        if stage is not None and (now := trainer_stage(log)) not in (None, said):
+            stage(now)
+            said = now
         if version is None and (answer := final_answer(versions_dir, role)) is not None:
             version = answer.get("version")
             if version is None:
@@ -171,3 +193,49 @@ def _decided(bus: Bus, registry: Registry, role: str, version: int) -> bool:
         and not d.payload.get("promoted")
         for d in bus.history(PROMOTIONS.name)
     )
+
+
+def _share(x: Any) -> str:
+    return f"{x:.0%}" if isinstance(x, int | float) else "?"
+
+
+MEASURED = ("train.start_measured", "train.candidate")
+STAGES = ("train.start", "train.progress", "train.time_cap", *MEASURED, "train.done")
+
+
+def trainer_stage(log_path: Path) -> str | None:
+    """What the trainer is doing now, in a line, from the last training event
+    in its log (None: none yet): training (step, epoch, time to go), the step
+    search (steps measured, the last one's refusals) or the version written.
+    The run shows it while it waits for the final version, which on a CPU
+    can take half an hour."""
+    events = [e for e in _tail_events(log_path) if e.get("event") in (*STAGES, "version.published")]
+    if not events:
+        return None
+    last = events[-1]
+    # the step the cap stopped at is reported (train.progress) after the cap
+    if [e.get("event") for e in events[-2:]] == ["train.time_cap", "train.progress"]:
+        last = events[-2]
+    name, v = last.get("event"), last.get("version")
+    if name in MEASURED:
+        measured = len(events) - next(
+            (i + 1 for i, e in reversed(list(enumerate(events))) if e.get("event") not in MEASURED),
+            0,
+        )
+        which = "the start" if name == "train.start_measured" else f"step {last.get('step')}"
+        return (
+            f"v{v}: step search, {measured} measured on the validation set ({which}: "
+            f"{_share(last.get('harmful_refused'))} of the harmful requests and "
+            f"{_share(last.get('lookalike_refused'))} of the look-alikes refused)"
+        )
+    if name == "train.start":
+        return f"v{v}: training on {last.get('pairs')} pairs"
+    if name == "train.progress":
+        eta = last.get("eta_s")
+        left = f", about {eta / 60:.0f} min to go" if isinstance(eta, int | float) else ""
+        return f"v{v}: training, step {last.get('step')}/{last.get('steps')}{left}"
+    if name == "train.time_cap":
+        return f"v{v}: training stopped at step {last.get('step')} (trainer.max_train_minutes)"
+    if name == "train.done":
+        return f"v{v}: step {last.get('step')} chosen, writing the version"
+    return f"v{v} written; the canary gate decides whether it serves"
