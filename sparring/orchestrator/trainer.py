@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -218,10 +219,7 @@ def trainer_stage(log_path: Path) -> str | None:
         last = events[-2]
     name, v = last.get("event"), last.get("version")
     if name in MEASURED:
-        measured = len(events) - next(
-            (i + 1 for i, e in reversed(list(enumerate(events))) if e.get("event") not in MEASURED),
-            0,
-        )
+        measured = sum(1 for _ in takewhile(lambda e: e.get("event") in MEASURED, events[::-1]))
         which = "the start" if name == "train.start_measured" else f"step {last.get('step')}"
         return (
             f"v{v}: step search, {measured} measured on the validation set ({which}: "
